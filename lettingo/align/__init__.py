@@ -1,0 +1,1 @@
+"""Aligning the profile generator: DPO and SFT LightningModules, their DataModule, the TRL path."""

@@ -1,0 +1,38 @@
+"""The one place that turns an interaction into the text prompts show: `title | attributes | rating`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def _clip(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: max(limit - 3, 0)].rstrip() + "..."
+
+
+def item_text(
+    item: Mapping[str, Any],
+    max_chars: int = 160,
+    review_chars: int = 0,
+    with_rating: bool = True,
+) -> str:
+    """Describe one interaction as `title (year) | attributes | rating r (label)`.
+
+    ML titles already carry their year. With `review_chars > 0` and review text present, a snippet
+    of the review follows. The description without the review is clipped to `max_chars`.
+    `with_rating=False` leaves the rating out (for the target item, whose rating is the answer).
+    """
+    parts = [str(item["title"]).strip() or str(item["item_id"])]
+    attributes = list(item.get("attributes") or [])
+    if attributes:
+        parts.append(", ".join(attributes))
+    if with_rating:
+        rating = float(item["rating"])
+        label = item.get("label")
+        parts.append(f"rated {rating:g}" + (f" ({label})" if label else ""))
+    text = _clip(" | ".join(parts), max_chars)
+    review = str(item.get("text") or "")
+    if with_rating and review_chars > 0 and review.strip():
+        text += f' | review: "{_clip(review, review_chars)}"'
+    return text

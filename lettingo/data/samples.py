@@ -1,0 +1,82 @@
+"""Per-user samples: target = last interaction, recent = the K before it, older = the H before those."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from lettingo.data.schema import LABELS, DataFormatError, LabelThresholds
+
+ITEM_FIELDS: tuple[str, ...] = ("item_id", "rating", "timestamp", "title", "attributes", "text", "label")
+
+
+def add_labels(interactions: pd.DataFrame, thresholds: LabelThresholds) -> pd.DataFrame:
+    """Return a copy of the interactions with a `label` column from the rating thresholds."""
+    rating = interactions["rating"]
+    label = pd.Series("neutral", index=interactions.index)
+    label[rating >= thresholds.like_min] = "like"
+    label[rating <= thresholds.dislike_max] = "dislike"
+    return interactions.assign(label=label)
+
+
+def eligible_users(interactions: pd.DataFrame, history: int, recent: int) -> pd.Index:
+    """Users with at least `history + recent + 1` interactions."""
+    counts = interactions.groupby("user_id").size()
+    return counts.index[counts >= history + recent + 1]
+
+
+def build_samples(
+    interactions: pd.DataFrame,
+    thresholds: LabelThresholds,
+    recent: int,
+    history: int,
+    source: object = "interactions",
+) -> pd.DataFrame:
+    """One row per eligible user: `user_id, target, recent, older, n_interactions`.
+
+    Interactions are ordered by time (ties keep their order in the source). `older` holds the
+    `history` interactions before the `recent` ones, oldest first; shorter histories H are its
+    last H items (`older_history`). The target and recent items never appear in `older`.
+    """
+    if recent < 1 or history < 1:
+        raise ValueError(f"recent={recent} and history={history} must both be at least 1")
+    users = eligible_users(interactions, history, recent)
+    if len(users) == 0:
+        raise DataFormatError(
+            source, f"no user has the {history + recent + 1} interactions needed (H={history}, K={recent})"
+        )
+    labelled = add_labels(interactions[interactions["user_id"].isin(users)], thresholds)
+    ordered = labelled.sort_values(["user_id", "timestamp"], kind="stable")
+    counts = ordered.groupby("user_id").size()
+    window = ordered.groupby("user_id", sort=True).tail(history + recent + 1)
+    rows = []
+    for user_id, items in window.groupby("user_id", sort=True):
+        records = items.loc[:, list(ITEM_FIELDS)].to_dict("records")
+        for record in records:
+            record["attributes"] = list(record["attributes"])
+        rows.append(
+            {
+                "user_id": user_id,
+                "target": records[-1],
+                "recent": records[-recent - 1 : -1],
+                "older": records[: -recent - 1],
+                "n_interactions": int(counts[user_id]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def older_history(sample: Mapping[str, Any], history: int) -> list[Mapping[str, Any]]:
+    """The last `history` items of a sample's older history, oldest first."""
+    older = list(sample["older"])
+    if history > len(older):
+        raise ValueError(f"user {sample['user_id']} has {len(older)} older items, fewer than H={history}")
+    return older[len(older) - history :]
+
+
+def label_distribution(labels: Sequence[str]) -> dict[str, int]:
+    """Counts of each label, in the fixed label order."""
+    counts = pd.Series(list(labels)).value_counts()
+    return {label: int(counts.get(label, 0)) for label in LABELS}

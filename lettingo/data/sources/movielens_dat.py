@@ -1,0 +1,121 @@
+"""MovieLens in its published `::` format (ML-1M and ML-10M): `ratings.dat` joined with `movies.dat`.
+
+`ratings.dat`: `UserID::MovieID::Rating::Timestamp` (ML-10M has half stars).
+`movies.dat`: `MovieID::Title::Genres`, genres `|`-separated. Each file is decoded as UTF-8 when it
+is valid UTF-8, else as latin-1 (ML-1M's titles are latin-1).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pandas as pd
+
+from lettingo.data.schema import DataFormatError, finalize_interactions
+from lettingo.data.sources._io import detect_encoding, find_file, iter_lines, join_catalogue
+
+RATINGS_FORMAT = "UserID::MovieID::Rating::Timestamp"
+MOVIES_FORMAT = "MovieID::Title::Genres"
+#: ML-10M's genre for movies without one.
+_NO_GENRES = "(no genres listed)"
+#: Rows per pandas chunk: bounds the memory of the wide intermediate frame on ML-10M.
+_CHUNK_ROWS = 1_000_000
+
+
+def _check_rating_line(path: Path, number: int, line: str) -> None:
+    fields = line.split("::")
+    if len(fields) != 4:
+        raise DataFormatError(path, f"expected 4 fields {RATINGS_FORMAT}, got {len(fields)}", number)
+    user, movie, rating, timestamp = (field.strip() for field in fields)
+    if not user or not movie:
+        raise DataFormatError(path, f"empty UserID or MovieID; expected {RATINGS_FORMAT}", number)
+    try:
+        float(rating)
+    except ValueError:
+        raise DataFormatError(path, f"Rating must be a number, got {rating!r}", number) from None
+    if not timestamp.isdigit():
+        raise DataFormatError(path, f"Timestamp must be whole seconds, got {timestamp!r}", number)
+
+
+def _locate_bad_rating_line(path: Path, encoding: str) -> DataFormatError:
+    """The error for the first bad line of a ratings file that pandas rejected or mis-split."""
+    for number, line in iter_lines(path, encoding):
+        _check_rating_line(path, number, line)
+    return DataFormatError(path, f"cannot be parsed as {RATINGS_FORMAT}")
+
+
+def _valid_chunk(chunk: pd.DataFrame) -> bool:
+    """A `:`-split chunk is valid when fields 1, 3, 5 are the empty gaps of `::` and the rest are typed."""
+    return (
+        chunk.shape[1] == 7
+        and chunk[[1, 3, 5]].isna().all().all()
+        and chunk[[0, 2, 4, 6]].notna().all().all()
+        and pd.api.types.is_numeric_dtype(chunk[4])
+        and pd.api.types.is_integer_dtype(chunk[6])
+    )
+
+
+def _parse_ratings(path: Path, encoding: str) -> list[pd.DataFrame] | None:
+    """The ratings in chunks as `user_id, item_id, rating, timestamp`, or None when any line is malformed."""
+    # The C parser takes one-character separators only: split on `:` and check that every
+    # other field is the empty gap inside `::`. The field count comes from the first line;
+    # longer lines raise, shorter ones leave gaps that the check catches.
+    try:
+        reader = pd.read_csv(
+            path, sep=":", header=None, encoding=encoding, quoting=csv.QUOTE_NONE, chunksize=_CHUNK_ROWS
+        )
+        chunks = []
+        for chunk in reader:
+            if not _valid_chunk(chunk):
+                return None
+            chunks.append(chunk[[0, 2, 4, 6]].set_axis(["user_id", "item_id", "rating", "timestamp"], axis=1))
+    except pd.errors.EmptyDataError:
+        return []
+    except pd.errors.ParserError:
+        return None
+    return chunks
+
+
+def read_ratings(path: Path) -> pd.DataFrame:
+    """`ratings.dat` as `user_id, item_id, rating, timestamp` (parsed by pandas, bad lines located by a line pass)."""
+    encoding = detect_encoding(path)
+    chunks = _parse_ratings(path, encoding)
+    if chunks is None:
+        raise _locate_bad_rating_line(path, encoding)
+    if not chunks:
+        raise DataFormatError(path, f"no ratings; expected lines {RATINGS_FORMAT}")
+    ratings = pd.concat(chunks, ignore_index=True)
+    return ratings.astype({"user_id": str, "item_id": str, "rating": "float64", "timestamp": "int64"})
+
+
+def read_movies(path: Path) -> pd.DataFrame:
+    """`movies.dat` as a frame indexed by item id with `title` and `attributes` (the genres)."""
+    ids: list[str] = []
+    titles: list[str] = []
+    genres: list[list[str]] = []
+    for number, line in iter_lines(path, detect_encoding(path)):
+        fields = line.split("::")
+        if len(fields) != 3:
+            raise DataFormatError(path, f"expected 3 fields {MOVIES_FORMAT}, got {len(fields)}", number)
+        ids.append(fields[0].strip())
+        titles.append(fields[1].strip())
+        genres.append([g for g in fields[2].strip().split("|") if g and g != _NO_GENRES])
+    return pd.DataFrame({"title": titles, "attributes": genres}, index=pd.Index(ids, name="item_id"))
+
+
+def load_movielens_dat(
+    path: str | Path, ratings_file: str | None = None, movies_file: str | None = None
+) -> pd.DataFrame:
+    """MovieLens from a folder holding `ratings.dat` and `movies.dat` (ML-1M or ML-10M as published).
+
+    `ratings_file` / `movies_file` override the published names (relative to `path` or absolute).
+    Ratings of movies missing from the movies file keep the MovieID as title and no genres.
+    """
+    folder = Path(path)
+    ratings_path = find_file(folder, ratings_file, ["ratings.dat"], "ratings")
+    movies_path = find_file(folder, movies_file, ["movies.dat"], "movies")
+    ratings = read_ratings(ratings_path)
+    movies = read_movies(movies_path)
+    frame = join_catalogue(ratings, movies, ratings_path).assign(text="")
+    return finalize_interactions(frame, ratings_path)

@@ -1,0 +1,46 @@
+"""Disjoint, seeded splits of eligible users: test, rec_train and the profile-training groups."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+UNUSED = "unused"
+
+
+def scaled_sizes(sizes: Mapping[str, int], available: int) -> dict[str, int]:
+    """The requested split sizes, scaled down proportionally when fewer users are available."""
+    requested = sum(sizes.values())
+    if requested <= available:
+        return dict(sizes)
+    factor = available / requested
+    scaled = {name: int(size * factor) for name, size in sizes.items()}
+    log.warning(
+        "only %d eligible users for %d requested: split sizes scaled down to %s", available, requested, scaled
+    )
+    return scaled
+
+
+def assign_splits(user_ids: Sequence[str], sizes: Mapping[str, int], seed: int) -> dict[str, str]:
+    """Map each user to a split name, drawing users without replacement in a seeded order.
+
+    Splits take users in the order `sizes` lists them; users left over are `unused`.
+    The assignment depends only on the set of users, the sizes and the seed.
+    """
+    for name, size in sizes.items():
+        if size < 0:
+            raise ValueError(f"split {name!r} has a negative size {size}")
+    users = sorted(set(map(str, user_ids)))
+    sizes = scaled_sizes(sizes, len(users))
+    order = np.random.default_rng(seed).permutation(len(users))
+    assignment = dict.fromkeys(users, UNUSED)
+    start = 0
+    for name, size in sizes.items():
+        for index in order[start : start + size]:
+            assignment[users[index]] = name
+        start += size
+    return assignment

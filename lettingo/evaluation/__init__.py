@@ -1,0 +1,1 @@
+"""Metrics, confidence intervals, tables and plots (a leaf: anyone may use it)."""

@@ -1,0 +1,1 @@
+"""Task-driven evaluation of profiles (rewards) and preference pairs."""

@@ -1,0 +1,1 @@
+"""Generation backends: local transformers, OpenAI-compatible HTTP, vLLM; bundled models."""

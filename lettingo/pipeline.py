@@ -1,0 +1,58 @@
+"""Stage entry points: compose, instantiate, run, log. Thin by design; the work lives in the stages."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import lettingo
+from lettingo.artifacts import ArtifactStore, write_json_atomic
+from lettingo.data.stage import run_data
+from lettingo.runtime import RunContext, seed_everything
+
+log = logging.getLogger(__name__)
+
+Stage = Callable[[RunContext], dict[str, Any]]
+
+
+def data_stage(ctx: RunContext) -> dict[str, Any]:
+    """Samples and splits."""
+    summary = run_data(ctx.cfg, ctx.store)
+    ctx.tracker.log_metrics(
+        {f"data/{split}/users": n for split, n in summary["split_sizes"].items()}
+        | {"data/all/interactions": summary["interactions"]}
+    )
+    return summary
+
+
+STAGES: dict[str, Stage] = {"data": data_stage}
+
+
+def save_run_config(cfg: DictConfig, run_dir: Path) -> Path:
+    """Write the resolved config and the package version beside the results."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    return write_json_atomic(run_dir / "run_config.json", {"lettingo_version": lettingo.__version__, "config": resolved})
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run the configured stage in its run folder; the tracker is closed whatever happens."""
+    if cfg.stage not in STAGES:
+        raise ValueError(f"unknown stage {cfg.stage!r}; choose one of {sorted(STAGES)}")
+    run_dir = Path(cfg.paths.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(int(cfg.seed), cfg.get("num_threads"))
+    save_run_config(cfg, run_dir)
+    tracker = instantiate(cfg.logger)
+    try:
+        tracker.log_config(OmegaConf.to_container(cfg, resolve=True))
+        result = STAGES[cfg.stage](RunContext(cfg=cfg, run_dir=run_dir, store=ArtifactStore(run_dir), tracker=tracker))
+    except BaseException:
+        tracker.finish(exit_code=1)
+        raise
+    tracker.finish(exit_code=0)
+    return result

@@ -1,0 +1,1 @@
+"""Prompt templates, profile exploration (backbones x N) and the profile store."""

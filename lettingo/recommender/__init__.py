@@ -1,0 +1,1 @@
+"""f_Rec: text builders, label-word scoring, trainable recommenders and baselines."""

@@ -1,0 +1,165 @@
+"""Bootstrap intervals: coverage of the estimate, determinism, cluster resampling, pairing."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, f1_score
+
+from lettingo.evaluation.bootstrap import (
+    Interval,
+    bootstrap_interval,
+    paired_bootstrap,
+    resampled_metrics,
+    summarize,
+)
+from lettingo.evaluation.metrics import classification_metrics
+
+LABELS = ("like", "neutral", "dislike")
+
+
+def noisy_predictions(n: int, accuracy: float, seed: int) -> tuple[list[str], list[str]]:
+    """Random true labels and predictions that copy the truth with probability ``accuracy``."""
+    rng = np.random.default_rng(seed)
+    y_true = rng.choice(LABELS, size=n)
+    y_pred = np.where(rng.random(n) < accuracy, y_true, rng.choice(LABELS, size=n))
+    return list(y_true), list(y_pred)
+
+
+def test_intervals_contain_the_point_estimate() -> None:
+    y_true, y_pred = noisy_predictions(500, 0.6, seed=0)
+    intervals = summarize(y_true, y_pred, LABELS)
+    exact = classification_metrics(y_true, y_pred, LABELS)
+    assert set(intervals) == {"accuracy", "macro_f1", "weighted_f1"}
+    for name, interval in intervals.items():
+        assert interval.value == exact[name]
+        assert interval.low < interval.value < interval.high
+        assert interval.n == 500
+
+
+def test_width_shrinks_with_more_users() -> None:
+    widths = []
+    for n in (100, 2000):
+        y_true, y_pred = noisy_predictions(n, 0.6, seed=1)
+        interval = bootstrap_interval(y_true, y_pred, LABELS, "macro_f1")
+        widths.append(interval.high - interval.low)
+    assert widths[1] < widths[0] / 2
+
+
+def test_same_seed_same_interval() -> None:
+    y_true, y_pred = noisy_predictions(300, 0.5, seed=2)
+    first = bootstrap_interval(y_true, y_pred, LABELS, seed=7)
+    assert bootstrap_interval(y_true, y_pred, LABELS, seed=7) == first
+    assert bootstrap_interval(y_true, y_pred, LABELS, seed=8) != first
+
+
+def test_bounds_are_percentiles_of_the_resampled_scores() -> None:
+    y_true, y_pred = noisy_predictions(300, 0.5, seed=3)
+    samples = resampled_metrics(y_true, y_pred, LABELS, ("weighted_f1",), 400, seed=5)
+    interval = bootstrap_interval(y_true, y_pred, LABELS, "weighted_f1", 400, 0.9, seed=5)
+    assert samples["weighted_f1"].shape == (400,)
+    assert (interval.low, interval.high) == tuple(
+        np.quantile(samples["weighted_f1"], [0.05, 0.95])
+    )
+
+
+def test_resampled_scores_match_sklearn_on_the_drawn_rows() -> None:
+    # Redraw the bootstrap's indices (same generator, same call) and score each resample's
+    # expanded rows with scikit-learn: the vectorised path must give the same numbers.
+    y_true, y_pred = noisy_predictions(40, 0.5, seed=4)
+    samples = resampled_metrics(y_true, y_pred, LABELS, ("accuracy", "macro_f1"), 20, seed=9)
+    draws = np.random.default_rng(9).integers(0, 40, size=(20, 40))
+    truth, predicted = np.array(y_true), np.array(y_pred)
+    for b, rows in enumerate(draws):
+        assert samples["accuracy"][b] == pytest.approx(
+            accuracy_score(truth[rows], predicted[rows])
+        )
+        assert samples["macro_f1"][b] == pytest.approx(
+            f1_score(truth[rows], predicted[rows], labels=list(LABELS), average="macro",
+                     zero_division=0)
+        )
+
+
+def test_groups_keep_a_users_rows_together() -> None:
+    # User "a" has two right rows, user "b" one wrong row. Drawing two users gives accuracy
+    # 1 (a, a), 2/3 (a, b) or 0 (b, b); drawing rows would also give 1/3.
+    y_true = ["like", "like", "like"]
+    y_pred = ["like", "like", "dislike"]
+    grouped = resampled_metrics(y_true, y_pred, LABELS, ("accuracy",), 2000, groups=["a", "a", "b"])
+    values, counts = np.unique(np.round(grouped["accuracy"], 9), return_counts=True)
+    assert values.tolist() == [0.0, round(2 / 3, 9), 1.0]
+    assert counts[1] / 2000 == pytest.approx(0.5, abs=0.05)
+    by_row = resampled_metrics(y_true, y_pred, LABELS, ("accuracy",), 2000)
+    assert np.any(np.isclose(by_row["accuracy"], 1 / 3))
+    assert bootstrap_interval(y_true, y_pred, LABELS, groups=["a", "a", "b"]).n == 2
+
+
+def test_one_group_per_row_equals_row_resampling() -> None:
+    y_true, y_pred = noisy_predictions(200, 0.5, seed=5)
+    users = [f"user{i}" for i in range(200)]
+    assert summarize(y_true, y_pred, LABELS, groups=users) == summarize(y_true, y_pred, LABELS)
+
+
+def test_identical_predictions_differ_by_exactly_zero() -> None:
+    y_true, y_pred = noisy_predictions(300, 0.5, seed=6)
+    for metric in ("accuracy", "macro_f1", "weighted_f1"):
+        difference = paired_bootstrap(y_true, y_pred, list(y_pred), LABELS, metric)
+        assert (difference.value, difference.low, difference.high) == (0.0, 0.0, 0.0)
+        assert difference.p_value == 1.0
+
+
+def test_clearly_better_method_is_above_zero() -> None:
+    y_true, good = noisy_predictions(400, 0.8, seed=7)
+    _, bad = noisy_predictions(400, 0.4, seed=8)
+    bad = [b if i % 2 else t for i, (t, b) in enumerate(zip(y_true, bad))]
+    difference = paired_bootstrap(y_true, good, bad, LABELS, "macro_f1")
+    assert 0 < difference.low < difference.value < difference.high
+    assert difference.p_value < 0.01
+    reverse = paired_bootstrap(y_true, bad, good, LABELS, "macro_f1")
+    assert reverse.high < 0
+    assert reverse.value == pytest.approx(-difference.value)
+
+
+def test_paired_resamples_are_shared() -> None:
+    # b differs from a only by one wrong row, so on any shared resample a >= b: an interval
+    # below zero would mean the two methods saw different users.
+    y_true = ["like", "neutral", "dislike"] * 20
+    pred_b = ["dislike"] + y_true[1:]
+    difference = paired_bootstrap(y_true, y_true, pred_b, LABELS, "accuracy", 2000)
+    assert difference.value == pytest.approx(1 / 60)
+    assert difference.low == 0.0
+    assert difference.high > 0.0
+
+
+def test_to_dict_is_plain_json() -> None:
+    y_true, y_pred = noisy_predictions(50, 0.5, seed=9)
+    interval = bootstrap_interval(y_true, y_pred, LABELS)
+    assert Interval(**json.loads(json.dumps(interval.to_dict()))) == interval
+    difference = paired_bootstrap(y_true, y_pred, y_true, LABELS).to_dict()
+    assert set(difference) == {"value", "low", "high", "p_value", "n"}
+    assert all(type(v) in (float, int) for v in difference.values())
+
+
+def test_thousand_resamples_of_two_thousand_users_is_fast() -> None:
+    y_true, y_pred = noisy_predictions(2000, 0.5, seed=10)
+    start = time.perf_counter()
+    summarize(y_true, y_pred, LABELS, n_resamples=1000)
+    # Measured ~0.05 s; the generous bound only catches a fall back to per-resample loops.
+    assert time.perf_counter() - start < 3.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"metric": "auc"}, "unknown metrics"),
+        ({"n_resamples": 0}, "n_resamples"),
+        ({"confidence": 1.0}, "confidence"),
+        ({"groups": ["a"]}, "groups"),
+    ],
+)
+def test_bad_options_raise(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        bootstrap_interval(["like", "like"], ["like", "neutral"], LABELS, **kwargs)
