@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -61,9 +60,7 @@ def test_bounds_are_percentiles_of_the_resampled_scores() -> None:
     samples = resampled_metrics(y_true, y_pred, LABELS, ("weighted_f1",), 400, seed=5)
     interval = bootstrap_interval(y_true, y_pred, LABELS, "weighted_f1", 400, 0.9, seed=5)
     assert samples["weighted_f1"].shape == (400,)
-    assert (interval.low, interval.high) == tuple(
-        np.quantile(samples["weighted_f1"], [0.05, 0.95])
-    )
+    assert (interval.low, interval.high) == tuple(np.quantile(samples["weighted_f1"], [0.05, 0.95]))
 
 
 def test_resampled_scores_match_sklearn_on_the_drawn_rows() -> None:
@@ -74,12 +71,9 @@ def test_resampled_scores_match_sklearn_on_the_drawn_rows() -> None:
     draws = np.random.default_rng(9).integers(0, 40, size=(20, 40))
     truth, predicted = np.array(y_true), np.array(y_pred)
     for b, rows in enumerate(draws):
-        assert samples["accuracy"][b] == pytest.approx(
-            accuracy_score(truth[rows], predicted[rows])
-        )
+        assert samples["accuracy"][b] == pytest.approx(accuracy_score(truth[rows], predicted[rows]))
         assert samples["macro_f1"][b] == pytest.approx(
-            f1_score(truth[rows], predicted[rows], labels=list(LABELS), average="macro",
-                     zero_division=0)
+            f1_score(truth[rows], predicted[rows], labels=list(LABELS), average="macro", zero_division=0)
         )
 
 
@@ -114,7 +108,7 @@ def test_identical_predictions_differ_by_exactly_zero() -> None:
 def test_clearly_better_method_is_above_zero() -> None:
     y_true, good = noisy_predictions(400, 0.8, seed=7)
     _, bad = noisy_predictions(400, 0.4, seed=8)
-    bad = [b if i % 2 else t for i, (t, b) in enumerate(zip(y_true, bad))]
+    bad = [b if i % 2 else t for i, (t, b) in enumerate(zip(y_true, bad, strict=True))]
     difference = paired_bootstrap(y_true, good, bad, LABELS, "macro_f1")
     assert 0 < difference.low < difference.value < difference.high
     assert difference.p_value < 0.01
@@ -141,14 +135,6 @@ def test_to_dict_is_plain_json() -> None:
     difference = paired_bootstrap(y_true, y_pred, y_true, LABELS).to_dict()
     assert set(difference) == {"value", "low", "high", "p_value", "n"}
     assert all(type(v) in (float, int) for v in difference.values())
-
-
-def test_thousand_resamples_of_two_thousand_users_is_fast() -> None:
-    y_true, y_pred = noisy_predictions(2000, 0.5, seed=10)
-    start = time.perf_counter()
-    summarize(y_true, y_pred, LABELS, n_resamples=1000)
-    # Measured ~0.05 s; the generous bound only catches a fall back to per-resample loops.
-    assert time.perf_counter() - start < 3.0
 
 
 @pytest.mark.parametrize(

@@ -33,18 +33,14 @@ def assert_matches_sklearn(y_true: list[str], y_pred: list[str], labels=LABELS) 
     for average in ("macro", "weighted"):
         expected = f1_score(y_true, y_pred, labels=labels, average=average, zero_division=0)
         assert result[f"{average}_f1"] == pytest.approx(expected)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
-    )
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     for i, label in enumerate(labels):
         scores = result["per_class"][label]
         assert scores["precision"] == pytest.approx(precision[i])
         assert scores["recall"] == pytest.approx(recall[i])
         assert scores["f1"] == pytest.approx(f1[i])
         assert scores["support"] == support[i]
-    assert result["confusion_matrix"] == sk_confusion_matrix(
-        y_true, y_pred, labels=labels
-    ).tolist()
+    assert result["confusion_matrix"] == sk_confusion_matrix(y_true, y_pred, labels=labels).tolist()
     assert result["n"] == len(y_true)
 
 
@@ -83,9 +79,7 @@ def test_hand_computed_example() -> None:
     assert result["confusion_matrix"] == [[2, 1, 0], [0, 1, 0], [1, 0, 1]]
     assert result["accuracy"] == pytest.approx(4 / 6)
     # like: P 2/3, R 2/3, F1 2/3; neutral: P 1/2, R 1, F1 2/3; dislike: P 1, R 1/2, F1 2/3.
-    assert result["per_class"]["neutral"] == pytest.approx(
-        {"precision": 0.5, "recall": 1.0, "f1": 2 / 3, "support": 1}
-    )
+    assert result["per_class"]["neutral"] == pytest.approx({"precision": 0.5, "recall": 1.0, "f1": 2 / 3, "support": 1})
     assert result["per_class"]["dislike"]["precision"] == 1.0
     assert result["macro_f1"] == pytest.approx(2 / 3)
     assert result["weighted_f1"] == pytest.approx(2 / 3)
@@ -118,12 +112,7 @@ def test_result_is_json_serialisable() -> None:
 
 def test_metric_functions_are_batched() -> None:
     rng = np.random.default_rng(3)
-    stack = np.stack(
-        [
-            confusion_matrix(rng.integers(0, 3, 50), rng.integers(0, 3, 50), 3)
-            for _ in range(5)
-        ]
-    )
+    stack = np.stack([confusion_matrix(rng.integers(0, 3, 50), rng.integers(0, 3, 50), 3) for _ in range(5)])
     for name, metric in METRIC_FUNCTIONS.items():
         batched = metric(stack)
         assert batched.shape == (5,)

@@ -44,7 +44,7 @@ def summarize_data(interactions: pd.DataFrame, samples: pd.DataFrame, spec: Samp
         "users": int(interactions["user_id"].nunique()),
         "items": int(interactions["item_id"].nunique()),
         "eligible_users_per_H": {
-            int(h): int(len(eligible_users(interactions, h, spec.recent))) for h in sorted(spec.histories)
+            str(h): int(len(eligible_users(interactions, h, spec.recent))) for h in sorted(spec.histories)
         },
         "split_sizes": {k: int(v) for k, v in samples["split"].value_counts().sort_index().items()},
         "label_distribution_all": label_distribution(labels),

@@ -89,7 +89,7 @@ def _resampled_confusions(
     parts: list[list[np.ndarray]] = [[] for _ in unit_confusions]
     for weights in _multiplicities(n_units, n_resamples, seed):
         weights = weights.astype(np.float64)
-        for collected, units in zip(parts, unit_confusions):
+        for collected, units in zip(parts, unit_confusions, strict=True):
             collected.append(weights @ units)
     return [np.concatenate(p).reshape(n_resamples, n_classes, n_classes) for p in parts]
 
@@ -128,13 +128,11 @@ def _bootstrap(
     units, n_units = _unit_codes(groups, len(y_true))
     true_codes = encode_labels(y_true, labels)
     unit_confusions = [
-        _unit_confusions(true_codes, encode_labels(y_pred, labels), units, n_units, n_classes)
-        for y_pred in predictions
+        _unit_confusions(true_codes, encode_labels(y_pred, labels), units, n_units, n_classes) for y_pred in predictions
     ]
     resampled = _resampled_confusions(unit_confusions, n_resamples, seed, n_classes)
     points = [
-        {name: float(METRIC_FUNCTIONS[name](u.sum(axis=0).reshape(n_classes, n_classes)))
-         for name in metrics}
+        {name: float(METRIC_FUNCTIONS[name](u.sum(axis=0).reshape(n_classes, n_classes))) for name in metrics}
         for u in unit_confusions
     ]
     samples = [{name: METRIC_FUNCTIONS[name](c) for name in metrics} for c in resampled]
@@ -199,9 +197,7 @@ def bootstrap_interval(
     groups: Sequence[Hashable] | None = None,
 ) -> Interval:
     """Point estimate and percentile bootstrap interval of one metric (see :func:`summarize`)."""
-    return summarize(
-        y_true, y_pred, labels, (metric,), n_resamples, confidence, seed, groups
-    )[metric]
+    return summarize(y_true, y_pred, labels, (metric,), n_resamples, confidence, seed, groups)[metric]
 
 
 def paired_bootstrap(

@@ -94,9 +94,7 @@ Build the matrices from integer-coded labels with :func:`confusion_matrix` (or, 
 bootstrap does)."""
 
 
-def classification_metrics(
-    y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]
-) -> dict[str, Any]:
+def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) -> dict[str, Any]:
     """Accuracy, macro/weighted F1, per-class scores and the confusion matrix, as plain Python.
 
     ``per_class`` is keyed by label; ``confusion_matrix`` has rows = true and columns = predicted,
@@ -107,9 +105,7 @@ def classification_metrics(
         raise ValueError(f"y_true has {len(y_true)} rows but y_pred has {len(y_pred)}")
     if len(y_true) == 0:
         raise ValueError("cannot compute metrics on zero rows")
-    confusion = confusion_matrix(
-        encode_labels(y_true, labels), encode_labels(y_pred, labels), len(labels)
-    )
+    confusion = confusion_matrix(encode_labels(y_true, labels), encode_labels(y_pred, labels), len(labels))
     scores = per_class_scores(confusion)
     per_class = {
         label: {

@@ -26,32 +26,21 @@ def _frame(
     """One row per method; for each metric -> heading, one column per field (NaN if missing)."""
     columns = pd.MultiIndex.from_tuples([(h, f) for h in headings.values() for f in fields])
     data = [
-        [
-            getattr(row[metric], field) if metric in row else math.nan
-            for metric in headings
-            for field in fields
-        ]
+        [getattr(row[metric], field) if metric in row else math.nan for metric in headings for field in fields]
         for row in rows.values()
     ]
     frame = pd.DataFrame(data, index=pd.Index(list(rows), name="method"), columns=columns)
     return frame.astype("float64")
 
 
-def _check_reference(
-    reference: Mapping[str, Mapping[str, float]], metrics: Sequence[str]
-) -> None:
+def _check_reference(reference: Mapping[str, Mapping[str, float]], metrics: Sequence[str]) -> None:
     """Raise ValueError for reference metrics not in ``metrics`` or values that look like %."""
     for method, values in reference.items():
         for metric, value in values.items():
             if metric not in metrics:
-                raise ValueError(
-                    f"reference for {method!r} has metric {metric!r}, not one of {tuple(metrics)}"
-                )
+                raise ValueError(f"reference for {method!r} has metric {metric!r}, not one of {tuple(metrics)}")
             if not 0.0 <= value <= 1.0:
-                raise ValueError(
-                    f"reference {method!r} {metric} = {value}: give fractions in [0, 1], "
-                    "not percentages"
-                )
+                raise ValueError(f"reference {method!r} {metric} = {value}: give fractions in [0, 1], not percentages")
 
 
 def results_table(
@@ -71,9 +60,7 @@ def results_table(
         raise ValueError("results_table needs at least one row")
     _check_reference(reference, metrics)
     methods = list(rows) + [m for m in reference if m not in rows]
-    measured = _frame(
-        {m: rows.get(m, {}) for m in methods}, {m: m for m in metrics}, INTERVAL_FIELDS
-    )
+    measured = _frame({m: rows.get(m, {}) for m in methods}, {m: m for m in metrics}, INTERVAL_FIELDS)
     reported = [m for m in metrics if any(m in values for values in reference.values())]
     if not reported:
         return measured
@@ -126,9 +113,7 @@ def _render(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
     widths = [max(3, *(len(row[i]) for row in table)) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
-        padded = [cells[0].ljust(widths[0])] + [
-            c.rjust(w) for c, w in zip(cells[1:], widths[1:])
-        ]
+        padded = [cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
         return "| " + " | ".join(padded) + " |"
 
     rule = "|:" + "-" * widths[0] + "-|" + "".join("-" * (w + 1) + ":|" for w in widths[1:])
@@ -143,8 +128,6 @@ def to_markdown(df: pd.DataFrame) -> str:
     """
     headings = list(dict.fromkeys(df.columns.get_level_values(0)))
     body = [
-        [str(method)]
-        + [_format_cell(df.loc[method, heading].to_dict()) for heading in headings]
-        for method in df.index
+        [str(method)] + [_format_cell(df.loc[method, heading].to_dict()) for heading in headings] for method in df.index
     ]
     return _render([df.index.name or "method", *headings], body)

@@ -72,9 +72,7 @@ def iter_json_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         yield number, parse_json_object(path, number, line)
 
 
-def match_format(
-    path: Path, number: int, record: Mapping[str, Any], formats: Mapping[str, Sequence[str]]
-) -> str:
+def match_format(path: Path, number: int, record: Mapping[str, Any], formats: Mapping[str, Sequence[str]]) -> str:
     """The name of the first format whose required keys the record has; else an "unknown column set" error."""
     for name, keys in formats.items():
         if all(key in record for key in keys):
@@ -98,7 +96,7 @@ def to_number(path: Path, number: int, field: str, value: object) -> float:
 
 
 def find_file(folder: Path, explicit: str | None, published: Sequence[str], what: str) -> Path:
-    """The file to read: `explicit` (relative to `folder`, or absolute) if given, else the first published name present."""
+    """The file to read: `explicit` if given (relative to `folder`, or absolute), else the first published name present."""
     candidates = [explicit] if explicit is not None else list(published)
     for name in candidates:
         path = Path(folder) / name

@@ -42,9 +42,7 @@ def read_atomic(path: Path, fields: dict[str, str]) -> pd.DataFrame:
         raise DataFormatError(path, f"header {list(header)} lacks the fields {missing}", line=1)
     usecols = [column for column, name in names.items() if name in fields]
     dtypes = {column: fields[names[column]] for column in usecols}
-    frame = pd.read_csv(
-        path, sep="\t", usecols=usecols, dtype=dtypes, quoting=csv.QUOTE_NONE, keep_default_na=False
-    )
+    frame = pd.read_csv(path, sep="\t", usecols=usecols, dtype=dtypes, quoting=csv.QUOTE_NONE, keep_default_na=False)
     return frame.rename(columns=names)
 
 
