@@ -83,3 +83,36 @@ def test_every_config_key_has_a_comment() -> None:
             if is_leaf and "#" not in stripped:
                 missing.append(f"{path.relative_to(CONF)}:{number}: {stripped}")
     assert not missing, "config keys without a comment:\n" + "\n".join(missing)
+
+
+@pytest.mark.parametrize("option", group_options("sweep"))
+def test_every_sweep_composes_with_its_axes(option: str, tmp_path) -> None:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[f"sweep={option}", "experiment=quickstart",
+                                           f"paths.run_dir={tmp_path}"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert params and all("," in str(v) for v in params.values())
+    assert cfg.experiment_name == f"sweep_{option}"
+    for axis, values in params.items():  # every swept value composes on its own
+        for value in str(values).split(","):
+            check_resolves(compose_override(tmp_path, [f"{axis}={value}", *FILL_REQUIRED]))
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib", "submitit_slurm"])
+def test_launchers_compose(launcher: str, tmp_path) -> None:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[f"hydra/launcher={launcher}", f"paths.run_dir={tmp_path}"],
+                      return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.startswith("hydra")
+
+
+def compose_override(tmp_path, overrides: list[str]) -> DictConfig:
+    """Compose the primary config with overrides (outside the fixture, for parametrized loops)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("config", overrides=[f"paths.run_dir={tmp_path}", *overrides])

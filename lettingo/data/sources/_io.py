@@ -96,7 +96,7 @@ def to_number(path: Path, number: int, field: str, value: object) -> float:
 
 
 def find_file(folder: Path, explicit: str | None, published: Sequence[str], what: str) -> Path:
-    """The file to read: `explicit` if given (relative to `folder`, or absolute), else the first published name present."""
+    """The file to read: `explicit` (relative to `folder`, or absolute), else the first published name present."""
     candidates = [explicit] if explicit is not None else list(published)
     for name in candidates:
         path = Path(folder) / name

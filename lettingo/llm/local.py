@@ -1,0 +1,123 @@
+"""Generation with a local transformers model: length-bucketed batches, shared prefill, seeded samples."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from lettingo.llm.base import Generation, GenerationBackend, Progress, sample_seed, validate_request
+from lettingo.llm.decoding import PromptBatch, sample
+from lettingo.llm.models import load_causal_lm
+
+log = logging.getLogger(__name__)
+
+
+class LocalBackend(GenerationBackend):
+    """A transformers causal LM on this machine (CPU or one GPU).
+
+    Prompts are sorted by token length and cut into batches of about ``batch_size`` sequences
+    (``batch_size // n`` prompts, each sampled ``n`` times from one shared prefill), so little
+    compute goes to padding; results come back in input order.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        model: str,
+        cache_dir: str | Path,
+        lead_in: str = "",
+        batch_size: int = 32,
+        num_threads: int | None = None,
+        dtype: str = "auto",
+        device: str = "auto",
+        adapter: str | Path | None = None,
+    ) -> None:
+        """Load ``model`` (see :func:`lettingo.llm.models.load_causal_lm`), optionally with a PEFT adapter merged in."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        self.name = name
+        self.lead_in = lead_in
+        self.batch_size = batch_size
+        self.model, self.tokenizer = load_causal_lm(model, cache_dir, dtype=dtype, device=device)
+        if adapter is not None:
+            from peft import PeftModel
+
+            self.model = PeftModel.from_pretrained(self.model, str(adapter)).merge_and_unload().eval()
+        self.chat = bool(self.tokenizer.chat_template)
+        self.stop_ids = self._stop_ids()
+
+    def _stop_ids(self) -> list[int]:
+        """Token ids that end a sequence: the tokenizer's EOS and the generation config's."""
+        configured = self.model.generation_config.eos_token_id
+        ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+        ids.add(self.tokenizer.eos_token_id)
+        return sorted(i for i in ids if i is not None)
+
+    def render(self, instruction: str) -> str:
+        """Chat template with the generation prompt if the tokenizer has one, else ``instruction + lead_in``."""
+        if self.chat:
+            messages = [{"role": "user", "content": instruction}]
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return instruction + self.lead_in
+
+    def _encode(self, text: str) -> list[int]:
+        # A chat template writes its own special tokens (BOS included); a plain prompt gets the
+        # tokenizer's, as the model saw in training.
+        return self.tokenizer(text, add_special_tokens=not self.chat)["input_ids"]
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens of ``text`` as :meth:`generate` feeds it to the model."""
+        return len(self._encode(text))
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        n: int = 1,
+        temperature: float = 1.0,
+        max_new_tokens: int = 128,
+        seed: int = 0,
+        progress: Progress | None = None,
+    ) -> list[list[Generation]]:
+        """See :meth:`GenerationBackend.generate`."""
+        validate_request(n, temperature, max_new_tokens)
+        encoded = [self._encode(p) for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+        per_batch = max(1, self.batch_size // n)
+        results: list[list[Generation]] = [[] for _ in prompts]
+        for start in range(0, len(order), per_batch):
+            members = order[start : start + per_batch]
+            seeds = [sample_seed(seed, prompts[i], j) for i in members for j in range(n)]
+            began = time.perf_counter()
+            sampled = sample(
+                self.model, self._pad([encoded[i] for i in members]), n, seeds, temperature, max_new_tokens, self.stop_ids
+            )
+            seconds = (time.perf_counter() - began) / len(sampled)
+            for row, tokens in enumerate(sampled):
+                i = members[row // n]
+                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                results[i].append(Generation(text, len(encoded[i]), len(tokens), seconds))
+            new_tokens = sum(len(t) for t in sampled)
+            log.debug("batch of %d sequences: %d tokens in %.1f s", len(sampled), new_tokens, seconds * len(sampled))
+            if progress is not None:
+                progress(len(sampled), new_tokens)
+        return results
+
+    def _pad(self, sequences: list[list[int]]) -> PromptBatch:
+        """Left-pad token lists into one batch on the model's device."""
+        width = max(len(s) for s in sequences)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences])
+        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences])
+        return PromptBatch(ids.to(self.model.device), mask.to(self.model.device))
+
+    def close(self) -> None:
+        """Drop the model so its memory can be freed."""
+        del self.model
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
