@@ -1,0 +1,33 @@
+"""Trackers: CSV files, W&B offline inside the run folder, and the run wrapper closing W&B on error."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from lettingo.pipeline import run
+from lettingo.tracking import CsvTracker
+
+
+def test_csv_tracker_writes_metrics_and_tables(tmp_path) -> None:
+    tracker = CsvTracker(tmp_path)
+    tracker.log_metrics({"evaluate/test/accuracy": 0.5}, step=1)
+    tracker.log_metrics({"evaluate/test/accuracy": 0.75}, step=2)
+    tracker.log_table("test/results", pd.DataFrame({"method": ["dpo"], "accuracy": [0.5]}))
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    assert metrics["value"].tolist() == [0.5, 0.75] and set(metrics["key"]) == {"evaluate/test/accuracy"}
+    assert pd.read_csv(tmp_path / "tables" / "test__results.csv")["method"].tolist() == ["dpo"]
+
+
+def test_wrapper_closes_wandb_run_when_stage_raises(compose_cfg, tmp_path, monkeypatch) -> None:
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cfg = compose_cfg(["stage=data", "logger=wandb", "dataset=ml10m", f"dataset.path={tmp_path}/missing"])
+    with pytest.raises(Exception, match="missing"):
+        run(cfg)
+    assert wandb.run is None  # finished despite the error, so a multirun can go on
+    run_dir = tmp_path / "run"
+    assert list(run_dir.glob("wandb/offline-run-*")), "the offline run was not written under the run folder"
+    assert not (tmp_path / "home" / ".config" / "wandb").exists()
