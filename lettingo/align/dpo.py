@@ -1,0 +1,90 @@
+"""DPO (sigmoid loss) on the generator's LoRA adapter; the reference is the same base with the adapter off."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from peft import PeftModel
+
+from lettingo.align.data import Example, batch_loader, completion_batch
+from lettingo.align.logprobs import completion_logps
+from lettingo.align.module import AdapterModule, OptimizerFactory
+
+
+def dpo_loss(policy: torch.Tensor, reference: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sigmoid DPO loss (batch mean) and the implicit rewards ``beta * (log pi - log ref)``, shape (P, 2).
+
+    Column 0 is the chosen completion, column 1 the rejected one.
+    """
+    rewards = beta * (policy - reference)
+    loss = -F.logsigmoid(rewards[:, 0] - rewards[:, 1]).mean()
+    return loss, rewards.detach()
+
+
+def reward_metrics(rewards: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Batch means of the chosen and rejected rewards, their margin and how often chosen wins (as TRL logs them)."""
+    chosen, rejected = rewards[:, 0], rewards[:, 1]
+    return {"rewards/chosen": chosen.mean(), "rewards/rejected": rejected.mean(),
+            "rewards/margins": (chosen - rejected).mean(), "rewards/accuracies": (chosen > rejected).float().mean()}
+
+
+@torch.no_grad()
+def reference_logps(model: PeftModel, batch: dict[str, torch.Tensor], share_prompt: bool = True) -> torch.Tensor:
+    """Summed completion log-probs (P, K) under the base model: the adapter disabled, no second copy."""
+    with model.disable_adapter():
+        logps = completion_logps(model, completion_batch(batch), share_prompt)
+    return logps.view(batch["prompt_ids"].shape[0], -1)
+
+
+def attach_reference_logps(model: PeftModel, examples: list[Example], batch_size: int, pad_id: int,
+                           share_prompt: bool = True) -> int:
+    """Write each example's reference log-probs into it (``ref_logps``); return how many were computed.
+
+    Examples that already carry them are skipped, so this runs once per dataset.
+    """
+    todo = [e for e in examples if "ref_logps" not in e]
+    if not todo:
+        return 0
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batch_loader(todo, batch_size, pad_id, seed=0, shuffle=False):
+            logps = reference_logps(model, {k: v.to(model.device) for k, v in batch.items()}, share_prompt)
+            for i, row in zip(batch["index"].tolist(), logps.tolist(), strict=True):
+                todo[i]["ref_logps"] = row
+    finally:
+        model.train(was_training)
+    return len(todo)
+
+
+class DpoModule(AdapterModule):
+    """DPO on preference examples (prompt, [chosen, rejected]) with the sigmoid loss and ``beta``.
+
+    With ``precompute_reference`` the reference log-probs of the whole train and validation sets
+    are computed once when fitting starts; batches without them get them on the fly.
+    """
+
+    def __init__(self, model: PeftModel, optimizer: OptimizerFactory, beta: float = 0.1, share_prompt: bool = True,
+                 precompute_reference: bool = True, reference_batch_size: int = 8) -> None:
+        super().__init__(model, optimizer, share_prompt)
+        if beta <= 0:
+            raise ValueError(f"beta must be positive, got {beta}")
+        self.beta = beta
+        self.precompute_reference = precompute_reference
+        self.reference_batch_size = reference_batch_size
+
+    def on_fit_start(self) -> None:
+        """Precompute the reference log-probs of the train and validation examples."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if self.precompute_reference and datamodule is not None:
+            for examples in (datamodule.train, datamodule.val):
+                attach_reference_logps(self.model, examples, self.reference_batch_size, datamodule.pad_id,
+                                       self.share_prompt)
+
+    def step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """DPO loss of a batch with its reward metrics."""
+        policy = completion_logps(self.model, completion_batch(batch), self.share_prompt).view(-1, 2)
+        reference = batch["ref_logps"] if "ref_logps" in batch else reference_logps(self.model, batch,
+                                                                                    self.share_prompt)
+        loss, rewards = dpo_loss(policy, reference, self.beta)
+        return loss, reward_metrics(rewards)

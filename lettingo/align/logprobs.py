@@ -1,0 +1,104 @@
+"""Summed log-probabilities of completions given their prompt, the quantity DPO and SFT train on.
+
+A batch holds P prompts and K completions per prompt (DPO: K = 2, chosen and rejected; SFT: K = 1).
+With ``share_prompt`` the prompt is run once, its KV cache (with its autograd graph) is repeated K
+times and the completions run on top of it: P + K*C tokens of compute instead of K*(P + C). Without
+it, each prompt+completion is one left-padded row, as TRL's DPOTrainer concatenates them. Both give
+the same numbers up to float rounding; only completion positions go through the LM head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+
+@dataclass(frozen=True)
+class CompletionBatch:
+    """P left-padded prompts and P*K right-padded completions (row ``p*K + k`` is completion k of prompt p)."""
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+
+    @property
+    def per_prompt(self) -> int:
+        """K, the number of completions of each prompt."""
+        return self.completion_ids.shape[0] // self.prompt_ids.shape[0]
+
+    def to(self, device: torch.device | str) -> CompletionBatch:
+        """The same batch on ``device``."""
+        return CompletionBatch(*(t.to(device) for t in (self.prompt_ids, self.prompt_mask, self.completion_ids,
+                                                         self.completion_mask)))
+
+
+def _gather_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[label] per position, without materialising the whole log-softmax."""
+    logits = logits.float()
+    return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def _shared_prompt_logps(model: PreTrainedModel, batch: CompletionBatch) -> torch.Tensor:
+    """Per-token log-probs (P*K, C): one prompt forward, its cache repeated for the K completions."""
+    k = batch.per_prompt
+    positions = (batch.prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.config)
+    prompt_out = model(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask, position_ids=positions,
+                       past_key_values=cache, use_cache=True, logits_to_keep=1)
+    # The last prompt position predicts the first completion token (prompts are left-padded).
+    first = prompt_out.logits[:, -1].repeat_interleave(k, dim=0)
+    cache.batch_repeat_interleave(k)
+    lengths = batch.prompt_mask.sum(-1).repeat_interleave(k)
+    width = batch.completion_ids.shape[1]
+    completion_positions = lengths[:, None] + torch.arange(width, device=lengths.device)
+    mask = torch.cat([batch.prompt_mask.repeat_interleave(k, dim=0), batch.completion_mask], dim=-1)
+    # The last completion position predicts nothing we score.
+    rest = model(input_ids=batch.completion_ids, attention_mask=mask, position_ids=completion_positions,
+                 past_key_values=cache, use_cache=True, logits_to_keep=width).logits[:, :-1]
+    first_logps = _gather_logps(first, batch.completion_ids[:, 0])
+    rest_logps = _gather_logps(rest, batch.completion_ids[:, 1:])
+    return torch.cat([first_logps[:, None], rest_logps], dim=1)
+
+
+def _concatenated_logps(model: PreTrainedModel, batch: CompletionBatch) -> torch.Tensor:
+    """Per-token log-probs (P*K, C) with each prompt+completion as its own left-padded row."""
+    k = batch.per_prompt
+    rows = []
+    for r in range(batch.completion_ids.shape[0]):
+        prompt = batch.prompt_ids[r // k][batch.prompt_mask[r // k].bool()]
+        completion = batch.completion_ids[r][batch.completion_mask[r].bool()]
+        rows.append(torch.cat([prompt, completion]))
+    width = max(len(r) for r in rows)
+    ids = batch.prompt_ids.new_zeros(len(rows), width)
+    mask = batch.prompt_mask.new_zeros(len(rows), width)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = row
+        mask[i, width - len(row):] = 1
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    c = batch.completion_ids.shape[1]
+    # Left padding puts every completion in the last C positions; keep the C + 1 logits that predict them.
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
+                   logits_to_keep=c + 1).logits[:, :-1]
+    lengths = batch.completion_mask.sum(-1)
+    # Row r's completion occupies the last lengths[r] positions; right-align the labels to match.
+    shift = c - lengths
+    index = (torch.arange(c, device=ids.device)[None, :] - shift[:, None]).clamp(min=0)
+    aligned = torch.gather(batch.completion_ids, 1, index)
+    logps = _gather_logps(logits, aligned)
+    # Back to the right-padded completion layout so the caller's completion_mask applies.
+    back = (torch.arange(c, device=ids.device)[None, :] + shift[:, None]).clamp(max=c - 1)
+    return torch.gather(logps, 1, back)
+
+
+def completion_token_logps(model: PreTrainedModel, batch: CompletionBatch, share_prompt: bool = True) -> torch.Tensor:
+    """Log-probability of every completion token given its prompt, shape (P*K, C); padding positions are 0."""
+    logps = _shared_prompt_logps(model, batch) if share_prompt else _concatenated_logps(model, batch)
+    return logps * batch.completion_mask
+
+
+def completion_logps(model: PreTrainedModel, batch: CompletionBatch, share_prompt: bool = True) -> torch.Tensor:
+    """Summed log-probability of each completion given its prompt, shape (P*K,)."""
+    return completion_token_logps(model, batch, share_prompt).sum(-1)

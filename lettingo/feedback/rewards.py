@@ -1,0 +1,78 @@
+"""The `rewards` artifact: f_Rec's verdict on every explored profile (predicted label, P(true label), correct)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from lettingo.artifacts import ArtifactStore
+from lettingo.data.schema import LABELS
+from lettingo.recommender.base import Recommender
+from lettingo.recommender.cases import LABEL_INDEX, RecCase, case_from_sample, predicted_labels
+
+log = logging.getLogger(__name__)
+
+#: Columns that identify a profile row (the profiles artifact's key).
+PROFILE_KEY: tuple[str, ...] = ("user_id", "backbone", "sample_idx", "prompt_name", "history_len")
+#: Columns the rewards add to the profile rows.
+REWARD_COLUMNS: tuple[str, ...] = ("label", "predicted", "p_true", "correct", *(f"p_{label}" for label in LABELS))
+
+
+def profile_cases(profiles: pd.DataFrame, samples: pd.DataFrame) -> list[RecCase]:
+    """One case per profile row: its user's real target and recent items, with the row's text as profile."""
+    by_user: Mapping[str, Mapping[str, Any]] = {str(s["user_id"]): s for s in samples.to_dict("records")}
+    missing = sorted(set(profiles["user_id"].astype(str)) - set(by_user))
+    if missing:
+        raise ValueError(f"profiles of users {missing[:5]} have no sample; were they written for another dataset?")
+    return [case_from_sample(by_user[str(u)], str(t)) for u, t in zip(profiles["user_id"], profiles["text"], strict=True)]
+
+
+def reward_frame(profiles: pd.DataFrame, cases: Sequence[RecCase], probabilities: np.ndarray) -> pd.DataFrame:
+    """The profile rows with f_Rec's verdict added (see REWARD_COLUMNS)."""
+    true = [case.label for case in cases]
+    predicted = predicted_labels(probabilities)
+    p_true = probabilities[np.arange(len(cases)), [LABEL_INDEX[t] for t in true]]
+    columns = {"label": true, "predicted": predicted, "p_true": p_true,
+               "correct": [p == t for p, t in zip(predicted, true, strict=True)]}
+    columns |= {f"p_{label}": probabilities[:, i] for i, label in enumerate(LABELS)}
+    return profiles.reset_index(drop=True).assign(**columns)
+
+
+def score_profiles(
+    recommender: Recommender,
+    profiles: pd.DataFrame,
+    samples: pd.DataFrame,
+    store: ArtifactStore,
+    name: str,
+    fp: str,
+    users_per_chunk: int = 16,
+) -> pd.DataFrame:
+    """Score every profile row with f_Rec into the chunked artifact ``name``; resumes a killed run.
+
+    Rows are scored a chunk of users at a time (all profiles of a user together, so an LLM f_Rec
+    reuses the user's prompt prefix); each chunk is appended as soon as it is scored.
+    """
+    if users_per_chunk < 1:
+        raise ValueError(f"users_per_chunk must be at least 1, got {users_per_chunk}")
+    if store.is_done(name, fp):
+        log.info("%s: reusing %s", name, store.path(name))
+        return store.read_table(name)
+    existing = store.start_chunks(name, fp)
+    done = set() if existing is None else set(existing.loc[:, list(PROFILE_KEY)].itertuples(index=False, name=None))
+    keys = profiles.loc[:, list(PROFILE_KEY)].itertuples(index=False, name=None)
+    pending = profiles[[key not in done for key in keys]]
+    users = list(dict.fromkeys(pending["user_id"]))
+    with tqdm(total=len(pending), desc=f"{name} ({recommender.name})", unit="profile", dynamic_ncols=True) as bar:
+        for start in range(0, len(users), users_per_chunk):
+            chunk = pending[pending["user_id"].isin(users[start : start + users_per_chunk])]
+            cases = profile_cases(chunk, samples)
+            store.append_chunk(name, reward_frame(chunk, cases, recommender.predict(cases)))
+            bar.update(len(chunk))
+    frame = store.read_table(name)
+    store.finish(name, fp, rows=len(frame), recommender=recommender.name)
+    return frame

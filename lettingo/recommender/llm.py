@@ -1,0 +1,97 @@
+"""LLM recommenders scored by label words: frozen zero-shot, and TALLRec-style LoRA fine-tuning."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lettingo.llm.models import load_causal_lm
+from lettingo.recommender.base import Batch, RecClassifierModule, label_tensor
+from lettingo.recommender.cases import RecCase
+from lettingo.recommender.llm_scoring import LabelWordScorer, PromptTemplate, answer_logits, left_pad
+from lettingo.recommender.text import ItemTextConfig
+
+
+def _scorer(tokenizer: Any, prompt: Mapping[str, Any], item_text: Mapping[str, Any],
+            label_words: Mapping[str, str]) -> LabelWordScorer:
+    return LabelWordScorer(
+        tokenizer, PromptTemplate(**dict(prompt)), ItemTextConfig.from_mapping(item_text), dict(label_words)
+    )
+
+
+class ZeroShotLLM:
+    """The paper's f_Rec: a frozen LLM reads the prompt and answers with one of the label words."""
+
+    def __init__(
+        self,
+        name: str,
+        model: str,
+        cache_dir: str | Path,
+        prompt: Mapping[str, Any],
+        label_words: Mapping[str, str],
+        item_text: Mapping[str, Any],
+        batch_size: int = 8,
+        reuse_prefix: bool = True,
+        dtype: str = "auto",
+        device: str = "auto",
+    ) -> None:
+        """Load ``model`` (see :func:`lettingo.llm.models.load_causal_lm`) with the f_Rec prompt."""
+        self.name = name
+        self.batch_size = batch_size
+        self.reuse_prefix = reuse_prefix
+        self.model, self.tokenizer = load_causal_lm(model, cache_dir, dtype=dtype, device=device)
+        self.scorer = _scorer(self.tokenizer, prompt, item_text, label_words)
+
+    def predict(self, cases: Sequence[RecCase]) -> np.ndarray:
+        """Label probabilities (n, 3) in LABELS order."""
+        return self.scorer.probabilities(self.model, cases, self.batch_size, self.reuse_prefix)
+
+
+class LoraLLMModule(RecClassifierModule):
+    """TALLRec-style f_Rec: the zero-shot prompt, a LoRA adapter trained on the label word's logit."""
+
+    def __init__(
+        self,
+        name: str,
+        model: str,
+        cache_dir: str | Path,
+        optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer],
+        lora: Mapping[str, Any],
+        prompt: Mapping[str, Any],
+        label_words: Mapping[str, str],
+        item_text: Mapping[str, Any],
+        batch_size: int = 8,
+        reuse_prefix: bool = True,
+    ) -> None:
+        """Load ``model`` in float32 on the CPU (Lightning moves it) and wrap it in a PEFT LoRA adapter."""
+        from peft import LoraConfig, get_peft_model
+
+        super().__init__(name, optimizer, predict_batch_size=batch_size)
+        base, tokenizer = load_causal_lm(model, cache_dir, dtype="float32", device="cpu")
+        lora = dict(lora)
+        lora["target_modules"] = list(lora["target_modules"])
+        self.lm = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", **lora))
+        self.scorer = _scorer(tokenizer, prompt, item_text, label_words)
+        self.reuse_prefix = reuse_prefix
+
+    def collate(self, cases: Sequence[RecCase]) -> Batch:
+        """Whole prompts, left-padded, with the true labels."""
+        ids, mask = left_pad([e.ids for e in self.scorer.encode(cases)], self.scorer.pad_id)
+        return {"input_ids": ids, "attention_mask": mask, "labels": label_tensor(cases)}
+
+    def logits(self, batch: Batch) -> torch.Tensor:
+        """Label-word logits at the answer position."""
+        return answer_logits(self.lm, batch["input_ids"], batch["attention_mask"], self.scorer.label_ids)
+
+    @torch.no_grad()
+    def predict(self, cases: Sequence[RecCase]) -> np.ndarray:
+        """Label probabilities (n, 3), reusing each user's prefix cache like the zero-shot f_Rec."""
+        was_training = self.training
+        self.eval()
+        out = self.scorer.probabilities(self.lm, cases, self.predict_batch_size, self.reuse_prefix)
+        self.train(was_training)
+        return out

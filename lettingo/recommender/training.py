@@ -1,0 +1,150 @@
+"""Training a trainable f_Rec: cases from rec_train users, a DataModule, a Lightning Trainer, the best checkpoint."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from lettingo.data.schema import LABELS
+from lettingo.recommender.base import VAL_METRIC, Batch, RecClassifierModule
+from lettingo.recommender.cases import RecCase, label_codes, shifted_cases
+
+log = logging.getLogger(__name__)
+
+BALANCE_MODES = ("none", "class_weights", "sampler")
+
+
+def split_users(user_ids: Sequence[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Users for training and for validation (early stopping), drawn with ``seed``; both non-empty."""
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    users = sorted(set(map(str, user_ids)))
+    if len(users) < 2:
+        raise ValueError(f"need at least 2 users to split into training and validation, got {len(users)}")
+    order = np.random.default_rng(seed).permutation(len(users))
+    n_val = min(max(1, round(val_fraction * len(users))), len(users) - 1)
+    val = {users[i] for i in order[:n_val]}
+    return [u for u in users if u not in val], [u for u in users if u in val]
+
+
+def training_cases(
+    samples: pd.DataFrame,
+    profiles: Mapping[str, Sequence[str]],
+    n_targets: int,
+    empty_profile_rate: float,
+    seed: int,
+) -> list[RecCase]:
+    """Cases of the given users: for each of a user's profiles, `n_targets` shifted targets.
+
+    Each case's profile is left empty with probability `empty_profile_rate` (seeded), so the same
+    model learns to score the 10H baseline. A user without profiles gets empty-profile cases.
+    """
+    if not 0 <= empty_profile_rate <= 1:
+        raise ValueError(f"empty_profile_rate must be in [0, 1], got {empty_profile_rate}")
+    rng = np.random.default_rng(seed)
+    cases = []
+    for sample in samples.to_dict("records"):
+        for profile in profiles.get(str(sample["user_id"])) or [""]:
+            for case in shifted_cases(sample, profile, n_targets):
+                cases.append(case.with_profile("") if rng.random() < empty_profile_rate else case)
+    return cases
+
+
+def balanced_class_weights(cases: Sequence[RecCase]) -> list[float]:
+    """Weights n / (C * count_c) per class (LABELS order); a class absent from training gets 0."""
+    counts = np.bincount(label_codes(cases), minlength=len(LABELS)).astype(float)
+    weights = np.divide(len(cases), len(LABELS) * counts, out=np.zeros_like(counts), where=counts > 0)
+    return weights.tolist()
+
+
+class RecDataModule(L.LightningDataModule):
+    """Training and validation cases in batches built by the module's `collate`.
+
+    ``balance="sampler"`` draws training cases with replacement, each class equally often in
+    expectation; the other modes shuffle.
+    """
+
+    def __init__(
+        self,
+        train_cases: Sequence[RecCase],
+        val_cases: Sequence[RecCase],
+        collate: Callable[[Sequence[RecCase]], Batch],
+        batch_size: int,
+        balance: str = "none",
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if balance not in BALANCE_MODES:
+            raise ValueError(f"balance must be one of {BALANCE_MODES}, got {balance!r}")
+        if not train_cases or not val_cases:
+            raise ValueError(f"need training and validation cases, got {len(train_cases)} and {len(val_cases)}")
+        self.train_cases, self.val_cases = list(train_cases), list(val_cases)
+        self.collate, self.batch_size, self.balance, self.seed = collate, batch_size, balance, seed
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled (or class-balanced) training batches, seeded."""
+        generator = torch.Generator().manual_seed(self.seed)
+        if self.balance == "sampler":
+            per_class = balanced_class_weights(self.train_cases)
+            weights = [per_class[i] for i in label_codes(self.train_cases)]
+            sampler = WeightedRandomSampler(weights, len(weights), replacement=True, generator=generator)
+            return DataLoader(self.train_cases, self.batch_size, sampler=sampler, collate_fn=self.collate)
+        return DataLoader(self.train_cases, self.batch_size, shuffle=True, generator=generator, collate_fn=self.collate)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches in order."""
+        return DataLoader(self.val_cases, self.batch_size, shuffle=False, collate_fn=self.collate)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Where the best checkpoint is and how it scored on validation."""
+
+    checkpoint: Path
+    val_macro_f1: float
+    epochs: int
+    steps: int
+
+
+def fit(
+    module: RecClassifierModule,
+    data: RecDataModule,
+    make_trainer: Callable[..., L.Trainer],
+    checkpoint_dir: Path,
+    patience: int,
+    logger: Any = False,
+) -> FitResult:
+    """Train with early stopping on validation macro-F1; load the best checkpoint into ``module``.
+
+    ``make_trainer(logger=..., callbacks=...)`` builds the Trainer (from the ``trainer`` config).
+    """
+    if data.balance == "class_weights":
+        module.set_class_weights(balanced_class_weights(data.train_cases))
+    checkpoint = ModelCheckpoint(
+        dirpath=checkpoint_dir, filename="best", monitor=VAL_METRIC, mode="max", save_top_k=1,
+        save_weights_only=True, enable_version_counter=False,
+    )
+    stopping = EarlyStopping(monitor=VAL_METRIC, mode="max", patience=patience)
+    trainer = make_trainer(logger=logger, callbacks=[checkpoint, stopping])
+    trainer.fit(module, datamodule=data)
+    if not checkpoint.best_model_path:
+        raise RuntimeError("training wrote no checkpoint: did validation run? (check trainer.limit_val_batches)")
+    load_checkpoint(module, Path(checkpoint.best_model_path))
+    return FitResult(Path(checkpoint.best_model_path), float(checkpoint.best_model_score), trainer.current_epoch,
+                     trainer.global_step)
+
+
+def load_checkpoint(module: RecClassifierModule, path: Path) -> None:
+    """Load the trainable state a checkpoint holds into ``module``."""
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    module.load_trainable_state(state)

@@ -1,0 +1,229 @@
+"""Trainable f_Recs on tiny models: a step changes the trainable weights and lowers the loss; checkpoints; data."""
+
+from __future__ import annotations
+
+import copy
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from lettingo.cli import CONFIG_DIR
+from lettingo.data.schema import LABELS
+from lettingo.recommender.base import RecClassifierModule
+from lettingo.recommender.cases import RecCase, label_codes, shifted_cases
+from lettingo.recommender.cross_encoder import CrossEncoderModule
+from lettingo.recommender.llm import LoraLLMModule
+from lettingo.recommender.training import (
+    RecDataModule,
+    balanced_class_weights,
+    fit,
+    load_checkpoint,
+    split_users,
+    training_cases,
+)
+
+ITEM_TEXT = {"max_chars": 120, "review_chars": 0}
+LABEL_WORDS = {"like": "like", "neutral": "neutral", "dislike": "dislike"}
+WORDS = ("movie drama comedy action thriller horror romance user profile likes dislikes rated like neutral dislike "
+         "item to predict recent ratings newest first no the a of and with is high low").split()
+
+
+def item(i: int, rating: float) -> dict:
+    label = "like" if rating >= 4 else "dislike" if rating <= 2 else "neutral"
+    return {"item_id": str(i), "title": f"Movie {i} (1995)", "attributes": ["Drama"], "rating": float(rating),
+            "label": label, "text": ""}
+
+
+def fixed_batch() -> list[RecCase]:
+    """Six cases, two of each label, with profiles that name the label."""
+    cases = []
+    for n, (rating, word) in enumerate([(5, "likes"), (1, "dislikes"), (3, "neutral")] * 2):
+        recent = tuple(item(100 * n + j, 1 + (n + j) % 5) for j in range(3))
+        cases.append(RecCase(str(n), f"profile {word} drama", recent, item(n, rating)))
+    return cases
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 2-layer hidden-16 BERT with a WordPiece tokenizer trained here on a few words."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.train_from_iterator([" ".join(WORDS)] * 3 + list("0123456789()|:.,"),
+                                trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials))
+    cls, sep = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    tokenizer = BertTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                  sep_token="[SEP]", mask_token="[MASK]")
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=256)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def make_cross_encoder(folder: Path) -> CrossEncoderModule:
+    cfg = OmegaConf.load(f"{CONFIG_DIR}/recommender/cross_encoder.yaml").model
+    return CrossEncoderModule(
+        name="cross_encoder", model=str(folder), optimizer=partial(torch.optim.AdamW, lr=1e-2), context=cfg.context,
+        profile=cfg.profile, empty_profile=cfg.empty_profile, item_text=ITEM_TEXT, max_length=64, dropout=0.0,
+    )
+
+
+def make_lora(tmp_path: Path) -> LoraLLMModule:
+    prompt = OmegaConf.load(f"{CONFIG_DIR}/recommender/shared/llm_prompt.yaml")
+    lora = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    torch.manual_seed(0)
+    return LoraLLMModule(name="llm_lora", model="tiny_random", cache_dir=tmp_path, optimizer=partial(
+        torch.optim.AdamW, lr=1e-2), lora=lora, prompt=prompt, label_words=LABEL_WORDS, item_text=ITEM_TEXT)
+
+
+def trainable(module: RecClassifierModule) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+
+
+def step_changes_weights_and_lowers_loss(module: RecClassifierModule) -> None:
+    batch = module.collate(fixed_batch())
+    before = trainable(module)
+    frozen = {n: p.detach().clone() for n, p in module.named_parameters() if not p.requires_grad}
+    optimizer = module.configure_optimizers()
+    module.train()
+    with torch.no_grad():
+        first = module.loss(batch).item()
+    for _ in range(5):
+        optimizer.zero_grad()
+        module.loss(batch).backward()
+        optimizer.step()
+    with torch.no_grad():
+        last = module.loss(batch).item()
+    assert last < first
+    after = trainable(module)
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+    assert all(torch.equal(p, dict(module.named_parameters())[n]) for n, p in frozen.items())
+
+
+def test_cross_encoder_step_changes_weights_and_lowers_loss(tiny_bert) -> None:
+    module = make_cross_encoder(tiny_bert)
+    assert all(p.requires_grad for p in module.parameters())
+    step_changes_weights_and_lowers_loss(module)
+
+
+def test_lora_step_trains_only_the_adapter_and_lowers_loss(tmp_path) -> None:
+    module = make_lora(tmp_path)
+    names = [n for n, p in module.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n for n in names)
+    step_changes_weights_and_lowers_loss(module)
+
+
+def test_lora_predict_matches_its_training_logits(tmp_path) -> None:
+    module = make_lora(tmp_path)
+    cases = fixed_batch()
+    module.eval()
+    with torch.no_grad():
+        expected = torch.softmax(module.logits(module.collate(cases)), -1).numpy()
+    np.testing.assert_allclose(module.predict(cases), expected, atol=1e-5)
+
+
+def test_cross_encoder_truncates_the_recent_items_not_the_target(tiny_bert) -> None:
+    module = make_cross_encoder(tiny_bert)
+    case = fixed_batch()[0]
+    long = RecCase(case.user_id, "drama " * 200, tuple(item(j, 4) for j in range(30)), case.target)
+    ids = module.collate([long])["input_ids"][0].tolist()
+    assert len(ids) == 64
+    text = module.tokenizer.decode(ids)
+    assert "predict" in text and "movie 0" in text.replace("  ", " ")
+
+
+def test_fit_keeps_the_best_checkpoint_with_only_trainable_state(tmp_path, tiny_bert) -> None:
+    module = make_cross_encoder(tiny_bert)
+    cases = fixed_batch()
+    data = RecDataModule(cases, cases, module.collate, batch_size=3, balance="class_weights", seed=0)
+    make_trainer = partial(L.Trainer, accelerator="cpu", max_epochs=3, enable_progress_bar=False,
+                           enable_model_summary=False, default_root_dir=tmp_path, log_every_n_steps=1)
+    result = fit(module, data, make_trainer, tmp_path / "ckpt", patience=2)
+    assert result.checkpoint == tmp_path / "ckpt" / "best.ckpt" and result.checkpoint.exists()
+    assert 0 <= result.val_macro_f1 <= 1 and result.steps > 0
+    restored = make_cross_encoder(tiny_bert)
+    load_checkpoint(restored, result.checkpoint)
+    np.testing.assert_allclose(restored.predict(cases), module.predict(cases), atol=1e-6)
+
+
+def test_lora_checkpoint_holds_the_adapter_not_the_base_model(tmp_path) -> None:
+    module = make_lora(tmp_path)
+    state = module.trainable_state()
+    assert state and all("lora_" in k or k == "class_weights" for k in state)
+    fresh = make_lora(tmp_path)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.requires_grad:
+                p.add_(0.5)
+    fresh.load_trainable_state(copy.deepcopy(module.trainable_state()))
+    np.testing.assert_allclose(fresh.predict(fixed_batch()), module.predict(fixed_batch()), atol=1e-6)
+    with pytest.raises(ValueError, match="do not belong"):
+        fresh.load_trainable_state({"not_a_parameter": torch.zeros(1)})
+
+
+def sample(user: str, ratings: list[float], recent: int = 3) -> dict:
+    items = [item(i, r) for i, r in enumerate(ratings)]
+    return {"user_id": user, "older": items[: -recent - 1], "recent": items[-recent - 1 : -1], "target": items[-1]}
+
+
+def test_shifted_cases_move_the_target_back_without_leaking_it() -> None:
+    s = sample("u", [1, 2, 3, 4, 5, 1, 2, 3], recent=3)
+    cases = shifted_cases(s, "p", n_targets=10)
+    # The real target, then the recent items; never an older item, which the profile may have read.
+    assert [c.target["item_id"] for c in cases] == ["7", "6", "5", "4"]
+    for case in cases:
+        ids = [int(i["item_id"]) for i in case.recent]
+        assert ids == list(range(int(case.target["item_id"]) - 3, int(case.target["item_id"])))
+    assert len(shifted_cases(s, "p", n_targets=2)) == 2
+    short = sample("v", [1, 2, 3, 4, 5], recent=3)  # one older item: K items fit before 2 targets only
+    assert [c.target["item_id"] for c in shifted_cases(short, "p", n_targets=10)] == ["4", "3"]
+
+
+def test_training_cases_empty_profile_rate_and_users_without_profiles() -> None:
+    samples = pd.DataFrame([sample(f"u{i}", [1, 2, 3, 4, 5, 4, 3]) for i in range(40)])
+    profiles = {f"u{i}": ["a", "b"] for i in range(39)}  # u39 has none
+    cases = training_cases(samples, profiles, n_targets=2, empty_profile_rate=0.25, seed=1)
+    assert len(cases) == 39 * 2 * 2 + 2
+    empty = np.mean([c.profile == "" for c in cases if c.user_id != "u39"])
+    assert 0.1 < empty < 0.4
+    assert all(c.profile == "" for c in cases if c.user_id == "u39")
+    assert training_cases(samples, profiles, 2, 0.25, seed=1) == cases  # seeded
+
+
+def test_split_users_is_seeded_disjoint_and_complete() -> None:
+    users = [f"u{i}" for i in range(10)]
+    train, val = split_users(users, 0.2, seed=3)
+    assert len(val) == 2 and set(train) | set(val) == set(users) and not set(train) & set(val)
+    assert split_users(users, 0.2, seed=3) == (train, val)
+    with pytest.raises(ValueError):
+        split_users(["only"], 0.2, 0)
+
+
+def test_class_weights_and_balanced_sampler() -> None:
+    cases = [c for c in fixed_batch() if c.label != "neutral"] + [fixed_batch()[0]] * 6
+    weights = balanced_class_weights(cases)
+    counts = np.bincount(label_codes(cases), minlength=3)
+    assert weights[LABELS.index("neutral")] == 0.0
+    np.testing.assert_allclose([w * c for w, c in zip(weights, counts, strict=True) if c], len(cases) / 3)
+    data = RecDataModule(cases * 50, cases, lambda b: b, batch_size=1000, balance="sampler", seed=0)
+    drawn = next(iter(data.train_dataloader()))
+    shares = np.bincount(label_codes(drawn), minlength=3) / len(drawn)
+    assert abs(shares[0] - shares[2]) < 0.1  # like was 7x as frequent as dislike before balancing
+    with pytest.raises(ValueError, match="balance"):
+        RecDataModule(cases, cases, lambda b: b, 2, balance="oversample")
