@@ -1,0 +1,26 @@
+"""History-length ablation: each method at H = 30 / 50 / 70, accuracy and F1 with 95% CIs.
+
+Run: python experiments/history_ablation.py outputs/sweep_history_length/multirun/<date_time>
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lettingo.reports import RunRecord, base_method, latest_by, report_cli, write_report
+
+
+def build(records: list[RunRecord], out: Path) -> dict[str, Path]:
+    """Rows `<method> | H=<h>` from the latest run of each (dataset, H)."""
+    rows = {}
+    runs = latest_by(records, lambda r: (r.get("dataset.name"), r.get("history.length")))
+    for (dataset, history), record in sorted(runs.items(), key=lambda kv: (str(kv[0][0]), kv[0][1] or 0)):
+        found = record.intervals()
+        for label, method in (("10H", "10H"), ("no DPO", base_method(record)), ("sft", "sft"), ("dpo", "dpo")):
+            if method in found:
+                rows[f"{dataset} | {label} | H={history}"] = found[method]
+    return write_report("history_ablation", rows, out, title="Older-history length H")
+
+
+if __name__ == "__main__":
+    report_cli(__doc__, build)

@@ -1,0 +1,31 @@
+"""Single- vs multi-LLM exploration: the aligned generator's results when one or several backbones explored.
+
+Run: python experiments/single_vs_multi.py outputs/sweep_exploration/multirun/<date_time>
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lettingo.reports import RunRecord, base_method, latest_by, report_cli, write_report
+
+
+def exploration(record: RunRecord) -> str:
+    """`single` or `multi (a+b)` from the backbones that explored."""
+    names = sorted(b.get("name", key) for key, b in (record.get("sampling.backbones") or {}).items())
+    return "single" if len(names) <= 1 else f"multi ({'+'.join(names)})"
+
+
+def build(records: list[RunRecord], out: Path) -> dict[str, Path]:
+    """Rows `<dataset> | <exploration> | no DPO / dpo` from the latest run of each setting."""
+    rows = {}
+    for (dataset, setting), record in latest_by(records, lambda r: (r.get("dataset.name"), exploration(r))).items():
+        found = record.intervals()
+        for label, method in (("no DPO", base_method(record)), ("dpo", "dpo")):
+            if method in found:
+                rows[f"{dataset} | {setting} | {label}"] = found[method]
+    return write_report("single_vs_multi", rows, out, title="Single vs multi-LLM exploration")
+
+
+if __name__ == "__main__":
+    report_cli(__doc__, build)

@@ -1,0 +1,30 @@
+"""Table 2: methods x datasets, accuracy and F1 with 95% CIs, the paper's accuracy beside ours.
+
+Run: python experiments/table2.py [run folders ...] [--wandb-project P] [--out outputs/reports]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lettingo.reports import PAPER_TABLE2, RunRecord, latest_by, report_cli, write_report
+
+METHODS = ("majority", "user_mean", "10H", "palr", "rlmrec", "kar", "base", "sft", "dpo")
+
+
+def build(records: list[RunRecord], out: Path) -> dict[str, Path]:
+    """One row per (dataset, method) from the latest run of each dataset."""
+    rows, reference = {}, {}
+    for dataset, record in latest_by(records, lambda r: r.get("dataset.name")).items():
+        found = record.intervals()
+        for method in METHODS:
+            name = f"base:{record.get('backbone.name')}" if method == "base" else method
+            if name in found:
+                rows[f"{dataset} | {name}"] = found[name]
+        for method, accuracy in PAPER_TABLE2.get(dataset, {}).items():
+            reference[f"{dataset} | {method}"] = {"accuracy": accuracy}
+    return write_report("table2", rows, out, reference=reference, title="Table 2: methods x datasets")
+
+
+if __name__ == "__main__":
+    report_cli(__doc__, build)
