@@ -46,7 +46,8 @@ def test_profile_free_inputs() -> None:
     empty = empty_profile_cases(SAMPLES)
     assert [c.profile for c in empty] == [""] * 4 and [c.label for c in empty] == ["dislike", "like", "like", "neutral"]
     raw = raw_history_cases(SAMPLES, history=2, item_text=ItemTextConfig())
-    assert raw[0].profile.splitlines()[1:] == ["1. Film 1 | Drama | rated 5 (like)", "2. Film 2 | Drama | rated 4 (like)"]
+    assert raw[0].profile.splitlines()[1:] == ["1. Film 1 | Drama | rated 5 (like)",
+                                               "2. Film 2 | Drama | rated 4 (like)"]
     fields = case_fields(raw[0], ItemTextConfig(), "(none)")
     assert fields["target"] == "Film 999 | Drama"  # the target's rating stays hidden
     assert fields["recent_newest_first"].splitlines()[0].startswith("1. Film 101")

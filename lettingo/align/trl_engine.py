@@ -57,18 +57,19 @@ def dpo_trainer(model: PreTrainedModel | PeftModel, tokenizer: Any, train: pd.Da
     from trl import DPOConfig, DPOTrainer
 
     on_gpu = torch.cuda.is_available()
-    args = DPOConfig(
+    has_val = val is not None and len(val) > 0
+    settings = dict(
         output_dir=str(output_dir), beta=beta, loss_type=["sigmoid"], learning_rate=lr, weight_decay=weight_decay,
         lr_scheduler_type="constant", warmup_steps=0, per_device_train_batch_size=micro_batch_size,
         per_device_eval_batch_size=micro_batch_size, gradient_accumulation_steps=accumulate,
         num_train_epochs=epochs, max_steps=max_steps, max_length=max_length,
         precompute_ref_log_probs=precompute_reference, gradient_checkpointing=on_gpu, max_grad_norm=max_grad_norm,
         use_cpu=not on_gpu, bf16=on_gpu, report_to="none", save_strategy="no", logging_steps=1,
-        eval_strategy="epoch" if val is not None and len(val) else "no", seed=seed, dataloader_num_workers=0,
-        **extra,
+        eval_strategy="epoch" if has_val else "no", seed=seed, dataloader_num_workers=0,
     )
+    args = DPOConfig(**(settings | extra))  # `extra`: any other DPOConfig field, or one of the above overridden
     return DPOTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=trl_dataset(train, tokenizer),
-                      eval_dataset=trl_dataset(val, tokenizer) if val is not None and len(val) else None,
+                      eval_dataset=trl_dataset(val, tokenizer) if has_val else None,
                       peft_config=peft_config)
 
 

@@ -29,7 +29,8 @@ def profile_cases(profiles: pd.DataFrame, samples: pd.DataFrame) -> list[RecCase
     missing = sorted(set(profiles["user_id"].astype(str)) - set(by_user))
     if missing:
         raise ValueError(f"profiles of users {missing[:5]} have no sample; were they written for another dataset?")
-    return [case_from_sample(by_user[str(u)], str(t)) for u, t in zip(profiles["user_id"], profiles["text"], strict=True)]
+    pairs = zip(profiles["user_id"], profiles["text"], strict=True)
+    return [case_from_sample(by_user[str(u)], str(t)) for u, t in pairs]
 
 
 def reward_frame(profiles: pd.DataFrame, cases: Sequence[RecCase], probabilities: np.ndarray) -> pd.DataFrame:

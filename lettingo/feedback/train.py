@@ -30,10 +30,17 @@ REC_TRAIN_PROFILES = "rec_train_profiles"
 REC_TRAIN_SPLIT = "rec_train"
 # Trainer keys that change where things go or how they are shown, not what is trained.
 UNTRACKED_TRAINER_KEYS = ("default_root_dir", "enable_progress_bar", "enable_model_summary", "log_every_n_steps")
+# f_Rec keys that change speed or location, not predictions.
+UNTRACKED_MODEL_KEYS = ("cache_dir", "batch_size", "predict_batch_size", "reuse_prefix", "device")
 
 
 def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def model_identity(cfg: DictConfig) -> dict[str, Any]:
+    """The f_Rec's model config without the keys that do not change its predictions."""
+    return {k: v for k, v in _plain(cfg.recommender.model).items() if k not in UNTRACKED_MODEL_KEYS}
 
 
 def rec_train_samples(cfg: DictConfig, samples: pd.DataFrame) -> pd.DataFrame:
@@ -62,7 +69,7 @@ def rec_model_fingerprint(cfg: DictConfig, profiles_fp: str | None) -> str:
     """Fingerprint of everything the trained f_Rec depends on."""
     trainer = {k: v for k, v in _plain(cfg.trainer).items() if k not in UNTRACKED_TRAINER_KEYS}
     return fingerprint({
-        "model": _plain(cfg.recommender.model), "training": _plain(cfg.recommender.training), "trainer": trainer,
+        "model": model_identity(cfg), "training": _plain(cfg.recommender.training), "trainer": trainer,
         "samples": samples_fingerprint(cfg), "profiles": profiles_fp, "seed": int(cfg.seed),
     })
 
@@ -110,7 +117,8 @@ def run_train_rec(ctx: RunContext) -> dict[str, Any]:
         "val_users": len(val_users), "seconds": time.perf_counter() - began,
     }
     store.finish(REC_MODEL, fp, **summary)
-    ctx.tracker.log_metrics({"train_rec/val/macro_f1": result.val_macro_f1, "train_rec/train/seconds": summary["seconds"]})
+    ctx.tracker.log_metrics({"train_rec/val/macro_f1": result.val_macro_f1,
+                             "train_rec/train/seconds": summary["seconds"]})
     print(f"train_rec: {rcfg.name} trained on {len(train)} cases of {len(train_users)} users in "
           f"{summary['seconds']:.0f} s; best validation macro-F1 {result.val_macro_f1:.3f} ({len(val)} cases)")
     return summary
@@ -124,10 +132,10 @@ def load_recommender(cfg: DictConfig, store: ArtifactStore) -> Recommender:
     meta = store.meta(REC_MODEL)
     if meta is None:
         raise RuntimeError(f"{cfg.recommender.name} is not trained in {store.root}: run stage=train_rec first")
-    fp = rec_model_fingerprint(cfg, _profiles_fingerprint(store) if int(cfg.recommender.training.profiles_per_user)
-                               > 0 else None)
-    if meta["fingerprint"] != fp:
-        raise RuntimeError(f"{store.path(REC_MODEL)} was trained with other inputs than this config: rerun stage=train_rec")
+    with_profiles = int(cfg.recommender.training.profiles_per_user) > 0
+    if meta["fingerprint"] != rec_model_fingerprint(cfg, _profiles_fingerprint(store) if with_profiles else None):
+        raise RuntimeError(f"{store.path(REC_MODEL)} was trained with other inputs than this config: "
+                           "rerun stage=train_rec")
     load_checkpoint(recommender, store.path(REC_MODEL) / meta["checkpoint"])
     recommender.eval()
     return recommender
@@ -137,4 +145,4 @@ def recommender_identity(cfg: DictConfig, store: ArtifactStore) -> dict[str, Any
     """What identifies the f_Rec whose verdicts an artifact holds (joins downstream fingerprints)."""
     if cfg.recommender.trainable:
         return {"rec_model": store.meta(REC_MODEL)["fingerprint"]}
-    return {"model": _plain(cfg.recommender.model)}
+    return {"model": model_identity(cfg)}

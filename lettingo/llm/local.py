@@ -12,11 +12,12 @@ import torch
 from lettingo.llm.base import Generation, GenerationBackend, Progress, sample_seed, validate_request
 from lettingo.llm.decoding import PromptBatch, sample
 from lettingo.llm.models import load_causal_lm
+from lettingo.llm.prompting import TokenizerPrompts
 
 log = logging.getLogger(__name__)
 
 
-class LocalBackend(GenerationBackend):
+class LocalBackend(TokenizerPrompts, GenerationBackend):
     """A transformers causal LM on this machine (CPU or one GPU).
 
     Prompts are sorted by token length and cut into batches of about ``batch_size`` sequences
@@ -49,31 +50,7 @@ class LocalBackend(GenerationBackend):
             from peft import PeftModel
 
             self.model = PeftModel.from_pretrained(self.model, str(adapter)).merge_and_unload().eval()
-        self.chat = bool(self.tokenizer.chat_template)
-        self.stop_ids = self._stop_ids()
-
-    def _stop_ids(self) -> list[int]:
-        """Token ids that end a sequence: the tokenizer's EOS and the generation config's."""
-        configured = self.model.generation_config.eos_token_id
-        ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
-        ids.add(self.tokenizer.eos_token_id)
-        return sorted(i for i in ids if i is not None)
-
-    def render(self, instruction: str) -> str:
-        """Chat template with the generation prompt if the tokenizer has one, else ``instruction + lead_in``."""
-        if self.chat:
-            messages = [{"role": "user", "content": instruction}]
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return instruction + self.lead_in
-
-    def _encode(self, text: str) -> list[int]:
-        # A chat template writes its own special tokens (BOS included); a plain prompt gets the
-        # tokenizer's, as the model saw in training.
-        return self.tokenizer(text, add_special_tokens=not self.chat)["input_ids"]
-
-    def count_tokens(self, text: str) -> int:
-        """Number of tokens of ``text`` as :meth:`generate` feeds it to the model."""
-        return len(self._encode(text))
+        self.stop_token_ids = self.stop_ids(self.model.generation_config.eos_token_id)
 
     def generate(
         self,
@@ -86,7 +63,7 @@ class LocalBackend(GenerationBackend):
     ) -> list[list[Generation]]:
         """See :meth:`GenerationBackend.generate`."""
         validate_request(n, temperature, max_new_tokens)
-        encoded = [self._encode(p) for p in prompts]
+        encoded = [self.encode(p) for p in prompts]
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
         per_batch = max(1, self.batch_size // n)
         results: list[list[Generation]] = [[] for _ in prompts]
@@ -95,7 +72,13 @@ class LocalBackend(GenerationBackend):
             seeds = [sample_seed(seed, prompts[i], j) for i in members for j in range(n)]
             began = time.perf_counter()
             sampled = sample(
-                self.model, self._pad([encoded[i] for i in members]), n, seeds, temperature, max_new_tokens, self.stop_ids
+                self.model,
+                self._pad([encoded[i] for i in members]),
+                n,
+                seeds,
+                temperature,
+                max_new_tokens,
+                self.stop_token_ids,
             )
             seconds = (time.perf_counter() - began) / len(sampled)
             for row, tokens in enumerate(sampled):

@@ -40,7 +40,8 @@ def empty_profile_cases(samples: pd.DataFrame) -> list[RecCase]:
 
 def raw_history_cases(samples: pd.DataFrame, history: int, item_text: ItemTextConfig) -> list[RecCase]:
     """The 10H + raw H baseline: the last H older items pasted, as text, where the profile goes."""
-    return [
-        case_from_sample(sample, raw_history_profile([plain_item(i) for i in older_history(sample, history)], item_text))
-        for sample in samples.to_dict("records")
-    ]
+    cases = []
+    for sample in samples.to_dict("records"):
+        older = [plain_item(i) for i in older_history(sample, history)]
+        cases.append(case_from_sample(sample, raw_history_profile(older, item_text)))
+    return cases
