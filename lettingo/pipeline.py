@@ -12,7 +12,11 @@ from omegaconf import DictConfig, OmegaConf
 
 import lettingo
 from lettingo.artifacts import ArtifactStore, write_json_atomic
+from lettingo.align.stage import run_align
 from lettingo.data.stage import run_data
+from lettingo.feedback.evaluate import run_evaluate
+from lettingo.feedback.train import run_train_rec
+from lettingo.profiles.stage import run_explore
 from lettingo.runtime import RunContext, seed_everything
 
 log = logging.getLogger(__name__)
@@ -30,7 +34,25 @@ def data_stage(ctx: RunContext) -> dict[str, Any]:
     return summary
 
 
-STAGES: dict[str, Stage] = {"data": data_stage}
+#: The stages in the order `stage=pipeline` runs them.
+STAGES: dict[str, Stage] = {
+    "data": data_stage,
+    "explore": run_explore,
+    "train_rec": run_train_rec,
+    "evaluate": run_evaluate,
+    "align": run_align,
+}
+
+
+def pipeline_stage(ctx: RunContext) -> dict[str, Any]:
+    """Every stage in order; each reuses its artifacts when they exist for the same inputs."""
+    results = {}
+    for name, stage in STAGES.items():
+        log.info("=== stage %s ===", name)
+        results[name] = stage(ctx)
+    artifacts = sorted(p.name for p in ctx.run_dir.iterdir() if (p / "_meta.json").exists() or p.suffix == ".json")
+    print("artifacts in " + str(ctx.run_dir) + ":\n" + "\n".join(f"  {ctx.run_dir / a}" for a in artifacts))
+    return results
 
 
 def save_run_config(cfg: DictConfig, run_dir: Path) -> Path:
@@ -41,8 +63,9 @@ def save_run_config(cfg: DictConfig, run_dir: Path) -> Path:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the configured stage in its run folder; the tracker is closed whatever happens."""
-    if cfg.stage not in STAGES:
-        raise ValueError(f"unknown stage {cfg.stage!r}; choose one of {sorted(STAGES)}")
+    stages = {**STAGES, "pipeline": pipeline_stage}
+    if cfg.stage not in stages:
+        raise ValueError(f"unknown stage {cfg.stage!r}; choose one of {sorted(stages)}")
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(int(cfg.seed), cfg.get("num_threads"))
@@ -50,7 +73,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     tracker = instantiate(cfg.logger)
     try:
         tracker.log_config(OmegaConf.to_container(cfg, resolve=True))
-        result = STAGES[cfg.stage](RunContext(cfg=cfg, run_dir=run_dir, store=ArtifactStore(run_dir), tracker=tracker))
+        result = stages[cfg.stage](RunContext(cfg=cfg, run_dir=run_dir, store=ArtifactStore(run_dir), tracker=tracker))
     except BaseException:
         tracker.finish(exit_code=1)
         raise
