@@ -1,5 +1,6 @@
 """Our DPO module against TRL's DPOTrainer: same tiny model, LoRA weights and pairs -> same loss,
-rewards and gradients (sigmoid loss, same beta), with and without the shared-prompt forward."""
+rewards and gradients (sigmoid loss, same beta), with and without the shared-prompt forward.
+Two pairs share a user's prompt and chosen profile, so the de-duplicated batch is checked too."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ BETA = 0.3
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"]}
 PROFILES = [
     ("Likes crime dramas and thrillers, rates comedies low.", "Toy Story."),
+    ("Likes crime dramas and thrillers, rates comedies low.", "Star Wars (1977) Star Wars (1977)"),
     ("They enjoy classic films.", "User profile: likes horror, mean rating 4."),
     ("Dislikes children's films; high ratings to Star Wars (1977).", "Fargo"),
 ]
@@ -40,8 +42,9 @@ def pairs(tmp_path: Path) -> pd.DataFrame:
     _, tokenizer = load_causal_lm("tiny_random", tmp_path / "models")
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": f"The user rated {t}. Write a profile."}],
                                              tokenize=False, add_generation_prompt=True)
-               for t in ("Toy Story (1995) 5 of 5", "Alien (1979) 2 of 5, Titanic (1997) 4 of 5", "Fargo (1996)")]
-    return pd.DataFrame({"user_id": ["1", "2", "3"], "prompt": prompts, "chosen": [c for c, _ in PROFILES],
+               for t in ("Toy Story (1995) 5 of 5", "Toy Story (1995) 5 of 5", "Alien (1979) 2 of 5, Titanic (1997) 4 of 5",
+                         "Fargo (1996)")]
+    return pd.DataFrame({"user_id": ["1", "1", "2", "3"], "prompt": prompts, "chosen": [c for c, _ in PROFILES],
                          "rejected": [r for _, r in PROFILES]})
 
 
@@ -76,7 +79,9 @@ def test_dpo_matches_trl(tmp_path: Path, pairs: pd.DataFrame, share_prompt: bool
     module = DpoModule(model, optimizer=lambda p: torch.optim.SGD(p, lr=0.0), beta=BETA, share_prompt=share_prompt,
                        precompute_reference=False)
     model.train()
-    loss, metrics = module.step(collate(examples, range(len(examples)), tokenizer.pad_token_id))
+    batch = collate(examples, range(len(examples)), tokenizer.pad_token_id)
+    assert batch["prompt_ids"].shape[0] == 3 and batch["completion_ids"].shape[0] == 7  # shared prompt and profile
+    loss, metrics = module.step(batch)
     loss.backward()
 
     torch.testing.assert_close(loss.detach(), trl_loss, atol=1e-5, rtol=0)

@@ -138,24 +138,26 @@ def split_by_user(pairs: pd.DataFrame, val_fraction: float, seed: int) -> tuple[
     return pairs[~in_val].reset_index(drop=True), pairs[in_val].reset_index(drop=True)
 
 
-def example_length(example: Example) -> int:
-    """Tokens one example costs with a shared prompt: the prompt plus every completion."""
-    return len(example["prompt_ids"]) + sum(len(c) for c in example["completions"])
+def example_order_key(example: Example) -> tuple[int, int, int]:
+    """Sort key for bucketing: prompt length, then the prompt itself, so a user's examples end up side by side."""
+    prompt = example["prompt_ids"]
+    return len(prompt), hash(tuple(prompt)), sum(len(c) for c in example["completions"])
 
 
-def length_buckets(lengths: Sequence[int], batch_size: int, seed: int, window: int = 32) -> list[list[int]]:
-    """Index batches of similar lengths: shuffle, sort within windows of ``window`` batches, cut, shuffle batches.
+def length_buckets(keys: Sequence[Any], batch_size: int, seed: int, window: int = 32) -> list[list[int]]:
+    """Index batches of similar keys: shuffle, sort within windows of ``window`` batches, cut, shuffle batches.
 
-    Sorting only within windows keeps batches random enough while little compute goes to padding.
+    Sorting only within windows keeps batches random enough while little compute goes to padding,
+    and examples sharing a prompt mostly land in one batch, where the prompt runs once.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(lengths))
+    order = rng.permutation(len(keys))
     batches: list[list[int]] = []
     span = batch_size * window
     for start in range(0, len(order), span):
-        chunk = sorted(order[start:start + span].tolist(), key=lambda i: lengths[i])
+        chunk = sorted(order[start:start + span].tolist(), key=lambda i: keys[i])
         batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
     rng.shuffle(batches)
     return batches
@@ -173,11 +175,24 @@ def _pad(sequences: Sequence[Sequence[int]], pad_id: int, left: bool) -> tuple[t
 
 
 def collate(examples: Sequence[Example], indices: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
-    """One batch: left-padded prompts, right-padded completions (K per prompt), indices, reference log-probs."""
-    prompt_ids, prompt_mask = _pad([e["prompt_ids"] for e in examples], pad_id, left=True)
-    completion_ids, completion_mask = _pad([c for e in examples for c in e["completions"]], pad_id, left=False)
+    """One batch: each distinct prompt once (left-padded), each distinct completion of a prompt once
+    (right-padded), and ``completion_rows`` (examples x K) pointing every example at its completion rows.
+
+    Also the examples' ``index`` and, when every example has them, their reference log-probs ``ref_logps``.
+    """
+    prompts: dict[tuple[int, ...], int] = {}
+    completions: dict[tuple[int, tuple[int, ...]], int] = {}
+    rows = []
+    for example in examples:
+        p = prompts.setdefault(tuple(example["prompt_ids"]), len(prompts))
+        rows.append([completions.setdefault((p, tuple(c)), len(completions)) for c in example["completions"]])
+    prompt_ids, prompt_mask = _pad(list(prompts), pad_id, left=True)
+    completion_ids, completion_mask = _pad([c for _, c in completions], pad_id, left=False)
     batch = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
-             "completion_mask": completion_mask, "index": torch.tensor(list(indices), dtype=torch.long)}
+             "completion_mask": completion_mask,
+             "completion_prompt": torch.tensor([p for p, _ in completions], dtype=torch.long),
+             "completion_rows": torch.tensor(rows, dtype=torch.long),
+             "index": torch.tensor(list(indices), dtype=torch.long)}
     if all("ref_logps" in e for e in examples):
         batch["ref_logps"] = torch.tensor([e["ref_logps"] for e in examples], dtype=torch.float32)
     return batch
@@ -185,7 +200,8 @@ def collate(examples: Sequence[Example], indices: Sequence[int], pad_id: int) ->
 
 def completion_batch(batch: dict[str, torch.Tensor]) -> CompletionBatch:
     """The token part of a collated batch."""
-    return CompletionBatch(batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"], batch["completion_mask"])
+    return CompletionBatch(batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"], batch["completion_mask"],
+                           batch["completion_prompt"])
 
 
 class _Batches(Dataset):
@@ -204,7 +220,7 @@ class _Batches(Dataset):
 
 def batch_loader(examples: list[Example], batch_size: int, pad_id: int, seed: int, shuffle: bool) -> DataLoader:
     """A loader over length-bucketed batches of ``examples`` (one item per batch)."""
-    batches = length_buckets([example_length(e) for e in examples], batch_size, seed)
+    batches = length_buckets([example_order_key(e) for e in examples], batch_size, seed)
     return DataLoader(_Batches(examples, batches, pad_id), batch_size=None, shuffle=shuffle)
 
 

@@ -28,12 +28,16 @@ def reward_metrics(rewards: torch.Tensor) -> dict[str, torch.Tensor]:
             "rewards/margins": (chosen - rejected).mean(), "rewards/accuracies": (chosen > rejected).float().mean()}
 
 
+def example_logps(model: PeftModel, batch: dict[str, torch.Tensor], share_prompt: bool = True) -> torch.Tensor:
+    """Summed log-probs of each example's completions, shape (examples, K); each distinct one computed once."""
+    return completion_logps(model, completion_batch(batch), share_prompt)[batch["completion_rows"]]
+
+
 @torch.no_grad()
 def reference_logps(model: PeftModel, batch: dict[str, torch.Tensor], share_prompt: bool = True) -> torch.Tensor:
-    """Summed completion log-probs (P, K) under the base model: the adapter disabled, no second copy."""
+    """Summed completion log-probs (examples, K) under the base model: the adapter disabled, no second copy."""
     with model.disable_adapter():
-        logps = completion_logps(model, completion_batch(batch), share_prompt)
-    return logps.view(batch["prompt_ids"].shape[0], -1)
+        return example_logps(model, batch, share_prompt)
 
 
 def attach_reference_logps(model: PeftModel, examples: list[Example], batch_size: int, pad_id: int,
@@ -83,7 +87,7 @@ class DpoModule(AdapterModule):
 
     def step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """DPO loss of a batch with its reward metrics."""
-        policy = completion_logps(self.model, completion_batch(batch), self.share_prompt).view(-1, 2)
+        policy = example_logps(self.model, batch, self.share_prompt)
         reference = batch["ref_logps"] if "ref_logps" in batch else reference_logps(self.model, batch,
                                                                                     self.share_prompt)
         loss, rewards = dpo_loss(policy, reference, self.beta)

@@ -1,10 +1,11 @@
 """Summed log-probabilities of completions given their prompt, the quantity DPO and SFT train on.
 
-A batch holds P prompts and K completions per prompt (DPO: K = 2, chosen and rejected; SFT: K = 1).
-With ``share_prompt`` the prompt is run once, its KV cache (with its autograd graph) is repeated K
-times and the completions run on top of it: P + K*C tokens of compute instead of K*(P + C). Without
-it, each prompt+completion is one left-padded row, as TRL's DPOTrainer concatenates them. Both give
-the same numbers up to float rounding; only completion positions go through the LM head.
+A batch holds P distinct prompts and R distinct completions, each completion tied to its prompt
+(all the profiles of one user share that user's prompt). With ``share_prompt`` each prompt is run
+once and its KV cache (with its autograd graph) is gathered for every completion of that prompt,
+which then runs on top of it: P*Lp + R*Lc tokens of compute instead of R*(Lp + Lc). Without it,
+each prompt+completion is one left-padded row, as TRL's DPOTrainer concatenates them. Both give the
+same numbers up to float rounding; only completion positions go through the LM head.
 """
 
 from __future__ import annotations
@@ -17,22 +18,13 @@ from transformers import DynamicCache, PreTrainedModel
 
 @dataclass(frozen=True)
 class CompletionBatch:
-    """P left-padded prompts and P*K right-padded completions (row ``p*K + k`` is completion k of prompt p)."""
+    """P left-padded prompts and R right-padded completions; completion r follows prompt ``completion_prompt[r]``."""
 
     prompt_ids: torch.Tensor
     prompt_mask: torch.Tensor
     completion_ids: torch.Tensor
     completion_mask: torch.Tensor
-
-    @property
-    def per_prompt(self) -> int:
-        """K, the number of completions of each prompt."""
-        return self.completion_ids.shape[0] // self.prompt_ids.shape[0]
-
-    def to(self, device: torch.device | str) -> CompletionBatch:
-        """The same batch on ``device``."""
-        return CompletionBatch(*(t.to(device) for t in (self.prompt_ids, self.prompt_mask, self.completion_ids,
-                                                         self.completion_mask)))
+    completion_prompt: torch.Tensor
 
 
 def _gather_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -42,19 +34,19 @@ def _gather_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def _shared_prompt_logps(model: PreTrainedModel, batch: CompletionBatch) -> torch.Tensor:
-    """Per-token log-probs (P*K, C): one prompt forward, its cache repeated for the K completions."""
-    k = batch.per_prompt
+    """Per-token log-probs (R, C): one forward per prompt, its cache gathered for each of its completions."""
+    owner = batch.completion_prompt
     positions = (batch.prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
     prompt_out = model(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask, position_ids=positions,
                        past_key_values=cache, use_cache=True, logits_to_keep=1)
     # The last prompt position predicts the first completion token (prompts are left-padded).
-    first = prompt_out.logits[:, -1].repeat_interleave(k, dim=0)
-    cache.batch_repeat_interleave(k)
-    lengths = batch.prompt_mask.sum(-1).repeat_interleave(k)
+    first = prompt_out.logits[owner, -1]
+    cache.batch_select_indices(owner)
+    lengths = batch.prompt_mask.sum(-1)[owner]
     width = batch.completion_ids.shape[1]
     completion_positions = lengths[:, None] + torch.arange(width, device=lengths.device)
-    mask = torch.cat([batch.prompt_mask.repeat_interleave(k, dim=0), batch.completion_mask], dim=-1)
+    mask = torch.cat([batch.prompt_mask[owner], batch.completion_mask], dim=-1)
     # The last completion position predicts nothing we score.
     rest = model(input_ids=batch.completion_ids, attention_mask=mask, position_ids=completion_positions,
                  past_key_values=cache, use_cache=True, logits_to_keep=width).logits[:, :-1]
@@ -64,11 +56,10 @@ def _shared_prompt_logps(model: PreTrainedModel, batch: CompletionBatch) -> torc
 
 
 def _concatenated_logps(model: PreTrainedModel, batch: CompletionBatch) -> torch.Tensor:
-    """Per-token log-probs (P*K, C) with each prompt+completion as its own left-padded row."""
-    k = batch.per_prompt
+    """Per-token log-probs (R, C) with each prompt+completion as its own left-padded row."""
     rows = []
-    for r in range(batch.completion_ids.shape[0]):
-        prompt = batch.prompt_ids[r // k][batch.prompt_mask[r // k].bool()]
+    for r, p in enumerate(batch.completion_prompt.tolist()):
+        prompt = batch.prompt_ids[p][batch.prompt_mask[p].bool()]
         completion = batch.completion_ids[r][batch.completion_mask[r].bool()]
         rows.append(torch.cat([prompt, completion]))
     width = max(len(r) for r in rows)
@@ -94,11 +85,11 @@ def _concatenated_logps(model: PreTrainedModel, batch: CompletionBatch) -> torch
 
 
 def completion_token_logps(model: PreTrainedModel, batch: CompletionBatch, share_prompt: bool = True) -> torch.Tensor:
-    """Log-probability of every completion token given its prompt, shape (P*K, C); padding positions are 0."""
+    """Log-probability of every completion token given its prompt, shape (R, C); padding positions are 0."""
     logps = _shared_prompt_logps(model, batch) if share_prompt else _concatenated_logps(model, batch)
     return logps * batch.completion_mask
 
 
 def completion_logps(model: PreTrainedModel, batch: CompletionBatch, share_prompt: bool = True) -> torch.Tensor:
-    """Summed log-probability of each completion given its prompt, shape (P*K,)."""
+    """Summed log-probability of each completion given its prompt, shape (R,)."""
     return completion_token_logps(model, batch, share_prompt).sum(-1)

@@ -9,9 +9,9 @@ from lettingo.align.logprobs import completion_token_logps
 from lettingo.align.module import AdapterModule
 
 
-def sft_loss(token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood per completion token over the batch."""
-    return -token_logps.sum() / mask.sum().clamp(min=1)
+def sft_loss(token_logps: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood per completion token over the examples (``rows``: each example's row)."""
+    return -token_logps.sum(-1)[rows].sum() / mask.sum(-1)[rows].sum().clamp(min=1)
 
 
 class SftModule(AdapterModule):
@@ -22,4 +22,4 @@ class SftModule(AdapterModule):
     def step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Token-mean cross-entropy of the batch's completions."""
         tokens = completion_token_logps(self.model, completion_batch(batch), self.share_prompt)
-        return sft_loss(tokens, batch["completion_mask"]), {}
+        return sft_loss(tokens, batch["completion_mask"], batch["completion_rows"][:, 0]), {}
