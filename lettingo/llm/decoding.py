@@ -2,17 +2,22 @@
 
 ``model.generate`` draws every sequence of a batch from one random stream, so a sample depends on
 which other prompts share its batch; and it prefills each of the ``n`` copies of a prompt
-separately. This loop gives each sequence its own ``torch.Generator``, prefills each prompt once
-and copies its cache ``n`` times, and drops finished sequences from the batch as it goes.
+separately. This loop gives each sequence its own random stream, prefills each prompt once and
+copies its cache ``n`` times, and drops finished sequences from the batch as it goes.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
+
+from lettingo.llm.attention import preallocated_cache
+
+BLOCK = 1024  # vocabulary block of the two-level inverse-CDF sampler
 
 
 @dataclass(frozen=True)
@@ -43,12 +48,12 @@ def sample(
     rows = batch.input_ids.shape[0] * n
     if len(seeds) != rows:
         raise ValueError(f"need one seed per sequence ({rows}), got {len(seeds)}")
-    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    streams = [random.Random(s) for s in seeds]
     stop = torch.tensor(list(stop_ids), device=device)
 
     mask = batch.attention_mask
     positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache(config=model.config)
+    cache = preallocated_cache(model.config, capacity=mask.shape[1] + max_new_tokens)
     out = model(
         input_ids=batch.input_ids,
         attention_mask=mask,
@@ -67,7 +72,11 @@ def sample(
     active = torch.arange(rows, device=device)  # which original sequence each batch row is
     tokens_out: list[list[int]] = [[] for _ in range(rows)]
     for step in range(max_new_tokens):
-        chosen = _pick(logits, [generators[i] for i in active.tolist()], temperature)
+        if temperature == 0:
+            chosen = logits.argmax(dim=-1)
+        else:
+            uniforms = torch.tensor([streams[i].random() for i in active.tolist()], device=device)
+            chosen = sample_tokens(logits, uniforms, temperature)
         finished = torch.isin(chosen, stop)
         for row, token, done in zip(active.tolist(), chosen.tolist(), finished.tolist(), strict=True):
             if not done:
@@ -87,9 +96,23 @@ def sample(
     return tokens_out
 
 
-def _pick(logits: torch.Tensor, generators: list[torch.Generator], temperature: float) -> torch.Tensor:
-    """Next token per row: argmax when ``temperature == 0``, else a draw from row ``i``'s generator."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators, strict=True)])
+def sample_tokens(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Draw one token per row from ``softmax(logits / temperature)`` by inverting its CDF at ``uniforms``.
+
+    One uniform number per row (from that sequence's own stream) decides the draw, so a row's
+    token does not depend on the other rows. The CDF is searched in two levels, over blocks of
+    the vocabulary and then inside one block, which avoids a cumulative sum over the whole
+    vocabulary per row (262k entries for Gemma 3).
+    """
+    rows, vocab = logits.shape
+    weights = logits.float() / temperature
+    weights = (weights - weights.amax(dim=-1, keepdim=True)).exp_()
+    weights = torch.nn.functional.pad(weights, (0, -vocab % BLOCK)).view(rows, -1, BLOCK)
+    block_mass = weights.sum(dim=-1)
+    block_cdf = block_mass.cumsum(dim=-1)
+    target = (uniforms.to(block_cdf.dtype) * block_cdf[:, -1])[:, None]
+    block = torch.searchsorted(block_cdf, target, right=True).clamp_(max=block_cdf.shape[1] - 1)
+    before = (block_cdf.gather(1, block) - block_mass.gather(1, block))
+    inner_cdf = weights[torch.arange(rows, device=logits.device), block[:, 0]].cumsum(dim=-1) + before
+    inner = torch.searchsorted(inner_cdf, target, right=True).clamp_(max=BLOCK - 1)
+    return (block * BLOCK + inner)[:, 0].clamp_(max=vocab - 1)

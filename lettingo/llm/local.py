@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from lettingo.llm.attention import ATTENTION
 from lettingo.llm.base import Generation, GenerationBackend, Progress, sample_seed, validate_request
 from lettingo.llm.decoding import PromptBatch, sample
 from lettingo.llm.models import load_causal_lm
@@ -50,6 +51,7 @@ class LocalBackend(TokenizerPrompts, GenerationBackend):
             from peft import PeftModel
 
             self.model = PeftModel.from_pretrained(self.model, str(adapter)).merge_and_unload().eval()
+        self.model.set_attn_implementation(ATTENTION)
         self.stop_token_ids = self.stop_ids(self.model.generation_config.eos_token_id)
 
     def generate(
