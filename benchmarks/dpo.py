@@ -146,7 +146,8 @@ def run_trl(pairs, args: argparse.Namespace, settings: dict) -> dict:
         trainer = dpo_trainer(
             model, tokenizer, pairs, None, Path(out), peft_config=lora_config(**LORA),
             beta=args.beta, lr=args.lr, weight_decay=0.0, micro_batch_size=args.batch, accumulate=1, epochs=1,
-            max_steps=-1, max_length=args.trl_max_length, precompute_reference=settings["precompute"], max_grad_norm=1.0, seed=0,
+            max_steps=-1, max_length=args.trl_max_length, precompute_reference=settings["precompute"],
+            max_grad_norm=1.0, seed=0,
             gradient_checkpointing=settings["gradient_checkpointing"], disable_tqdm=True,
         )
         torch.manual_seed(0)

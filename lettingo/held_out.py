@@ -43,7 +43,7 @@ TABLE3_METRICS = ("accuracy", "macro_f1")
 
 
 def adapter_generators(cfg: DictConfig, store: ArtifactStore) -> dict[str, tuple[str, DictConfig, str]]:
-    """Method label -> (backbone tag, backbone config with the adapter, adapter fingerprint) for each trained adapter."""
+    """Method label -> (backbone tag, backbone config with the adapter, adapter fingerprint) per trained adapter."""
     found = {}
     for label, method in ((SFT, "sft"), (DPO, "dpo")):
         meta = store.meta(adapter_artifact(method))

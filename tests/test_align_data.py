@@ -32,7 +32,8 @@ def tiny(tmp_path: Path):
 
 
 def _render(tokenizer, text: str) -> str:
-    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+    messages = [{"role": "user", "content": text}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def test_truncation_keeps_the_end_of_the_prompt_and_the_start_of_profiles(tiny) -> None:

@@ -42,8 +42,8 @@ def pairs(tmp_path: Path) -> pd.DataFrame:
     _, tokenizer = load_causal_lm("tiny_random", tmp_path / "models")
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": f"The user rated {t}. Write a profile."}],
                                              tokenize=False, add_generation_prompt=True)
-               for t in ("Toy Story (1995) 5 of 5", "Toy Story (1995) 5 of 5", "Alien (1979) 2 of 5, Titanic (1997) 4 of 5",
-                         "Fargo (1996)")]
+               for t in ("Toy Story (1995) 5 of 5", "Toy Story (1995) 5 of 5",
+                         "Alien (1979) 2 of 5, Titanic (1997) 4 of 5", "Fargo (1996)")]
     return pd.DataFrame({"user_id": ["1", "1", "2", "3"], "prompt": prompts, "chosen": [c for c, _ in PROFILES],
                          "rejected": [r for _, r in PROFILES]})
 

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lettingo.align.logprobs import CompletionBatch
+from lettingo.llm.prompting import TokenizerPrompts
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +40,20 @@ def check_pairs(pairs: pd.DataFrame) -> None:
             raise ValueError(f"{int(empty.sum())} pairs have an empty {column!r} (first at row {int(empty.idxmax())})")
 
 
+class _Prompts(TokenizerPrompts):
+    """The generation backends' prompt rules over a bare tokenizer."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer, self.lead_in = tokenizer, ""
+
+
 def prompt_token_ids(tokenizer: Any, prompt: str) -> list[int]:
-    """Token ids of a rendered prompt as the local backend feeds it to the model.
+    """Token ids of a rendered prompt exactly as the generation backends feed it to the model.
 
     A chat template writes its own special tokens (BOS included), so none are added; a plain
     completion prompt gets the tokenizer's special tokens, as the model saw in pre-training.
     """
-    return tokenizer(prompt, add_special_tokens=not tokenizer.chat_template)["input_ids"]
+    return _Prompts(tokenizer).encode(prompt)
 
 
 def completion_token_ids(tokenizer: Any, text: str) -> list[int]:

@@ -93,8 +93,8 @@ def generator_pairs(pairs: pd.DataFrame, profiles: pd.DataFrame | None, backbone
     key = ["user_id", "prompt_name", "history_len"]
     merged = pairs.drop(columns="prompt").merge(own.loc[:, [*key, "prompt"]], on=key, how="inner")
     if len(merged) < len(pairs):
-        log.warning("%d of %d pairs dropped: the generator %s wrote no profile for their user", len(pairs) - len(merged),
-                    len(pairs), backbone)
+        log.warning("%d of %d pairs dropped: the generator %s wrote no profile for their user",
+                    len(pairs) - len(merged), len(pairs), backbone)
     return merged
 
 

@@ -41,9 +41,10 @@ def trl_dataset(pairs: pd.DataFrame, tokenizer: Any) -> Dataset:
 
 
 def dpo_trainer(model: PreTrainedModel | PeftModel, tokenizer: Any, train: pd.DataFrame, val: pd.DataFrame | None,
-                output_dir: Path, *, peft_config: LoraConfig | None = None, beta: float, lr: float, weight_decay: float, micro_batch_size: int, accumulate: int,
-                epochs: int, max_steps: int, max_length: int | None, precompute_reference: bool,
-                max_grad_norm: float, seed: int, **extra: Any) -> Any:
+                output_dir: Path, *, peft_config: LoraConfig | None = None, beta: float, lr: float,
+                weight_decay: float, micro_batch_size: int, accumulate: int, epochs: int, max_steps: int,
+                max_length: int | None, precompute_reference: bool, max_grad_norm: float, seed: int,
+                **extra: Any) -> Any:
     """A TRL DPOTrainer (sigmoid loss) configured like the Lightning module.
 
     Pass the base model with ``peft_config`` (TRL adds a fresh adapter; its reference is the base
@@ -80,4 +81,5 @@ def train_with_trl(model: PreTrainedModel, peft_config: LoraConfig, tokenizer: A
     trainer.train()
     history = trainer.state.log_history
     log.info("TRL DPO finished: %d log rows", len(history))
-    return trainer.model, {"train": [r for r in history if "loss" in r], "val": [r for r in history if "eval_loss" in r]}
+    rows = {"train": [r for r in history if "loss" in r], "val": [r for r in history if "eval_loss" in r]}
+    return trainer.model, rows

@@ -24,7 +24,8 @@ def item_text(
     `with_rating=False` leaves the rating out (for the target item, whose rating is the answer).
     """
     parts = [str(item["title"]).strip() or str(item["item_id"])]
-    attributes = list(item.get("attributes") or [])
+    attributes = item.get("attributes")  # a list, or a NumPy array when read back from Parquet
+    attributes = [] if attributes is None else [str(a) for a in attributes]
     if attributes:
         parts.append(", ".join(attributes))
     if with_rating:

@@ -104,14 +104,18 @@ def grouped_attention(
     chunk = max(1, SCORE_BYTES // (4 * batch * heads * keys))
     outputs = []
     for start in range(0, length, chunk):
-        part = slice(start, start + chunk)
-        scores = torch.matmul(grouped[:, :, :, part], key[:, :, None].transpose(-1, -2)) * scale
+        part = grouped[:, :, :, start : start + chunk]
+        size = part.shape[3]
+        # (group, chunk) rows against the shared head: a plain batched product, nothing broadcast
+        scores = torch.matmul(part.reshape(batch, kv_heads, group * size, dim), key.transpose(-1, -2)) * scale
+        scores = scores.view(batch, kv_heads, group, size, keys)
         if mask.dtype == torch.bool:  # a finite fill: a padding query that sees nothing must not turn NaN
-            scores = scores.masked_fill(~mask[..., part, :], torch.finfo(scores.dtype).min)
+            scores = scores.masked_fill(~mask[..., start : start + size, :], torch.finfo(scores.dtype).min)
         else:
-            scores = scores + mask[..., part, :]
+            scores = scores + mask[..., start : start + size, :]
         weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
-        outputs.append(torch.matmul(weights, value[:, :, None]))  # (batch, kv_heads, group, chunk, dim)
+        out = torch.matmul(weights.view(batch, kv_heads, group * size, keys), value)
+        outputs.append(out.view(batch, kv_heads, group, size, dim))
     out = torch.cat(outputs, dim=3) if len(outputs) > 1 else outputs[0]
     return out.reshape(batch, heads, length, dim).transpose(1, 2), None
 
