@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
-from lettingo.llm.attention import ATTENTION
 from lettingo.llm.decoding import PromptBatch, sample, sample_tokens
+from lettingo.llm.fast_decode import MASKED_SDPA
 
 
 def tiny_llama() -> torch.nn.Module:
@@ -41,7 +41,7 @@ def test_cached_batched_greedy_matches_the_uncached_reference(build) -> None:
     model = build().eval()
     prompts = [[5, 17, 3, 42, 8, 9, 11], [7, 7, 1], [60, 2, 33, 4, 19]]
     expected = [greedy_without_cache(model, p, 6) for p in prompts]
-    model.set_attn_implementation(ATTENTION)
+    model.set_attn_implementation(MASKED_SDPA)
     width = max(map(len, prompts))
     batch = PromptBatch(
         torch.tensor([[0] * (width - len(p)) + p for p in prompts]),

@@ -204,6 +204,18 @@ def test_training_cases_empty_profile_rate_and_users_without_profiles() -> None:
     assert 0.1 < empty < 0.4
     assert all(c.profile == "" for c in cases if c.user_id == "u39")
     assert training_cases(samples, profiles, 2, 0.25, seed=1) == cases  # seeded
+    assert all(c.recent for c in cases)
+
+
+def test_training_cases_can_drop_the_recent_items_but_never_the_profile_too() -> None:
+    samples = pd.DataFrame([sample(f"u{i}", [1, 2, 3, 4, 5, 4, 3]) for i in range(40)])
+    profiles = {f"u{i}": ["a"] for i in range(39)}
+    cases = training_cases(samples, profiles, 2, empty_profile_rate=0.2, seed=0, empty_recent_rate=0.5)
+    no_recent = [c for c in cases if not c.recent]
+    assert all(c.profile == "a" for c in no_recent)  # the user is never left without any history
+    assert 0.25 < len(no_recent) / len(cases) < 0.55  # about (1 - 0.2) * 0.5 of the cases
+    with pytest.raises(ValueError, match="empty_recent_rate"):
+        training_cases(samples, profiles, 2, 0.2, 0, empty_recent_rate=1.5)
 
 
 def test_split_users_is_seeded_disjoint_and_complete() -> None:

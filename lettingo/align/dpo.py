@@ -65,7 +65,8 @@ class DpoModule(AdapterModule):
     """DPO on preference examples (prompt, [chosen, rejected]) with the sigmoid loss and ``beta``.
 
     With ``precompute_reference`` the reference log-probs of the whole train and validation sets
-    are computed once when fitting starts; batches without them get them on the fly.
+    are computed once when fitting starts (under DDP every process computes them for all
+    examples); batches without them get them on the fly.
     """
 
     def __init__(self, model: PeftModel, optimizer: OptimizerFactory, beta: float = 0.1, share_prompt: bool = True,

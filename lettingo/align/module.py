@@ -63,6 +63,11 @@ class AdapterModule(L.LightningModule):
         return self.optimizer_factory([p for p in self.model.parameters() if p.requires_grad])
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Drop the frozen base weights from the checkpoint."""
+        """Drop the frozen base weights from the checkpoint; keep the validation history."""
         trainable = {f"model.{name}" for name, p in self.model.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["val_history"] = self.history
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the validation history of the interrupted run."""
+        self.history = list(checkpoint.get("val_history", []))

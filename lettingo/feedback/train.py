@@ -99,7 +99,7 @@ def run_train_rec(ctx: RunContext) -> dict[str, Any]:
     train_users, val_users = split_users(users["user_id"].tolist(), float(tcfg.val_fraction), int(cfg.seed))
     n_targets, seed = int(tcfg.n_targets), int(cfg.seed)
     train = training_cases(users[users["user_id"].isin(train_users)], texts, n_targets,
-                           float(tcfg.empty_profile_rate), seed)
+                           float(tcfg.empty_profile_rate), seed, float(tcfg.empty_recent_rate))
     val = training_cases(users[users["user_id"].isin(val_users)], texts, n_targets, 0.0, seed)
     module = instantiate(rcfg.model)
     data = RecDataModule(train, val, module.collate, int(tcfg.batch_size), str(tcfg.balance), seed)

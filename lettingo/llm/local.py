@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from lettingo.llm.attention import ATTENTION
 from lettingo.llm.base import Generation, GenerationBackend, Progress, sample_seed, validate_request
 from lettingo.llm.decoding import PromptBatch, sample
-from lettingo.llm.models import load_causal_lm
+from lettingo.llm.fast_decode import MASKED_SDPA
+from lettingo.llm.models import inference_dtype, load_causal_lm, resolve_device
 from lettingo.llm.prompting import TokenizerPrompts
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,11 @@ class LocalBackend(TokenizerPrompts, GenerationBackend):
         device: str = "auto",
         adapter: str | Path | None = None,
     ) -> None:
-        """Load ``model`` (see :func:`lettingo.llm.models.load_causal_lm`), optionally with a PEFT adapter merged in."""
+        """Load ``model`` (see :func:`lettingo.llm.models.load_causal_lm`), optionally with a PEFT adapter merged in.
+
+        ``dtype="auto"`` generates in :func:`lettingo.llm.models.inference_dtype`: bfloat16 on CUDA and
+        on CPUs with native bfloat16, else float32.
+        """
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if num_threads:
@@ -46,12 +50,14 @@ class LocalBackend(TokenizerPrompts, GenerationBackend):
         self.name = name
         self.lead_in = lead_in
         self.batch_size = batch_size
+        if dtype == "auto":
+            dtype = inference_dtype(resolve_device(device))
         self.model, self.tokenizer = load_causal_lm(model, cache_dir, dtype=dtype, device=device)
         if adapter is not None:
             from peft import PeftModel
 
             self.model = PeftModel.from_pretrained(self.model, str(adapter)).merge_and_unload().eval()
-        self.model.set_attn_implementation(ATTENTION)
+        self.model.set_attn_implementation(MASKED_SDPA)
         self.stop_token_ids = self.stop_ids(self.model.generation_config.eos_token_id)
 
     def generate(

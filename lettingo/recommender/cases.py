@@ -41,6 +41,10 @@ class RecCase:
         """The same case with another profile."""
         return RecCase(self.user_id, profile, self.recent, self.target)
 
+    def without_recent(self) -> RecCase:
+        """The same case with no recent items (only the profile describes the user)."""
+        return RecCase(self.user_id, self.profile, (), self.target)
+
 
 def case_from_sample(sample: Mapping[str, Any], profile: str = "") -> RecCase:
     """The case of a sample's real target: its K recent items and its profile."""

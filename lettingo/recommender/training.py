@@ -43,20 +43,29 @@ def training_cases(
     n_targets: int,
     empty_profile_rate: float,
     seed: int,
+    empty_recent_rate: float = 0.0,
 ) -> list[RecCase]:
     """Cases of the given users: for each of a user's profiles, `n_targets` shifted targets.
 
     Each case's profile is left empty with probability `empty_profile_rate` (seeded), so the same
-    model learns to score the 10H baseline. A user without profiles gets empty-profile cases.
+    model learns to score the 10H baseline; otherwise its recent items are dropped with probability
+    `empty_recent_rate`, so the model must learn what the profile says about the user. A user
+    without profiles gets empty-profile cases.
     """
-    if not 0 <= empty_profile_rate <= 1:
-        raise ValueError(f"empty_profile_rate must be in [0, 1], got {empty_profile_rate}")
+    for name, rate in (("empty_profile_rate", empty_profile_rate), ("empty_recent_rate", empty_recent_rate)):
+        if not 0 <= rate <= 1:
+            raise ValueError(f"{name} must be in [0, 1], got {rate}")
     rng = np.random.default_rng(seed)
     cases = []
     for sample in samples.to_dict("records"):
         for profile in profiles.get(str(sample["user_id"])) or [""]:
             for case in shifted_cases(sample, profile, n_targets):
-                cases.append(case.with_profile("") if rng.random() < empty_profile_rate else case)
+                draw = rng.random()
+                if draw < empty_profile_rate:
+                    case = case.with_profile("")
+                elif profile and draw < empty_profile_rate + (1 - empty_profile_rate) * empty_recent_rate:
+                    case = case.without_recent()
+                cases.append(case)
     return cases
 
 

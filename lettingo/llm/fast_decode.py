@@ -1,10 +1,11 @@
-"""Two pieces that make batched generation fast on a CPU: a KV cache written in place, and
-attention that reads grouped key/value heads without copying them.
+"""Two measured fixes for batched decoding on a CPU (SmolLM2 and Gemma 3, bfloat16, one thread).
 
-Profiled on SmolLM2 (bfloat16, one thread), a batch-32 decode step spent most of its time not in
-the matrix products but in growing the cache (``torch.cat`` of every layer's keys and values at
-every step) and in torch's CPU attention kernel, which also took a third of a padded prefill;
-both are replaced here.
+1. A KV cache written in place. transformers' ``DynamicCache`` grows by ``torch.cat`` of every
+   layer's keys and values at every step, copying the whole cache each time; writing into a
+   buffer sized for prompt + new tokens made a batch-32 decode step about 10% cheaper.
+2. ``sdpa`` with its mask always built. When a batch has no padding, transformers leaves the mask
+   out and relies on ``is_causal``; torch's CPU kernel for that case took 3x longer per decode
+   step (SmolLM2, batch 32: 303 ms against 106 ms) and up to 1.4x longer per prefill.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-ATTENTION = "lettingo_grouped"  # the attn_implementation name registered below
-SCORE_BYTES = 1 << 28  # largest float32 score matrix one attention chunk may build
+MASKED_SDPA = "lettingo_masked_sdpa"  # attn_implementation name registered at the end of this module
 
 
 class PreallocatedLayer(DynamicLayer):
@@ -77,54 +77,11 @@ def preallocated_cache(config: PretrainedConfig, capacity: int) -> Cache:
     return Cache(layers=[PreallocatedLayer(capacity) for _ in range(layers)])
 
 
-def grouped_attention(
-    module: torch.nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    dropout: float = 0.0,
-    scaling: float | None = None,
-    **kwargs,
-) -> tuple[torch.Tensor, None]:
-    """Attention as batched matrix products over the key/value heads: each group of query heads is
-    reshaped onto its shared key/value head instead of copying keys and values per query head.
-
-    Queries go in chunks so the score matrix stays under :data:`SCORE_BYTES`. Anything this does
-    not cover (dropout, soft-capping, position bias, no mask) goes to transformers' ``sdpa``.
-    """
-    if attention_mask is None or dropout or kwargs.get("softcap") is not None or kwargs.get("position_bias") is not None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
-    batch, heads, length, dim = query.shape
-    kv_heads, keys = key.shape[1], key.shape[2]
-    group = heads // kv_heads
-    scale = dim**-0.5 if scaling is None else scaling
-    grouped = query.reshape(batch, kv_heads, group, length, dim)
-    mask = attention_mask[:, :, None]  # (batch, 1, 1, length, keys): True = attend, or additive floats
-    chunk = max(1, SCORE_BYTES // (4 * batch * heads * keys))
-    outputs = []
-    for start in range(0, length, chunk):
-        part = grouped[:, :, :, start : start + chunk]
-        size = part.shape[3]
-        # (group, chunk) rows against the shared head: a plain batched product, nothing broadcast
-        scores = torch.matmul(part.reshape(batch, kv_heads, group * size, dim), key.transpose(-1, -2)) * scale
-        scores = scores.view(batch, kv_heads, group, size, keys)
-        if mask.dtype == torch.bool:  # a finite fill: a padding query that sees nothing must not turn NaN
-            scores = scores.masked_fill(~mask[..., start : start + size, :], torch.finfo(scores.dtype).min)
-        else:
-            scores = scores + mask[..., start : start + size, :]
-        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
-        out = torch.matmul(weights.view(batch, kv_heads, group * size, keys), value)
-        outputs.append(out.view(batch, kv_heads, group, size, dim))
-    out = torch.cat(outputs, dim=3) if len(outputs) > 1 else outputs[0]
-    return out.reshape(batch, heads, length, dim).transpose(1, 2), None
-
-
-def materialized_mask(*args, **kwargs) -> torch.Tensor | None:
-    """``sdpa``'s boolean mask, always built (never left to ``is_causal``), as the grouped product needs it."""
+def _always_materialized_mask(*args, **kwargs) -> torch.Tensor | None:
+    """``sdpa``'s boolean mask, never left to ``is_causal``."""
     kwargs["allow_is_causal_skip"] = False
     return sdpa_mask(*args, **kwargs)
 
 
-AttentionInterface.register(ATTENTION, grouped_attention)
-AttentionMaskInterface.register(ATTENTION, materialized_mask)
+AttentionInterface.register(MASKED_SDPA, sdpa_attention_forward)
+AttentionMaskInterface.register(MASKED_SDPA, _always_materialized_mask)
