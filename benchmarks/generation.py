@@ -101,16 +101,19 @@ def _local(run: dict, args: argparse.Namespace) -> tuple[int, float, float]:
 
 
 def _hf_generate(run: dict, args: argparse.Namespace) -> tuple[int, float, float]:
-    """Reference: plain ``model.generate``, one prompt at a time, float32."""
+    """Reference: plain ``model.generate``, one prompt at a time, float32, transformers' default attention."""
     import torch
 
-    backend = _backend(run, args)
-    prompts, prompt_tokens = _prompts(backend, run, args)
+    from lettingo.llm.models import load_causal_lm
+
+    model, tokenizer = load_causal_lm(f"bundled:{run['model']}", args.cache_dir, dtype="float32", device="cpu")
+    prompter = _Prompter(tokenizer)
+    prompts, prompt_tokens = _prompts(prompter, run, args)
     torch.manual_seed(0)
     began, total = time.perf_counter(), 0
     for prompt in prompts:
-        ids = torch.tensor([backend.encode(prompt)])
-        out = backend.model.generate(
+        ids = torch.tensor([prompter.encode(prompt)])
+        out = model.generate(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
             do_sample=True,
@@ -118,36 +121,35 @@ def _hf_generate(run: dict, args: argparse.Namespace) -> tuple[int, float, float
             top_k=0,
             top_p=1.0,
             max_new_tokens=args.max_new_tokens,
-            pad_token_id=backend.tokenizer.pad_token_id,
+            pad_token_id=tokenizer.pad_token_id,
         )
         total += out.shape[1] - ids.shape[1]
     return total, time.perf_counter() - began, prompt_tokens
 
 
-class _TokenizerOnly(TokenizerPrompts):
-    """Renders and encodes prompts like the local backend, without loading its model."""
+class _Prompter(TokenizerPrompts):
+    """Renders and encodes prompts exactly like the local backend, given its tokenizer."""
 
-    def __init__(self, model: str, cache_dir: str) -> None:
-        from transformers import AutoTokenizer
-
-        from lettingo.llm.models import resolve_model_path
-
-        self.tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(f"bundled:{model}", cache_dir))
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
         self.lead_in = LEAD_IN
 
 
 def _llama_cpp(run: dict, args: argparse.Namespace) -> tuple[int, float, float]:
     """Reference: llama-cpp-python, one stream, on the same GGUF and the same prompt tokens."""
     from llama_cpp import Llama
+    from transformers import AutoTokenizer
 
     from lettingo.llm.bundled import bundled_gguf
+    from lettingo.llm.models import resolve_model_path
 
-    prompter = _TokenizerOnly(run["model"], args.cache_dir)
+    prompter = _Prompter(AutoTokenizer.from_pretrained(resolve_model_path(f"bundled:{run['model']}", args.cache_dir)))
     prompts, prompt_tokens = _prompts(prompter, run, args)
     llm = Llama(
         model_path=str(bundled_gguf(run["model"], args.cache_dir)),
         n_ctx=2048,
         n_threads=args.threads,
+        n_threads_batch=args.threads,
         n_batch=512,
         seed=0,
         verbose=False,

@@ -127,3 +127,12 @@ def test_test_stage_compares_every_method_on_the_same_users(compose_cfg, aligned
     predictions = ArtifactStore(run_dir).read_table("predictions")
     assert len(predictions) == 10 * len(methods) and predictions.groupby("method").size().eq(10).all()
     assert "## Table 3" in out and "| DPO" in out and "| SFT" in out and "| no DPO" in out
+
+
+def test_one_user_trains_without_validation(compose_cfg, tmp_path) -> None:
+    run_dir, cache = tmp_path / "run", tmp_path / "models"
+    pairs = write_pairs(run_dir, cache)
+    ArtifactStore(run_dir).write_table("pairs", pairs[pairs["user_id"] == "0"], fingerprint({"one user": True}))
+    cfg = compose_cfg(["stage=align", *TINY, "align.sft_baseline=false", f"paths.model_cache={cache}"], run_dir)
+    summary = run_align(context(cfg, run_dir))["dpo"]
+    assert summary["pairs_val"] == 0 and summary["val_history"] == [] and summary["steps"] == 1

@@ -12,17 +12,33 @@ from lettingo.llm.fast_decode import MASKED_SDPA
 
 
 def tiny_llama() -> torch.nn.Module:
-    config = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, initializer_range=0.5)
+    config = LlamaConfig(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        initializer_range=0.5,
+    )
     return LlamaForCausalLM(config)
 
 
 def tiny_gemma3() -> torch.nn.Module:
     # A window of 4 tokens, far shorter than the prompts, so the sliding layers really slide.
-    config = Gemma3TextConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                              num_attention_heads=4, num_key_value_heads=1, head_dim=8, sliding_window=4,
-                              layer_types=["sliding_attention", "sliding_attention", "full_attention"],
-                              initializer_range=0.5, final_logit_softcapping=None)
+    config = Gemma3TextConfig(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=8,
+        sliding_window=4,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        initializer_range=0.5,
+        final_logit_softcapping=None,
+    )
     return Gemma3ForCausalLM(config)
 
 
@@ -32,7 +48,7 @@ def greedy_without_cache(model: torch.nn.Module, prompt: list[int], steps: int) 
     with torch.inference_mode():
         for _ in range(steps):
             ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
-    return ids[len(prompt):]
+    return ids[len(prompt) :]
 
 
 @pytest.mark.parametrize("build", [tiny_llama, tiny_gemma3])

@@ -8,6 +8,7 @@ from fixtures_llm import tiny_backend, tiny_model_cache  # noqa: F401  (fixtures
 
 from lettingo.llm.decoding import sample
 from lettingo.llm.local import LocalBackend
+from lettingo.llm.models import inference_dtype
 
 INSTRUCTIONS = [
     "The user rated Toy Story (1995) 5/5 and Fargo (1996) 2/5.",
@@ -132,6 +133,11 @@ def test_bad_batch_size_raises(tiny_model_cache) -> None:  # noqa: F811
         LocalBackend("t", "tiny_random", tiny_model_cache, batch_size=0)
 
 
-def test_model_is_float32_on_cpu_in_eval_mode(backend: LocalBackend) -> None:
-    assert backend.model.dtype == torch.float32 and not backend.model.training
-    assert backend.tokenizer.padding_side == "left" and backend.tokenizer.pad_token is not None
+def test_auto_dtype_generates_in_the_fastest_dtype_deterministically(tiny_model_cache) -> None:  # noqa: F811
+    auto = LocalBackend("t", "tiny_random", tiny_model_cache, num_threads=1)
+    assert auto.model.dtype == getattr(torch, inference_dtype(torch.device("cpu"))) and not auto.model.training
+    assert auto.tokenizer.padding_side == "left" and auto.tokenizer.pad_token is not None
+    prompts = [auto.render(i) for i in INSTRUCTIONS]
+    assert texts(auto.generate(prompts, n=2, seed=5, max_new_tokens=8)) == texts(
+        auto.generate(prompts, n=2, seed=5, max_new_tokens=8)
+    )

@@ -13,7 +13,7 @@ from fixtures_llm import bundled_model_cache  # noqa: F401  (fixture)
 
 from lettingo.llm.cache import materialize
 from lettingo.llm.local import LocalBackend
-from lettingo.llm.models import load_causal_lm, resolve_model_path
+from lettingo.llm.models import inference_dtype, load_causal_lm, resolve_model_path
 
 
 def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -50,6 +50,14 @@ def test_dtype_can_be_chosen(tmp_path: Path) -> None:
     assert model.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="unknown dtype"):
         load_causal_lm("tiny_random", tmp_path, dtype="float99")
+
+
+@pytest.mark.parametrize(("avx512_bf16", "expected"), [(True, "bfloat16"), (False, "float32")])
+def test_inference_dtype_follows_native_bfloat16(monkeypatch, avx512_bf16: bool, expected: str) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert inference_dtype(torch.device("cpu")) == expected
+    assert inference_dtype(torch.device("cuda")) == "bfloat16"
 
 
 @pytest.mark.parametrize(

@@ -57,11 +57,14 @@ class GenerationBackend(ABC):
         """Sample ``n`` completions for each rendered prompt.
 
         Returns one list of ``n`` generations per prompt, in input order. ``temperature == 0``
-        means greedy decoding. Sample ``j`` of a prompt depends only on (prompt, j, seed), not on
-        the other prompts of the call or on the batch size (see :func:`sample_seed`), so a
-        resumed run regenerates exactly what an uninterrupted run would have written.
-        ``progress`` is called after each batch with the number of sequences finished and the
-        number of new tokens in that batch.
+        means greedy decoding. Sample ``j`` of a prompt is drawn from its own random stream,
+        seeded by :func:`sample_seed` from (seed, prompt, j), so the same call gives the same
+        texts. Another call holding the same prompt (other prompts beside it, another batch
+        size) gives it the same samples up to floating-point differences between batch shapes:
+        rare in float32, frequent in bfloat16. A stage that resumes should therefore call this
+        per fixed chunk of work, so a regenerated chunk is batched exactly as before.
+        ``progress`` is called after each batch (or request) with the number of sequences
+        finished and the number of new tokens in it.
         """
 
     def close(self) -> None:  # noqa: B027  (optional hook: most backends hold nothing to release)

@@ -34,26 +34,23 @@ class PreallocatedLayer(DynamicLayer):
         self.length = 0
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        """Write the new states after the filled part (reallocating only if ``capacity`` is exceeded)."""
-        new = key_states.shape[-2]
+        """Write the new states after the filled part."""
+        end = self.length + key_states.shape[-2]
+        if end > self.capacity:
+            raise ValueError(f"KV cache full: {end} tokens exceed its capacity of {self.capacity}")
         if not self.is_initialized:
             self.dtype, self.device = key_states.dtype, key_states.device
-            self._keys = key_states.new_empty(*key_states.shape[:2], max(self.capacity, new), key_states.shape[-1])
-            self._values = value_states.new_empty(
-                *value_states.shape[:2], max(self.capacity, new), value_states.shape[-1]
-            )
+            self._keys = key_states.new_empty(*key_states.shape[:2], self.capacity, key_states.shape[-1])
+            self._values = value_states.new_empty(*value_states.shape[:2], self.capacity, value_states.shape[-1])
             self.is_initialized = True
-        if self.length + new > self._keys.shape[-2]:
-            grow = max(self.length + new, 2 * self._keys.shape[-2]) - self._keys.shape[-2]
-            self._keys = torch.cat([self._keys, self._keys.new_empty(*self._keys.shape[:2], grow, self._keys.shape[-1])], -2)
-            self._values = torch.cat(
-                [self._values, self._values.new_empty(*self._values.shape[:2], grow, self._values.shape[-1])], -2
-            )
-        self._keys[:, :, self.length : self.length + new] = key_states
-        self._values[:, :, self.length : self.length + new] = value_states
-        self.length += new
-        self.keys, self.values = self._keys[:, :, : self.length], self._values[:, :, : self.length]
+        self._keys[:, :, self.length : end] = key_states
+        self._values[:, :, self.length : end] = value_states
+        self.length = end
+        self._expose()
         return self.keys, self.values
+
+    def _expose(self) -> None:
+        self.keys, self.values = self._keys[:, :, : self.length], self._values[:, :, : self.length]
 
     def get_seq_length(self) -> int:
         """Number of tokens written so far."""
@@ -63,12 +60,12 @@ class PreallocatedLayer(DynamicLayer):
         """Repeat every row ``repeats`` times (the ``n`` samples of a prompt share its prefill)."""
         self._keys = self._keys.repeat_interleave(repeats, dim=0)
         self._values = self._values.repeat_interleave(repeats, dim=0)
-        self.keys, self.values = self._keys[:, :, : self.length], self._values[:, :, : self.length]
+        self._expose()
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         """Keep only the rows ``indices`` (finished sequences leave the batch)."""
         self._keys, self._values = self._keys[indices], self._values[indices]
-        self.keys, self.values = self._keys[:, :, : self.length], self._values[:, :, : self.length]
+        self._expose()
 
 
 def preallocated_cache(config: PretrainedConfig, capacity: int) -> Cache:

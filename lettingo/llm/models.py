@@ -70,7 +70,10 @@ def inference_dtype(device: torch.device) -> str:
     if device.type == "cuda":
         return "bfloat16"
     if device.type == "cpu":
-        native = (getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+        native = (
+            getattr(torch.cpu, name, lambda: False)()
+            for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        )
         if any(native):
             return "bfloat16"
     return "float32"
