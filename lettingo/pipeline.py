@@ -16,6 +16,7 @@ from lettingo.align.stage import run_align
 from lettingo.data.stage import run_data
 from lettingo.feedback.evaluate import run_evaluate
 from lettingo.feedback.train import run_train_rec
+from lettingo.held_out import run_test
 from lettingo.profiles.stage import run_explore
 from lettingo.runtime import RunContext, seed_everything
 
@@ -41,6 +42,7 @@ STAGES: dict[str, Stage] = {
     "train_rec": run_train_rec,
     "evaluate": run_evaluate,
     "align": run_align,
+    "test": run_test,
 }
 
 

@@ -8,7 +8,7 @@ import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
 from lettingo.llm.decoding import PromptBatch, sample, sample_tokens
-from lettingo.llm.fast_decode import MASKED_SDPA
+from lettingo.llm.fast_decode import MASKED_SDPA, PreallocatedLayer
 
 
 def tiny_llama() -> torch.nn.Module:
@@ -85,3 +85,12 @@ def test_sampler_across_vocabulary_blocks() -> None:
     tokens = sample_tokens(logits, torch.linspace(0.0, 0.9999, 2000), temperature=1.0)
     assert set(tokens.tolist()) == {1500, 2999}
     assert (tokens[:1000] == 1500).all() and (tokens[1000:] == 2999).all()
+
+
+def test_preallocated_cache_refuses_to_overflow() -> None:
+    layer = PreallocatedLayer(capacity=4)
+    states = torch.randn(2, 1, 3, 8)
+    keys, values = layer.update(states, states)
+    assert torch.equal(keys, states) and layer.get_seq_length() == 3
+    with pytest.raises(ValueError, match="capacity of 4"):
+        layer.update(states, states)
