@@ -137,9 +137,10 @@ def _fit_lightning(ctx: RunContext, method: str, model: Any, tokenizer: Any, tra
     acfg = ctx.cfg.align
     lengths = (int(acfg.data.max_prompt_tokens), int(acfg.data.max_completion_tokens))
     make = preference_examples if method == "dpo" else positive_examples
-    (train_examples, train_cut), (val_examples, val_cut) = make(train, tokenizer, *lengths), make(val, tokenizer,
-                                                                                                  *lengths)
-    train_cut.log(f"align {method} train"), val_cut.log(f"align {method} val")
+    train_examples, train_cut = make(train, tokenizer, *lengths)
+    val_examples, val_cut = make(val, tokenizer, *lengths)
+    train_cut.log(f"align {method} train")
+    val_cut.log(f"align {method} val")
     micro = int(acfg.batch.micro_size)
     accumulate = accumulation_steps(int(acfg.batch.global_size), micro, device_count(ctx.cfg.trainer))
     data = AlignDataModule(train_examples, val_examples, micro, tokenizer.pad_token_id, int(ctx.cfg.seed))

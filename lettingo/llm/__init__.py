@@ -1,1 +1,13 @@
-"""Generation backends: local transformers, OpenAI-compatible HTTP, vLLM; bundled models."""
+"""Generation backends: local transformers, OpenAI-compatible HTTP, vLLM; bundled models.
+
+- ``base``: :class:`~lettingo.llm.base.GenerationBackend` (``render``, ``count_tokens``,
+  ``generate``, ``close``), :class:`~lettingo.llm.base.Generation`, per-sample seeds.
+- ``models``: :func:`~lettingo.llm.models.load_causal_lm` / ``resolve_model_path`` for
+  ``bundled:smollm2_135m``, ``bundled:gemma3_270m``, ``tiny_random[:seed]`` or a local HF folder.
+- ``bundled`` / ``tiny`` / ``cache``: the GGUF conversion, the tiny random model, the locked
+  build-once folder cache behind them.
+- ``local`` (+ ``decoding``, ``fast_decode``, ``prompting``): batched CPU/GPU generation.
+- ``openai_http``: any OpenAI-compatible server; ``vllm_backend``: vLLM's offline engine.
+
+Backbones are built from ``conf/backbone/*.yaml`` with ``hydra.utils.instantiate``.
+"""
