@@ -149,3 +149,27 @@ def test_adapter_backend_needs_an_adapter(tmp_path: Path, compose_cfg) -> None:
     cfg = compose_cfg(["backbone=tiny_random"])
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
         adapter_backend(cfg.backbone, tmp_path)
+
+
+def test_precomputed_reference_follows_the_training_precision(cache: Path) -> None:
+    """Under bf16 autocast the reference is precomputed in bf16 too: the first step's loss is exactly log 2."""
+    import lightning as L
+
+    from lettingo.align.data import AlignDataModule
+
+    model, tokenizer = _model(cache)
+    examples, _ = preference_examples(_pairs(tokenizer), tokenizer, 512, 64)
+    data = AlignDataModule(examples, [], 4, tokenizer.pad_token_id)
+    module = DpoModule(model, _adam, beta=0.1)
+    losses = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(float(outputs["loss"]))
+
+    trainer = L.Trainer(accelerator="cpu", precision="bf16-mixed", max_steps=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[Record()])
+    trainer.fit(module, datamodule=data)
+    assert all("ref_logps" in e for e in examples)
+    assert losses == [pytest.approx(0.6931472, abs=1e-6)]

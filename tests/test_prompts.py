@@ -55,7 +55,7 @@ def test_template_renders_history_facts_and_request(compose_cfg, prompt: str, da
     positions = [lines.index(line) for line in expected]
     assert positions == sorted(positions) and len(positions) == history_len  # oldest first, one line each
     assert sample["older"][-history_len - 1]["title"] not in text  # nothing older than H
-    assert "Average rating" in text and "Highest rated genres" in text
+    assert "Average rating" in text and f"Highest rated {cfg.dataset.attribute_label}" in text
     assert text.endswith(" ".join(str(cfg.prompt.request).split()))
     assert "{{" not in text and "{%" not in text and "\n\n\n" not in text
     if cfg.dataset.item_text.review_chars > 0:

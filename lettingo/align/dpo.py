@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import torch
 import torch.nn.functional as F
 from peft import PeftModel
@@ -81,7 +82,11 @@ class DpoModule(AdapterModule):
     def on_fit_start(self) -> None:
         """Precompute the reference log-probs of the train and validation examples."""
         datamodule = getattr(self.trainer, "datamodule", None)
-        if self.precompute_reference and datamodule is not None:
+        if not self.precompute_reference or datamodule is None:
+            return
+        # Under the training steps' precision (e.g. bf16 autocast), so that policy and reference
+        # agree exactly while the adapter is still the identity.
+        with contextlib.nullcontext():
             for examples in (datamodule.train, datamodule.val):
                 attach_reference_logps(self.model, examples, self.reference_batch_size, datamodule.pad_id,
                                        self.share_prompt)
