@@ -159,3 +159,20 @@ def test_generator_pairs_use_the_generators_own_prompt() -> None:
                                                                                 "gemma prompt 2"]})
     own = generator_pairs(pairs, profiles, "smol")
     assert own["prompt"].tolist() == ["smol prompt 1"]  # user 2 has no SmolLM2 prompt: dropped
+
+
+def test_shared_prompt_is_exact_with_sliding_window_layers() -> None:
+    """Gemma 3 mixes sliding-window and full attention; prompts longer than the window still score exactly."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=8, sliding_window=4,
+                              layer_types=["sliding_attention", "full_attention"], pad_token_id=0)
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(config).eval()
+    examples = [{"prompt_ids": [2, 5, 6, 7, 8, 9, 10, 11], "completions": [[12, 13, 14, 1], [15, 1]]},
+                {"prompt_ids": [2, 20, 21], "completions": [[22, 23, 24, 25, 26, 1], [27, 1]]}]
+    batch = completion_batch(collate(examples, [0, 1], pad_id=0))
+    with torch.no_grad():
+        torch.testing.assert_close(completion_logps(model, batch, True), completion_logps(model, batch, False),
+                                   atol=1e-5, rtol=0)

@@ -72,6 +72,7 @@ def test_recommender_reading_the_profile_is_sensitive() -> None:
     assert result.value == pytest.approx(1.0 - expected_shuffled) and result.value > 0.4
     assert 0 < result.low <= result.value <= result.high
     assert result.users == 60 and result.cases == 120
+    assert result.flip_rate == pytest.approx(1.0 - expected_shuffled)  # every changed prediction is a miss here
     assert result.clearly_positive(0.02)
     assert not sensitivity_message(result, "reads_profile", 0.02).startswith("WARNING")
 
@@ -80,7 +81,7 @@ def test_recommender_ignoring_the_profile_scores_zero_and_warns() -> None:
     data = cases()
     result = profile_sensitivity(IgnoresProfile(), data, seed=1, n_resamples=500)
     assert result.value == 0.0 and result.low == 0.0 and result.high == 0.0
-    assert result.accuracy_true == pytest.approx(0.5)
+    assert result.accuracy_true == pytest.approx(0.5) and result.flip_rate == 0.0
     assert not result.clearly_positive(0.02)
     assert sensitivity_message(result, "ignores_profile", 0.02).startswith("WARNING")
 

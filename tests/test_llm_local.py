@@ -141,3 +141,26 @@ def test_auto_dtype_generates_in_the_fastest_dtype_deterministically(tiny_model_
     assert texts(auto.generate(prompts, n=2, seed=5, max_new_tokens=8)) == texts(
         auto.generate(prompts, n=2, seed=5, max_new_tokens=8)
     )
+
+
+def test_a_lora_adapter_is_merged_in(tiny_model_cache, tmp_path) -> None:  # noqa: F811
+    from peft import LoraConfig, get_peft_model
+
+    from lettingo.llm.models import load_causal_lm
+
+    model, _ = load_causal_lm("tiny_random", tiny_model_cache)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"]))
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:  # B starts at zero (a no-op adapter); make it change the model
+                parameter.normal_(0.0, 2.0)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    plain = LocalBackend("t", "tiny_random", tiny_model_cache, num_threads=1, dtype="float32")
+    tuned = LocalBackend(
+        "t", "tiny_random", tiny_model_cache, num_threads=1, dtype="float32", adapter=tmp_path / "adapter"
+    )
+    assert not any("lora" in name for name, _ in tuned.model.named_parameters())
+    prompts = [plain.render(i) for i in INSTRUCTIONS]
+    assert texts(tuned.generate(prompts, temperature=0, max_new_tokens=8)) != texts(
+        plain.generate(prompts, temperature=0, max_new_tokens=8)
+    )

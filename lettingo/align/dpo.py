@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import torch
 import torch.nn.functional as F
 from peft import PeftModel
@@ -86,7 +85,7 @@ class DpoModule(AdapterModule):
             return
         # Under the training steps' precision (e.g. bf16 autocast), so that policy and reference
         # agree exactly while the adapter is still the identity.
-        with contextlib.nullcontext():
+        with self.trainer.precision_plugin.forward_context():
             for examples in (datamodule.train, datamodule.val):
                 attach_reference_logps(self.model, examples, self.reference_batch_size, datamodule.pad_id,
                                        self.share_prompt)

@@ -3,7 +3,9 @@
 Each user's profiles are replaced by another user's (a random derangement of the users, so
 nobody keeps their own); recent items and target stay the user's own. An f_Rec that ignores the
 profile scores the same either way: ``profile_sensitivity`` near zero means the task-driven
-rewards say nothing about the profiles, and the whole loop is meaningless.
+rewards say nothing about the profiles, and the whole loop is meaningless. ``flip_rate`` (the
+share of predictions the shuffle changes) tells two reasons apart: near 0, f_Rec ignores the
+profile; well above 0 with no accuracy change, it reads the profiles but they carry nothing useful.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Sensitivity:
     p_value: float
     accuracy_true: float
     accuracy_shuffled: float
+    flip_rate: float
     users: int
     cases: int
 
@@ -87,8 +90,9 @@ def profile_sensitivity(
     groups = [c.user_id for c in cases]
     pred_true, pred_shuffled = predicted_labels(true_probs), predicted_labels(shuffled_probs)
     diff = paired_bootstrap(labels, pred_true, pred_shuffled, LABELS, "accuracy", n_resamples, confidence, seed, groups)
+    flips = float(np.mean([a != b for a, b in zip(pred_true, pred_shuffled, strict=True)]))
     return Sensitivity(diff.value, diff.low, diff.high, diff.p_value, _accuracy(labels, pred_true),
-                       _accuracy(labels, pred_shuffled), diff.n, len(cases))
+                       _accuracy(labels, pred_shuffled), flips, diff.n, len(cases))
 
 
 def _accuracy(labels: Sequence[str], predicted: Sequence[str]) -> float:
@@ -100,7 +104,8 @@ def sensitivity_message(result: Sensitivity, name: str, min_effect: float) -> st
     line = (
         f"profile_sensitivity of {name}: {100 * result.value:+.1f} points "
         f"[{100 * result.low:+.1f}, {100 * result.high:+.1f}] (accuracy {100 * result.accuracy_true:.1f}% with true "
-        f"profiles, {100 * result.accuracy_shuffled:.1f}% shuffled; {result.users} users, {result.cases} profiles)"
+        f"profiles, {100 * result.accuracy_shuffled:.1f}% shuffled; the shuffle changes "
+        f"{100 * result.flip_rate:.1f}% of the predictions; {result.users} users, {result.cases} profiles)"
     )
     if result.clearly_positive(min_effect):
         return line
