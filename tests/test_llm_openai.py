@@ -45,15 +45,17 @@ def test_retries_5xx_with_exponential_backoff(openai_stub: StubServer) -> None: 
     assert waits == [0, 1, 2]  # three retries, each one step further along the backoff
 
 
-def test_backoff_doubles_and_is_capped() -> None:
+def test_backoff_doubles_is_capped_and_honours_retry_after(monkeypatch) -> None:
+    sleeps: list[float] = []
+    monkeypatch.setattr("lettingo.llm.openai_http.time.sleep", sleeps.append)
     client = backend("http://127.0.0.1:9", backoff=0.02, max_backoff=0.05)
-    durations = []
     for attempt in range(4):
-        began = time.perf_counter()
         client._wait(attempt, None, "test")
-        durations.append(time.perf_counter() - began)
-    assert 0.01 <= durations[0] < 0.04 and 0.02 <= durations[1] < 0.07
-    assert all(d < 0.09 for d in durations[2:])  # capped at max_backoff
+    client._wait(0, "0.03", "test")  # the server's Retry-After wins over the backoff
+    client._wait(0, "600", "test")  # but never beyond max_backoff
+    assert 0.01 <= sleeps[0] <= 0.02 and 0.02 <= sleeps[1] <= 0.04  # jittered between half and full
+    assert all(0.025 <= s <= 0.05 for s in sleeps[2:4])  # 0.08 and 0.16 capped at 0.05
+    assert sleeps[4:] == [0.03, 0.05]
 
 
 def test_gives_up_after_max_retries(openai_stub: StubServer) -> None:  # noqa: F811
