@@ -4,6 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -18,12 +19,19 @@ $(STAMP): pyproject.toml requirements.txt
 	$(BIN)/pip install -q --no-deps $$(grep -E 'no-deps' requirements.txt | grep -v '^#' | sed 's/#.*//')
 	touch $(STAMP)
 
+# The test suite also needs llama-cpp-python's OpenAI-compatible server (a real server for the HTTP
+# backend's tests). It compiles llama.cpp from source: ~20 minutes on 2 cores the first time, then pip
+# reuses its wheel cache.
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[dev,server]'
+	touch $(TEST_STAMP)
+
 install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/lettingo experiment=quickstart
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

@@ -11,8 +11,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import lettingo
-from lettingo.artifacts import ArtifactStore, write_json_atomic
 from lettingo.align.stage import run_align
+from lettingo.artifacts import ArtifactStore, write_json_atomic
 from lettingo.data.stage import run_data
 from lettingo.feedback.evaluate import run_evaluate
 from lettingo.feedback.train import run_train_rec
@@ -60,7 +60,8 @@ def pipeline_stage(ctx: RunContext) -> dict[str, Any]:
 def save_run_config(cfg: DictConfig, run_dir: Path) -> Path:
     """Write the resolved config and the package version beside the results."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    return write_json_atomic(run_dir / "run_config.json", {"lettingo_version": lettingo.__version__, "config": resolved})
+    record = {"lettingo_version": lettingo.__version__, "config": resolved}
+    return write_json_atomic(run_dir / "run_config.json", record)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

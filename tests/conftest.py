@@ -12,6 +12,8 @@ from omegaconf import DictConfig
 
 from lettingo.cli import CONFIG_DIR
 
+pytest_plugins = ["fixtures_llm"]
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")

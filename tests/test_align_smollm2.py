@@ -5,7 +5,6 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from fixtures_llm import bundled_model_cache  # noqa: F401  (fixture)
 
 from lettingo.align.adapters import attach_lora
 from lettingo.align.data import collate, preference_examples

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fixtures_llm import tiny_backend, tiny_model_cache  # noqa: F401  (fixtures)
 
 from lettingo.llm.decoding import sample
 from lettingo.llm.local import LocalBackend

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures_llm import bundled_model_cache  # noqa: F401  (fixture)
 
 from lettingo.llm.cache import materialize
 from lettingo.llm.local import LocalBackend

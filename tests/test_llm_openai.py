@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fixtures_llm import StubServer, free_port, openai_stub  # noqa: F401  (fixture)
+from fixtures_llm import StubServer, free_port
 from omegaconf import OmegaConf
 
 from lettingo.llm.base import sample_seed

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-from fixtures_llm import tiny_model_cache  # noqa: F401  (fixture)
 
 from lettingo.llm.vllm_backend import VLLMBackend
 
