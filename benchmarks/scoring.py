@@ -21,11 +21,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from lettingo.artifacts import ArtifactStore
 from lettingo.cli import CONFIG_DIR
 from lettingo.data.stage import load_or_build_samples
 from lettingo.profiles.prompts import history_items
 from lettingo.profiles.user_facts import user_facts
-from lettingo.artifacts import ArtifactStore
 from lettingo.recommender.cases import RecCase, case_from_sample, shifted_cases
 
 
@@ -66,12 +66,14 @@ def main() -> None:
 
     from lettingo.recommender.llm import ZeroShotLLM
 
-    llm = ZeroShotLLM(**{k: v for k, v in OmegaConf.to_container(cfg.recommender.model, resolve=True).items()
-                         if k != "_target_"})
-    llm.predict(cases[:2])  # warm-up
-    for reuse in (True, False):
-        llm.reuse_prefix = reuse
-        rows.append((f"llm_zero_shot SmolLM2 predict, prefix reuse={reuse}", timed(llm.predict, cases) / n))
+    settings = {k: v for k, v in OmegaConf.to_container(cfg.recommender.model, resolve=True).items() if k != "_target_"}
+    for dtype in ("float32", "bfloat16"):
+        llm = ZeroShotLLM(**{**settings, "dtype": dtype})
+        llm.predict(cases[:2])  # warm-up
+        for reuse in (True, False):
+            llm.reuse_prefix = reuse
+            what = f"llm_zero_shot SmolLM2 predict ({dtype}), prefix reuse={reuse}"
+            rows.append((what, timed(llm.predict, cases) / n))
     tokens = [len(e.ids) for e in llm.scorer.encode(cases)]
     prefix = [len(e.prefix) for e in llm.scorer.encode(cases)]
     del llm
@@ -80,19 +82,22 @@ def main() -> None:
 
     for name, rcfg in (("llm_lora SmolLM2", lora_cfg), ("cross_encoder MiniLM", ce_cfg)):
         module = instantiate(rcfg.recommender.model)
-        module.predict(cases[:2])
-        rows.append((f"{name} predict", timed(module.predict, cases) / n))
         optimizer = module.configure_optimizers()
-        module.train()
+        batch = int(rcfg.recommender.training.batch_size)
 
         def step(batch, module=module, optimizer=optimizer) -> None:
+            module.train()
             optimizer.zero_grad()
             module.loss(module.collate(batch)).backward()
             optimizer.step()
 
-        batch = int(rcfg.recommender.training.batch_size)
-        step(train[:batch])
-        rows.append((f"{name} train step (batch {batch}) per case", timed(partial(step, train[:batch])) / batch))
+        for dtype in (torch.float32, torch.bfloat16):  # bf16: autocast, as Lightning's precision=bf16-mixed
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype is torch.bfloat16):
+                module.predict(cases[:2])
+                rows.append((f"{name} predict ({dtype})", timed(module.predict, cases) / n))
+                step(train[:batch])
+                per_case = timed(partial(step, train[:batch])) / batch
+                rows.append((f"{name} train step, batch {batch} ({dtype}), per case", per_case))
         del module
 
     print(f"{args.users} users x {args.profiles} profiles, {args.threads} threads; LLM prompts "
