@@ -50,11 +50,12 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
-def synthetic_pairs(n: int, cache_dir: str, seed: int = 0):
+def synthetic_pairs(n: int, cache_dir: str, per_user: int = 4, seed: int = 0):
     """``n`` pairs over ML-100K users: real generator prompts, made-up profiles of 40-96 tokens.
 
-    Each user gets 4 profiles, 2 "correct" and 2 "wrong", and so 4 pairs (rule ``all``), the
-    structure the evaluate stage produces for a user with N = 4 profiles half right.
+    With ``per_user=4`` each user gets 4 profiles, 2 "correct" and 2 "wrong", and so 4 pairs (rule
+    ``all`` for a user with N = 4 profiles half right); with ``per_user=1`` one pair per user (rule
+    ``margin``), so only chosen and rejected share a prompt.
     """
     import numpy as np
     import pandas as pd
@@ -71,7 +72,7 @@ def synthetic_pairs(n: int, cache_dir: str, seed: int = 0):
         samples, _ = load_or_build_samples(cfg, ArtifactStore(tmp))
     _, tokenizer = load_causal_lm(MODEL, cache_dir)
     rng = np.random.default_rng(seed)
-    users = samples[samples["split"] == "profile_train_h30"].head((n + 3) // 4)
+    users = samples[samples["split"] == "profile_train_h30"].head((n + per_user - 1) // per_user)
     rows = []
     for sample in users.to_dict("records"):
         instruction = build_instruction(sample, cfg.prompt, 30, cfg.dataset.item_text)
@@ -89,7 +90,7 @@ def synthetic_pairs(n: int, cache_dir: str, seed: int = 0):
                     break
             texts.append(" ".join(words))
         rows += [{"user_id": str(sample["user_id"]), "prompt": prompt, "chosen": texts[c], "rejected": texts[r]}
-                 for c in (0, 1) for r in (2, 3)]
+                 for c in (0, 1) for r in (2, 3)][:per_user]
     return pd.DataFrame(rows[:n])
 
 
@@ -99,7 +100,7 @@ def load_pairs(args: argparse.Namespace):
         from lettingo.artifacts import ArtifactStore
 
         return ArtifactStore(args.run_dir).read_table("pairs").sample(frac=1.0, random_state=0).head(args.pairs)
-    return synthetic_pairs(args.pairs, args.cache_dir)
+    return synthetic_pairs(args.pairs, args.cache_dir, args.pairs_per_user)
 
 
 def run_ours(pairs, args: argparse.Namespace, settings: dict) -> dict:
@@ -180,6 +181,8 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=16, help="preference pairs (one epoch over them)")
     parser.add_argument("--batch", type=int, default=4, help="pairs per micro-batch (both engines)")
     parser.add_argument("--engines", default="ours,trl_default", help=f"comma-separated, from {list(ENGINES)}")
+    parser.add_argument("--pairs-per-user", type=int, default=4, choices=(1, 2, 3, 4),
+                        help="synthetic pairs per user: 4 (rule all, 2 right x 2 wrong) or 1 (rule margin)")
     parser.add_argument("--run-dir", default=None, help="take the pairs from this run folder's pairs artifact")
     parser.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/lettingo/models"))
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
