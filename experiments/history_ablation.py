@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lettingo.reports import RunRecord, base_method, latest_by, report_cli, write_report
+from lettingo.held_out import NO_PROFILE
+from lettingo.reports import TABLE3_METHODS, RunRecord, latest_by, report_cli, write_report
 
 
 def build(records: list[RunRecord], out: Path) -> dict[str, Path]:
@@ -16,9 +17,9 @@ def build(records: list[RunRecord], out: Path) -> dict[str, Path]:
     runs = latest_by(records, lambda r: (r.get("dataset.name"), r.get("history.length")))
     for (dataset, history), record in sorted(runs.items(), key=lambda kv: (str(kv[0][0]), kv[0][1] or 0)):
         found = record.intervals()
-        for label, method in (("10H", "10H"), ("no DPO", base_method(record)), ("sft", "sft"), ("dpo", "dpo")):
+        for method in (NO_PROFILE, *TABLE3_METHODS):
             if method in found:
-                rows[f"{dataset} | {label} | H={history}"] = found[method]
+                rows[f"{dataset} | {method} | H={history}"] = found[method]
     return write_report("history_ablation", rows, out, title="Older-history length H")
 
 

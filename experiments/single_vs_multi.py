@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lettingo.reports import RunRecord, base_method, latest_by, report_cli, write_report
+from lettingo.held_out import DPO, NO_DPO
+from lettingo.reports import RunRecord, latest_by, report_cli, write_report
 
 
 def exploration(record: RunRecord) -> str:
@@ -21,9 +22,9 @@ def build(records: list[RunRecord], out: Path) -> dict[str, Path]:
     rows = {}
     for (dataset, setting), record in latest_by(records, lambda r: (r.get("dataset.name"), exploration(r))).items():
         found = record.intervals()
-        for label, method in (("no DPO", base_method(record)), ("dpo", "dpo")):
+        for method in (NO_DPO, DPO):
             if method in found:
-                rows[f"{dataset} | {setting} | {label}"] = found[method]
+                rows[f"{dataset} | {setting} | {method}"] = found[method]
     return write_report("single_vs_multi", rows, out, title="Single vs multi-LLM exploration")
 
 

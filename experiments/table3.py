@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lettingo.reports import PAPER_TABLE3, RunRecord, base_method, latest_by, report_cli, write_report
+from lettingo.reports import PAPER_TABLE3, TABLE3_METHODS, RunRecord, latest_by, report_cli, write_report
 
 
 def build(records: list[RunRecord], out: Path) -> dict[str, Path]:
@@ -15,9 +15,9 @@ def build(records: list[RunRecord], out: Path) -> dict[str, Path]:
     rows, reference = {}, {}
     for dataset, record in latest_by(records, lambda r: r.get("dataset.name")).items():
         found = record.intervals()
-        for label, method in (("no DPO", base_method(record)), ("sft", "sft"), ("dpo", "dpo")):
+        for method in TABLE3_METHODS:
             if method in found:
-                rows[f"{dataset} | {label}"] = found[method]
+                rows[f"{dataset} | {method}"] = found[method]
         for label, accuracy in PAPER_TABLE3.get(dataset, {}).items():
             reference[f"{dataset} | {label}"] = {"accuracy": accuracy}
     return write_report("table3", rows, out, reference=reference, title="Table 3: no DPO vs SFT vs DPO")

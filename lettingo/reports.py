@@ -18,18 +18,22 @@ from lettingo.evaluation.bootstrap import Interval
 from lettingo.evaluation.plots import plot_intervals
 from lettingo.evaluation.results import intervals
 from lettingo.evaluation.tables import results_table, to_markdown
+from lettingo.held_out import DPO, NO_DPO, NO_PROFILE, SFT
 
 #: The paper's accuracy (fractions; LLaMA3-8B-Instruct zero-shot f_Rec), labelled as the paper's.
+#: Method names are those of the test stage (`lettingo.held_out`).
 PAPER_TABLE2 = {
-    "ml10m": {"10H": 0.4495, "dpo": 0.5300},
-    "yelp": {"10H": 0.3745, "dpo": 0.7070},
-    "amazon_books": {"10H": 0.4815, "dpo": 0.7075},
+    "ml10m": {NO_PROFILE: 0.4495, DPO: 0.5300},
+    "yelp": {NO_PROFILE: 0.3745, DPO: 0.7070},
+    "amazon_books": {NO_PROFILE: 0.4815, DPO: 0.7075},
 }
 PAPER_TABLE3 = {
-    "ml10m": {"no DPO": 0.509, "sft": 0.511, "dpo": 0.530},
-    "yelp": {"no DPO": 0.649, "sft": 0.662, "dpo": 0.704},
-    "amazon_books": {"no DPO": 0.591, "sft": 0.637, "dpo": 0.704},
+    "ml10m": {NO_DPO: 0.509, SFT: 0.511, DPO: 0.530},
+    "yelp": {NO_DPO: 0.649, SFT: 0.662, DPO: 0.704},
+    "amazon_books": {NO_DPO: 0.591, SFT: 0.637, DPO: 0.704},
 }
+#: The alignment ablation's methods, in table order.
+TABLE3_METHODS = (NO_DPO, SFT, DPO)
 
 
 @dataclass(frozen=True)
@@ -125,8 +129,3 @@ def report_cli(description: str, build: Callable[[list[RunRecord], Path], dict[s
 def latest_by(records: Sequence[RunRecord], key: Callable[[RunRecord], Any]) -> dict[Any, RunRecord]:
     """The latest run for each key value (records are ordered oldest first)."""
     return {key(record): record for record in records}
-
-
-def base_method(record: RunRecord) -> str:
-    """The name of the unaligned generator's method in a run: `base:<backbone>`."""
-    return f"base:{record.get('backbone.name')}"

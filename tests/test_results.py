@@ -20,13 +20,14 @@ PRED = {
 def test_method_results_values_and_pairs() -> None:
     results = json.loads(json.dumps(method_results(Y_TRUE, PRED, LABELS, reference_method="dpo", n_resamples=200)))
     for method, pred in PRED.items():
-        metrics = results["methods"][method]["metrics"]
+        metrics = results["methods"][method]
         assert metrics["accuracy"]["value"] == pytest.approx(accuracy_score(Y_TRUE, pred))
         assert metrics["macro_f1"]["value"] == pytest.approx(f1_score(Y_TRUE, pred, average="macro"))
         assert metrics["accuracy"]["low"] <= metrics["accuracy"]["value"] <= metrics["accuracy"]["high"]
-    diff = results["paired"]["base"]["accuracy"]
-    assert diff["value"] == pytest.approx(accuracy_score(Y_TRUE, PRED["dpo"]) - accuracy_score(Y_TRUE, PRED["base"]))
-    assert set(results["paired"]) == {"base"} and results["n_users"] == 8
+    diff = results["versus_reference"]["base"]["accuracy"]
+    assert diff["value"] == pytest.approx(accuracy_score(Y_TRUE, PRED["base"]) - accuracy_score(Y_TRUE, PRED["dpo"]))
+    assert set(results["versus_reference"]) == {"base"} and results["n_users"] == 8
+    assert results["confusion_matrices"]["dpo"][2] == [1, 0, 1]  # true dislike: one right, one called like
     assert intervals(results)["dpo"]["accuracy"].value == pytest.approx(7 / 8)
 
 

@@ -2,9 +2,9 @@
 
 ```
 {"labels": [...], "n_users": int, "reference_method": str | null,
- "methods": {method: {"metrics": {metric: {value, low, high, n}},
-                      "confusion_matrix": [[...]], "per_class": {...}}},
- "paired": {method: {metric: {value, low, high, p_value, n}}}}   # reference minus method
+ "methods": {method: {metric: {value, low, high, n}}},
+ "confusion_matrices": {method: [[...]]}, "per_class": {method: {...}},
+ "versus_reference": {method: {metric: {value, low, high, p_value, n}}}}   # method minus reference
 ```
 """
 
@@ -32,39 +32,37 @@ def method_results(
     """Every method's metrics with bootstrap intervals, and paired differences against a reference.
 
     All methods are scored on the same rows (users), so the paired bootstrap of
-    `reference - method` resamples the same users for both.
+    `method - reference` resamples the same users for both.
     """
     if reference_method is not None and reference_method not in predictions:
         raise ValueError(f"reference method {reference_method!r} is not among {sorted(predictions)}")
-    methods = {}
+    methods, confusions, per_class = {}, {}, {}
     for method, y_pred in predictions.items():
         if len(y_pred) != len(y_true):
             raise ValueError(f"method {method!r} has {len(y_pred)} predictions for {len(y_true)} cases")
         full = classification_metrics(y_true, y_pred, labels)
-        intervals = summarize(y_true, y_pred, labels, metrics, n_resamples, seed=seed, groups=groups)
-        methods[method] = {
-            "metrics": {name: interval.to_dict() for name, interval in intervals.items()},
-            "confusion_matrix": full["confusion_matrix"],
-            "per_class": full["per_class"],
-        }
-    paired = {}
+        found = summarize(y_true, y_pred, labels, metrics, n_resamples, seed=seed, groups=groups)
+        methods[method] = {name: interval.to_dict() for name, interval in found.items()}
+        confusions[method], per_class[method] = full["confusion_matrix"], full["per_class"]
+    versus = {}
     if reference_method is not None:
         for method, y_pred in predictions.items():
             if method == reference_method:
                 continue
-            paired[method] = {
-                name: paired_bootstrap(y_true, predictions[reference_method], y_pred, labels, name,
+            versus[method] = {
+                name: paired_bootstrap(y_true, y_pred, predictions[reference_method], labels, name,
                                        n_resamples, seed=seed, groups=groups).to_dict()
                 for name in metrics
             }
     return {"labels": list(labels), "n_users": len(set(groups)) if groups is not None else len(y_true),
-            "reference_method": reference_method, "methods": methods, "paired": paired}
+            "reference_method": reference_method, "methods": methods, "confusion_matrices": confusions,
+            "per_class": per_class, "versus_reference": versus}
 
 
 def intervals(results: Mapping[str, Any]) -> dict[str, dict[str, Interval]]:
     """method -> metric -> Interval, from a results dict."""
     return {
-        method: {name: Interval(**values) for name, values in entry["metrics"].items()}
+        method: {name: Interval(**values) for name, values in entry.items()}
         for method, entry in results["methods"].items()
     }
 
