@@ -29,12 +29,13 @@ MODEL = "bundled:smollm2_135m"
 LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 ENGINES = {
     # name: (engine, settings)
-    "ours": ("ours", {"share_prompt": True, "precompute": True, "precision": "32-true"}),
-    "ours_no_sharing": ("ours", {"share_prompt": False, "precompute": True, "precision": "32-true"}),
-    "ours_bf16": ("ours", {"share_prompt": True, "precompute": True, "precision": "bf16-mixed"}),
+    "ours": ("ours", {"share_prompt": True, "precompute": True, "dtype": "float32"}),
+    "ours_no_sharing": ("ours", {"share_prompt": False, "precompute": True, "dtype": "float32"}),
+    "ours_bf16": ("ours", {"share_prompt": True, "precompute": True, "dtype": "bfloat16"}),
     "trl_default": ("trl", {"gradient_checkpointing": True, "precompute": False}),
-    # Without gradient checkpointing TRL keeps the activations of 2 x batch full sequences: batch 4 of
-    # these ~1000-token prompts needs over 20 GB, so the CPU-feasible tuning is precomputing alone.
+    # Without gradient checkpointing TRL keeps the activations of 2 x batch full sequences (~3 MB per
+    # token in float32): at batch 4 of these ~1000-token prompts ~25 GB, more than this machine has
+    # (such a run was killed here), so the CPU-feasible tuning of TRL is precomputing alone.
     "trl_precompute": ("trl", {"gradient_checkpointing": True, "precompute": True}),
 }
 
@@ -114,7 +115,7 @@ def run_ours(pairs, args: argparse.Namespace, settings: dict) -> dict:
     from lettingo.llm.models import load_causal_lm
 
     torch.manual_seed(0)
-    model, tokenizer = load_causal_lm(MODEL, args.cache_dir)
+    model, tokenizer = load_causal_lm(MODEL, args.cache_dir, dtype=settings["dtype"], device="cpu")
     model = attach_lora(model, LORA)
     examples, cut = preference_examples(pairs, tokenizer, args.max_prompt_tokens, args.max_completion_tokens)
     data = AlignDataModule(examples, [], args.batch, tokenizer.pad_token_id, seed=0)
@@ -127,7 +128,7 @@ def run_ours(pairs, args: argparse.Namespace, settings: dict) -> dict:
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             losses.append(float(outputs["loss"]))
 
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, precision=settings["precision"], logger=False,
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, gradient_clip_val=1.0, callbacks=[Record()])
     began, cpu = time.perf_counter(), cpu_seconds()
@@ -144,7 +145,7 @@ def run_trl(pairs, args: argparse.Namespace, settings: dict) -> dict:
     from lettingo.align.trl_engine import dpo_trainer
     from lettingo.llm.models import load_causal_lm
 
-    model, tokenizer = load_causal_lm(MODEL, args.cache_dir)
+    model, tokenizer = load_causal_lm(MODEL, args.cache_dir, dtype="float32", device="cpu")
     with tempfile.TemporaryDirectory() as out:
         trainer = dpo_trainer(
             model, tokenizer, pairs, None, Path(out), peft_config=lora_config(**LORA),

@@ -140,7 +140,7 @@ def test_saved_adapter_reloads_and_generates_the_same(cache: Path, tmp_path: Pat
 
     # float32 as the model above; `auto` may pick bfloat16 for generation on CPUs with native bf16
     cfg = compose_cfg(["backbone=tiny_random", f"paths.model_cache={cache}", "backbone.dtype=float32"])
-    with adapter_backend(cfg.backbone, folder) as backend:
+    with adapter_backend(cfg.backbone, folder, dtype="float32") as backend:
         assert backend.render("Toy Story (1995) 5 of 5.") == prompt
         after = backend.generate([prompt], n=1, temperature=0.0, max_new_tokens=12)[0][0].text
     assert after == before

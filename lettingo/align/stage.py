@@ -34,7 +34,7 @@ from lettingo.align.dpo import DpoModule
 from lettingo.align.module import AdapterModule
 from lettingo.align.sft import SftModule
 from lettingo.artifacts import ArtifactStore, fingerprint
-from lettingo.llm.models import load_causal_lm
+from lettingo.llm.models import inference_dtype, load_causal_lm
 from lettingo.runtime import RunContext, seed_everything
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,16 @@ def generator_pairs(pairs: pd.DataFrame, profiles: pd.DataFrame | None, backbone
     return merged
 
 
+def training_dtype(dtype: str, trainer_cfg: DictConfig) -> str:
+    """The base weights' dtype: ``auto`` is what generation runs in on the training device (bfloat16 on
+    CUDA and on CPUs with native bfloat16, else float32), so the adapter learns on the arithmetic it
+    is later used with."""
+    if dtype != "auto":
+        return dtype
+    on_gpu = str(trainer_cfg.get("accelerator", "cpu")) in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    return inference_dtype(torch.device("cuda" if on_gpu else "cpu"))
+
+
 def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig | ListConfig) else node
 
@@ -148,8 +158,9 @@ def _fit_lightning(ctx: RunContext, method: str, model: Any, tokenizer: Any, tra
     folder = ctx.run_dir / "align" / method
     resume = _resume_checkpoint(folder, fp)
     checkpoint = ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=0, every_n_train_steps=1)
+    overrides = {} if acfg.get("precision") is None else {"precision": str(acfg.precision)}
     trainer = instantiate(
-        ctx.cfg.trainer, max_epochs=int(acfg.epochs), max_steps=int(acfg.max_steps),
+        ctx.cfg.trainer, **overrides, max_epochs=int(acfg.epochs), max_steps=int(acfg.max_steps),
         accumulate_grad_batches=accumulate, val_check_interval=1.0 / max(1, int(acfg.val_checks_per_epoch)),
         check_val_every_n_epoch=1, num_sanity_val_steps=0, callbacks=[checkpoint], default_root_dir=str(folder),
         logger=ctx.tracker.lightning_logger(), enable_checkpointing=True,
@@ -197,8 +208,8 @@ def align_method(ctx: RunContext, method: str, pairs: pd.DataFrame, pairs_fp: st
     seed_everything(int(cfg.seed))
     selected = select_pairs(pairs, None if acfg.data.max_pairs is None else int(acfg.data.max_pairs), int(cfg.seed))
     train, val = split_by_user(selected, float(acfg.data.val_fraction), int(cfg.seed))
-    model, tokenizer = load_causal_lm(str(cfg.backbone.model), cfg.backbone.cache_dir, dtype=str(cfg.backbone.dtype),
-                                      device="cpu")
+    model, tokenizer = load_causal_lm(str(cfg.backbone.model), cfg.backbone.cache_dir,
+                                      dtype=training_dtype(str(acfg.dtype), cfg.trainer), device="cpu")
     began = time.perf_counter()
     engine = str(acfg.engine)
     if engine == "trl" and method == "dpo":
