@@ -120,8 +120,7 @@ def run_ours(pairs, args: argparse.Namespace, settings: dict) -> dict:
     examples, cut = preference_examples(pairs, tokenizer, args.max_prompt_tokens, args.max_completion_tokens)
     data = AlignDataModule(examples, [], args.batch, tokenizer.pad_token_id, seed=0)
     module = DpoModule(model, partial(torch.optim.AdamW, lr=args.lr), beta=args.beta,
-                       share_prompt=settings["share_prompt"], precompute_reference=settings["precompute"],
-                       reference_batch_size=args.batch * 2)
+                       share_prompt=settings["share_prompt"], precompute_reference=settings["precompute"])
     losses: list[float] = []
 
     class Record(L.Callback):

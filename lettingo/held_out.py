@@ -24,6 +24,7 @@ from lettingo.artifacts import ArtifactStore, fingerprint, write_json_atomic
 from lettingo.data.schema import LABELS
 from lettingo.data.stage import load_or_build_samples
 from lettingo.evaluation.bootstrap import DEFAULT_METRICS, Interval, PairedDifference, paired_bootstrap, summarize
+from lettingo.evaluation.metrics import classification_metrics
 from lettingo.evaluation.plots import plot_intervals
 from lettingo.evaluation.tables import paired_table, results_table, to_markdown
 from lettingo.feedback.rewards import score_profiles
@@ -165,6 +166,7 @@ def run_test(ctx: RunContext) -> dict[str, Any]:
         "split": str(tcfg.split), "users": len(user_ids), "recommender": str(cfg.recommender.name),
         "methods": {m: {k: v.to_dict() for k, v in row.items()} for m, row in intervals.items()},
         "versus_dpo": {m: {k: v.to_dict() for k, v in row.items()} for m, row in versus.items()},
+        "details": {m: classification_metrics(truth, p, LABELS) for m, p in predicted.items()},
         "degenerate_share": predictions.groupby("method")["degenerate"].apply(lambda d: float((d != "").mean()))
         .to_dict(),
         "plot": str(plot),

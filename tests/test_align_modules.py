@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lettingo.align.adapters import adapter_backend, attach_lora, save_adapter
-from lettingo.align.data import collate, positive_examples, preference_examples
+from lettingo.align.data import batch_loader, collate, positive_examples, preference_examples
 from lettingo.align.dpo import DpoModule, attach_reference_logps, dpo_loss
 from lettingo.align.sft import SftModule
 from lettingo.llm.decoding import PromptBatch, sample
@@ -60,7 +60,9 @@ def test_dpo_loss_by_hand() -> None:
 def test_dpo_step_trains_only_the_adapter_and_widens_the_margin(cache: Path) -> None:
     model, tokenizer = _model(cache)
     examples, _ = preference_examples(_pairs(tokenizer), tokenizer, 512, 64)
-    assert attach_reference_logps(model, examples, 2, tokenizer.pad_token_id) == len(examples)
+    loader = batch_loader(examples, 2, tokenizer.pad_token_id, seed=0, shuffle=False)
+    assert attach_reference_logps(model, examples, loader) == len(examples)
+    assert attach_reference_logps(model, examples, loader) == 0  # once per dataset
     module = DpoModule(model, _adam, beta=0.1)
     batch = collate(examples, range(len(examples)), tokenizer.pad_token_id)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -92,7 +94,7 @@ def test_reference_on_the_fly_equals_precomputed(cache: Path) -> None:
     lazy = DpoModule(model, _adam, beta=0.1, precompute_reference=False)
     batch = collate(examples, range(len(examples)), tokenizer.pad_token_id)
     loss_lazy, metrics_lazy = lazy.step(batch)
-    attach_reference_logps(model, examples, 3, tokenizer.pad_token_id)
+    attach_reference_logps(model, examples, batch_loader(examples, 3, tokenizer.pad_token_id, seed=0, shuffle=False))
     loss_pre, metrics_pre = lazy.step(collate(examples, range(len(examples)), tokenizer.pad_token_id))
     torch.testing.assert_close(loss_lazy, loss_pre, atol=1e-5, rtol=0)
     assert float(metrics_lazy["rewards/chosen"]) == pytest.approx(float(metrics_pre["rewards/chosen"]), abs=1e-5)
@@ -152,25 +154,28 @@ def test_adapter_backend_needs_an_adapter(tmp_path: Path, compose_cfg) -> None:
         adapter_backend(cfg.backbone, tmp_path)
 
 
-def test_precomputed_reference_follows_the_training_precision(cache: Path) -> None:
-    """Under bf16 autocast the reference is precomputed in bf16 too: the first step's loss is exactly log 2."""
+@pytest.mark.parametrize(("dtype", "precision"), [("float32", "bf16-mixed"), ("bfloat16", "32-true")])
+def test_precomputed_reference_matches_the_untrained_policy(cache: Path, dtype: str, precision: str) -> None:
+    """In bfloat16 (autocast or weights) the reference is precomputed in the training batches under the
+    training precision, so every first-epoch loss of the still-identity adapter is exactly log 2."""
     import lightning as L
 
     from lettingo.align.data import AlignDataModule
 
-    model, tokenizer = _model(cache)
+    model, tokenizer = load_causal_lm("tiny_random", cache, dtype=dtype, device="cpu")
+    model = attach_lora(model, LORA)
     examples, _ = preference_examples(_pairs(tokenizer), tokenizer, 512, 64)
-    data = AlignDataModule(examples, [], 4, tokenizer.pad_token_id)
-    module = DpoModule(model, _adam, beta=0.1)
+    data = AlignDataModule(examples, [], 2, tokenizer.pad_token_id)
+    module = DpoModule(model, lambda p: torch.optim.SGD(p, lr=0.0), beta=0.1)
     losses = []
 
     class Record(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             losses.append(float(outputs["loss"]))
 
-    trainer = L.Trainer(accelerator="cpu", precision="bf16-mixed", max_steps=1, logger=False,
+    trainer = L.Trainer(accelerator="cpu", precision=precision, max_epochs=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[Record()])
     trainer.fit(module, datamodule=data)
     assert all("ref_logps" in e for e in examples)
-    assert losses == [pytest.approx(0.6931472, abs=1e-6)]
+    assert losses == [pytest.approx(0.6931472, abs=1e-6)] * 2

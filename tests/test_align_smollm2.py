@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lettingo.align.adapters import attach_lora
-from lettingo.align.data import collate, preference_examples
+from lettingo.align.data import batch_loader, collate, preference_examples
 from lettingo.align.dpo import DpoModule, attach_reference_logps
 from lettingo.llm.models import load_causal_lm
 
@@ -34,7 +34,7 @@ def test_dpo_steps_on_smollm2_widen_the_margin(bundled_model_cache) -> None:  # 
                                            add_generation_prompt=True)
     pairs = pd.DataFrame({"user_id": ["1", "1"], "prompt": [prompt] * 2, "chosen": [CHOSEN] * 2, "rejected": REJECTED})
     examples, _ = preference_examples(pairs, tokenizer, 1024, 64)
-    attach_reference_logps(model, examples, 2, tokenizer.pad_token_id)
+    attach_reference_logps(model, examples, batch_loader(examples, 2, tokenizer.pad_token_id, seed=0, shuffle=False))
     module = DpoModule(model, lambda p: torch.optim.AdamW(p, lr=1e-3), beta=0.1)
     batch = collate(examples, [0, 1], tokenizer.pad_token_id)
     assert batch["prompt_ids"].shape[0] == 1  # the user's prompt runs once for both pairs

@@ -19,7 +19,7 @@ from lettingo.tracking import CsvTracker
 
 TINY = ["backbone=tiny_random", "num_threads=1", "logger=none", "trainer.enable_progress_bar=false",
         "align.data.max_pairs=8", "align.data.val_fraction=0.25", "align.batch.global_size=4",
-        "align.batch.micro_size=2", "align.batch.reference_size=4", "align.epochs=1", "align.val_checks_per_epoch=2",
+        "align.batch.micro_size=2", "align.epochs=1", "align.val_checks_per_epoch=2",
         "align.dpo.optimizer.lr=0.05"]
 
 
@@ -123,7 +123,8 @@ def test_test_stage_compares_every_method_on_the_same_users(compose_cfg, aligned
     assert all(row["accuracy"]["n"] == 10 and row["macro_f1"]["low"] <= row["macro_f1"]["value"] <= row["macro_f1"]
                ["high"] for row in results["methods"].values())
     assert set(results["versus_dpo"]) == methods - {DPO}
-    assert json.loads((run_dir / "results.json").read_text())["users"] == 10
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert saved["users"] == 10 and saved["details"][DPO]["confusion_matrix"] and saved["details"][DPO]["n"] == 10
     predictions = ArtifactStore(run_dir).read_table("predictions")
     assert len(predictions) == 10 * len(methods) and predictions.groupby("method").size().eq(10).all()
     assert "## Table 3" in out and "| DPO" in out and "| SFT" in out and "| no DPO" in out

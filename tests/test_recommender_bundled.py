@@ -29,7 +29,8 @@ CASES = [
 
 def test_smollm2_zero_shot_scores_label_words_the_same_with_and_without_prefix_reuse(compose_cfg) -> None:
     torch.set_num_threads(2)
-    recommender = instantiate(compose_cfg(["recommender=llm_zero_shot"]).recommender.model)
+    cfg = compose_cfg(["recommender=llm_zero_shot", "recommender.model.dtype=float32"])
+    recommender = instantiate(cfg.recommender.model)
     reused = recommender.predict(CASES)
     recommender.reuse_prefix = False
     whole = recommender.predict(CASES)

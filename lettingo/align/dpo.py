@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from peft import PeftModel
 
-from lettingo.align.data import Example, batch_loader, completion_batch
+from lettingo.align.data import Example, completion_batch
 from lettingo.align.logprobs import completion_logps
 from lettingo.align.module import AdapterModule, OptimizerFactory
 
@@ -40,43 +42,47 @@ def reference_logps(model: PeftModel, batch: dict[str, torch.Tensor], share_prom
         return example_logps(model, batch, share_prompt)
 
 
-def attach_reference_logps(model: PeftModel, examples: list[Example], batch_size: int, pad_id: int,
+def attach_reference_logps(model: PeftModel, examples: list[Example], loader: Iterable[dict[str, torch.Tensor]],
                            share_prompt: bool = True) -> int:
     """Write each example's reference log-probs into it (``ref_logps``); return how many were computed.
 
-    Examples that already carry them are skipped, so this runs once per dataset.
+    ``loader`` yields collated batches of ``examples`` (``index`` points into it): pass the very
+    loader training uses. In bfloat16 the rounding depends on a batch's padding, and a reference
+    computed in other batches would differ from the still untrained policy by up to ~1 nat per
+    profile. Batches whose examples all have them are skipped, so this runs once per dataset.
     """
-    todo = [e for e in examples if "ref_logps" not in e]
-    if not todo:
-        return 0
+    computed = 0
     was_training = model.training
     model.eval()
     try:
-        for batch in batch_loader(todo, batch_size, pad_id, seed=0, shuffle=False):
+        for batch in loader:
+            members = batch["index"].tolist()
+            if all("ref_logps" in examples[i] for i in members):
+                continue
             logps = reference_logps(model, {k: v.to(model.device) for k, v in batch.items()}, share_prompt)
-            for i, row in zip(batch["index"].tolist(), logps.tolist(), strict=True):
-                todo[i]["ref_logps"] = row
+            for i, row in zip(members, logps.tolist(), strict=True):
+                examples[i]["ref_logps"] = row
+            computed += len(members)
     finally:
         model.train(was_training)
-    return len(todo)
+    return computed
 
 
 class DpoModule(AdapterModule):
     """DPO on preference examples (prompt, [chosen, rejected]) with the sigmoid loss and ``beta``.
 
     With ``precompute_reference`` the reference log-probs of the whole train and validation sets
-    are computed once when fitting starts (under DDP every process computes them for all
-    examples); batches without them get them on the fly.
+    are computed once when fitting starts, in the datamodule's own batches (under DDP every
+    process computes them for all examples); batches without them get them on the fly.
     """
 
     def __init__(self, model: PeftModel, optimizer: OptimizerFactory, beta: float = 0.1, share_prompt: bool = True,
-                 precompute_reference: bool = True, reference_batch_size: int = 8) -> None:
+                 precompute_reference: bool = True) -> None:
         super().__init__(model, optimizer, share_prompt)
         if beta <= 0:
             raise ValueError(f"beta must be positive, got {beta}")
         self.beta = beta
         self.precompute_reference = precompute_reference
-        self.reference_batch_size = reference_batch_size
 
     def on_fit_start(self) -> None:
         """Precompute the reference log-probs of the train and validation examples."""
@@ -86,9 +92,8 @@ class DpoModule(AdapterModule):
         # Under the training steps' precision (e.g. bf16 autocast), so that policy and reference
         # agree exactly while the adapter is still the identity.
         with self.trainer.precision_plugin.forward_context():
-            for examples in (datamodule.train, datamodule.val):
-                attach_reference_logps(self.model, examples, self.reference_batch_size, datamodule.pad_id,
-                                       self.share_prompt)
+            attach_reference_logps(self.model, datamodule.train, datamodule.train_dataloader(), self.share_prompt)
+            attach_reference_logps(self.model, datamodule.val, datamodule.val_dataloader(), self.share_prompt)
 
     def step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """DPO loss of a batch with its reward metrics."""

@@ -124,8 +124,7 @@ def build_module(method: str, model: Any, acfg: DictConfig) -> AdapterModule:
     share = bool(acfg.share_prompt)
     if method == "dpo":
         return DpoModule(model, instantiate(acfg.dpo.optimizer), beta=float(acfg.dpo.beta), share_prompt=share,
-                         precompute_reference=bool(acfg.dpo.precompute_reference),
-                         reference_batch_size=int(acfg.batch.reference_size))
+                         precompute_reference=bool(acfg.dpo.precompute_reference))
     return SftModule(model, instantiate(acfg.sft.optimizer), share_prompt=share)
 
 

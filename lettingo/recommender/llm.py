@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lettingo.llm.models import load_causal_lm
+from lettingo.llm.models import inference_dtype, load_causal_lm, resolve_device
 from lettingo.recommender.base import Batch, RecClassifierModule, label_tensor
 from lettingo.recommender.cases import RecCase
 from lettingo.recommender.llm_scoring import LabelWordScorer, PromptTemplate, answer_logits, left_pad
@@ -39,7 +39,13 @@ class ZeroShotLLM:
         dtype: str = "auto",
         device: str = "auto",
     ) -> None:
-        """Load ``model`` (see :func:`lettingo.llm.models.load_causal_lm`) with the f_Rec prompt."""
+        """Load ``model`` (see :func:`lettingo.llm.models.load_causal_lm`) with the f_Rec prompt.
+
+        ``dtype="auto"`` scores in :func:`lettingo.llm.models.inference_dtype` (bfloat16 where the
+        hardware has it: 2.6x faster on this project's CPU; still deterministic).
+        """
+        if dtype == "auto":
+            dtype = inference_dtype(resolve_device(device))
         self.name = name
         self.batch_size = batch_size
         self.reuse_prefix = reuse_prefix
