@@ -137,3 +137,17 @@ def test_one_user_trains_without_validation(compose_cfg, tmp_path) -> None:
     cfg = compose_cfg(["stage=align", *TINY, "align.sft_baseline=false", f"paths.model_cache={cache}"], run_dir)
     summary = run_align(context(cfg, run_dir))["dpo"]
     assert summary["pairs_val"] == 0 and summary["val_history"] == [] and summary["steps"] == 1
+
+
+def test_no_pairs_skips_alignment_and_the_test_stage_compares_the_base_methods(compose_cfg, aligned) -> None:
+    cfg, run_dir, _ = aligned
+    pairs = ArtifactStore(run_dir).read_table("pairs")
+    ArtifactStore(run_dir).write_table("pairs", pairs.iloc[:0], fingerprint({"no pairs": True}))
+    assert run_align(context(cfg, run_dir)) == {"skipped": "no preference pairs"}
+    assert not (run_dir / adapter_artifact("dpo")).exists() and not (run_dir / adapter_artifact("sft")).exists()
+    test_cfg = compose_cfg(["stage=test", *TINY, f"paths.model_cache={Path(run_dir).parent / 'models'}",
+                            "recommender.model.model=tiny_random", "dataset.splits.test=6",
+                            "align.test.max_new_tokens=4", "align.test.bootstrap.n_resamples=20"], run_dir)
+    results = run_test(context(test_cfg, run_dir))
+    assert {NO_PROFILE, NO_DPO} <= set(results["methods"]) and not {SFT, DPO} & set(results["methods"])
+    assert results["versus_dpo"] == {}

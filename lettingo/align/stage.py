@@ -256,7 +256,13 @@ def run_align(ctx: RunContext) -> dict[str, Any]:
     profiles = store.read_table(PROFILES) if store.meta(PROFILES) is not None else None
     pairs = generator_pairs(pairs, profiles, str(ctx.cfg.backbone.name))
     if pairs.empty:
-        raise ValueError("no preference pairs for the generator: every user's profiles were all right or all wrong")
+        # Adapters left from earlier inputs would be tested as if trained on these pairs.
+        for method in METHODS:
+            shutil.rmtree(store.path(adapter_artifact(method)), ignore_errors=True)
+        log.warning("align SKIPPED: no preference pairs for %s (every user's profiles were all right or all "
+                    "wrong); the test stage compares the base methods only. Explore more users or profiles "
+                    "(sampling.max_users, sampling.n) or try pairs=margin.", ctx.cfg.backbone.name)
+        return {"skipped": "no preference pairs"}
     results = {}
     for method in methods_to_train(ctx.cfg.align):
         summary = align_method(ctx, method, pairs, pairs_fp)
