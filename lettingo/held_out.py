@@ -27,6 +27,7 @@ from lettingo.evaluation.bootstrap import DEFAULT_METRICS, Interval, PairedDiffe
 from lettingo.evaluation.metrics import classification_metrics
 from lettingo.evaluation.plots import plot_intervals
 from lettingo.evaluation.tables import paired_table, results_table, to_markdown
+from lettingo.evaluation.views import confusion_frame, reward_samples
 from lettingo.feedback.rewards import score_profiles
 from lettingo.feedback.train import load_recommender, recommender_identity
 from lettingo.profiles.explore import PROFILE_COLUMNS, explore
@@ -178,5 +179,7 @@ def run_test(ctx: RunContext) -> dict[str, Any]:
     ctx.tracker.log_table(f"test/{tcfg.split}/results", results_table(intervals).reset_index().set_axis(
         ["method", *[f"{h}_{f}" for h, f in results_table(intervals).columns]], axis=1))
     ctx.tracker.log_image(f"test/{tcfg.split}/macro_f1", plot)
+    ctx.tracker.log_table(f"test/{tcfg.split}/confusion_matrix", confusion_frame(results["details"]))
+    ctx.tracker.log_table(f"test/{tcfg.split}/samples", reward_samples(predictions, "method"))
     print(f"results: {ctx.run_dir / RESULTS_FILE}\nplot: {plot}")
     return results

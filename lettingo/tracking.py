@@ -31,6 +31,9 @@ class Tracker:
     def log_image(self, key: str, path: str | Path) -> None:
         """Record an image file (a plot)."""
 
+    def log_histogram(self, key: str, values: Sequence[float]) -> None:
+        """Record a distribution of values."""
+
     def lightning_logger(self) -> Any:
         """The Lightning logger writing to the same place (False: none)."""
         return False
@@ -73,6 +76,10 @@ class CsvTracker(Tracker):
     def log_image(self, key: str, path: str | Path) -> None:
         """List the image's path under its key in `images.csv`."""
         self._append("images.csv", ("key", "path"), [(key, str(path))])
+
+    def log_histogram(self, key: str, values: Sequence[float]) -> None:
+        """Write the values to `tables/<key>.csv` (one column, `value`)."""
+        self.log_table(key, pd.DataFrame({"value": list(values)}))
 
     def lightning_logger(self) -> Any:
         """A Lightning CSVLogger in the same folder."""
@@ -123,6 +130,10 @@ class WandbTracker(Tracker):
     def log_image(self, key: str, path: str | Path) -> None:
         """Log a `wandb.Image` from a file."""
         self.run.log({key: self._wandb.Image(str(path))})
+
+    def log_histogram(self, key: str, values: Sequence[float]) -> None:
+        """Log a `wandb.Histogram`."""
+        self.run.log({key: self._wandb.Histogram(list(values))})
 
     def lightning_logger(self) -> Any:
         """A Lightning WandbLogger attached to this run."""

@@ -31,3 +31,17 @@ def test_wrapper_closes_wandb_run_when_stage_raises(compose_cfg, tmp_path, monke
     run_dir = tmp_path / "run"
     assert list(run_dir.glob("wandb/offline-run-*")), "the offline run was not written under the run folder"
     assert not (tmp_path / "home" / ".config" / "wandb").exists()
+
+
+def test_wandb_tracker_logs_tables_and_histograms_offline(tmp_path, monkeypatch) -> None:
+    from lettingo.tracking import WandbTracker
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    tracker = WandbTracker(project="lettingo-test", dir=tmp_path / "run", mode="offline")
+    tracker.log_table("evaluate/samples", pd.DataFrame({"user_id": ["1"], "text": ["likes noir"], "reward": [0.7]}))
+    tracker.log_histogram("evaluate/smollm2/reward", [0.1, 0.5, 0.9])
+    tracker.finish()
+    runs = list((tmp_path / "run").glob("wandb/offline-run-*"))
+    assert len(runs) == 1
+    logged = b"".join(p.read_bytes() for p in runs[0].rglob("*") if p.is_file())
+    assert b"evaluate/samples" in logged and b"evaluate/smollm2/reward" in logged and b"likes noir" in logged

@@ -13,6 +13,7 @@ from lettingo.data.schema import LABELS, LabelThresholds
 from lettingo.data.stage import load_or_build_samples
 from lettingo.evaluation.plots import plot_intervals
 from lettingo.evaluation.tables import paired_table, results_table, to_markdown
+from lettingo.evaluation.views import log_reward_views
 from lettingo.feedback.baselines import MAJORITY, BaselineResults, baseline_predictions, score_baselines
 from lettingo.feedback.pairs import build_pairs, format_pairs_summary, pairs_summary
 from lettingo.feedback.rewards import profile_cases, score_profiles
@@ -143,6 +144,7 @@ def run_evaluate(ctx: RunContext) -> dict[str, Any]:
             metrics |= {key: interval.value, f"{key}_low": interval.low, f"{key}_high": interval.high}
     metrics |= {f"evaluate/pairs/{k}": float(v) for k, v in pairs.items() if isinstance(v, int | float)}
     ctx.tracker.log_metrics(metrics)
+    log_reward_views(ctx.tracker, rewards, "evaluate")
     summary = {
         "recommender": str(cfg.recommender.name),
         "pairs": pairs,

@@ -1,0 +1,41 @@
+"""Frames and distributions that stages send to the tracker for browsing (W&B tables and histograms)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from lettingo.tracking import Tracker
+
+SAMPLE_USERS = 5  # users whose every profile is shown in a samples table
+
+
+def reward_samples(rewards: pd.DataFrame, source: str = "backbone", n_users: int = SAMPLE_USERS) -> pd.DataFrame:
+    """Every profile of the first ``n_users`` users with its reward (f_Rec's probability of the true label).
+
+    ``source`` names the column that says who wrote the profile (`backbone`, or `method` in the test stage).
+    """
+    shown = rewards[rewards["user_id"].isin(rewards["user_id"].unique()[:n_users])]
+    columns = ["user_id", source, "sample_idx", "text", "p_true", "correct"]
+    return shown.loc[:, columns].rename(columns={"p_true": "reward"}).reset_index(drop=True)
+
+
+def confusion_frame(details: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per (method, true label): the counts of each predicted label, from ``classification_metrics``."""
+    rows = []
+    for method, metrics in details.items():
+        labels: Sequence[str] = metrics["labels"]
+        for true, counts in zip(labels, metrics["confusion_matrix"], strict=True):
+            rows.append({"method": method, "true": true, **{f"predicted_{p}": int(c) for p, c in
+                                                            zip(labels, counts, strict=True)}})
+    return pd.DataFrame(rows)
+
+
+def log_reward_views(tracker: Tracker, rewards: pd.DataFrame, prefix: str) -> None:
+    """Sample profiles with rewards, and per backbone the profile-length and reward distributions."""
+    tracker.log_table(f"{prefix}/samples", reward_samples(rewards))
+    for backbone, rows in rewards.groupby("backbone"):
+        tracker.log_histogram(f"{prefix}/{backbone}/profile_tokens", rows["completion_tokens"].astype(float).tolist())
+        tracker.log_histogram(f"{prefix}/{backbone}/reward", rows["p_true"].astype(float).tolist())
