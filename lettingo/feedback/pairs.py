@@ -52,13 +52,15 @@ def build_pairs(
     """Preference pairs from the rewards of profiles (see the module docstring for the rules).
 
     ``prompt`` is the chosen profile's generator prompt verbatim; ``rejected_prompt`` the rejected
-    one's (they differ only when two backbones with different chat templates wrote them).
+    one's (they differ only when two backbones with different chat templates wrote them). Empty
+    profiles (a generator that stopped at once) take part in no pair: alignment cannot train on them.
     """
     if rule not in RULES:
         raise ValueError(f"pairs.rule must be one of {RULES}, got {rule!r}")
     if max_pairs_per_user is not None and max_pairs_per_user < 1:
         raise ValueError(f"max_pairs_per_user must be at least 1 or null, got {max_pairs_per_user}")
     rows: list[dict[str, Any]] = []
+    rewards = rewards[rewards["text"].fillna("").str.len() > 0]
     for key, group in rewards.groupby(list(GROUP), sort=True):
         group = group.sort_values(["backbone", "sample_idx"], kind="stable").reset_index(drop=True)
         chosen_rejected = _candidates(group, rule, min_margin)
