@@ -76,3 +76,17 @@ def test_bad_settings_are_rejected() -> None:
         build_pairs(REWARDS, rule="best")
     with pytest.raises(ValueError, match="max_pairs_per_user"):
         build_pairs(REWARDS, max_pairs_per_user=0)
+
+
+def test_empty_profiles_take_part_in_no_pair() -> None:
+    """A tiny generator can stop at once; before the fix such a profile became a pair's chosen text and the
+    align stage failed with "1 pairs have an empty 'chosen'" (found by a paper_ml10m smoke run)."""
+    rewards = pd.DataFrame([
+        {"user_id": "u", "split": "s", "backbone": "b", "sample_idx": i, "prompt_name": "lettingo", "history_len": 70,
+         "prompt": "p", "text": text, "correct": correct, "p_true": p_true, "label": "like"}
+        for i, (text, correct, p_true) in enumerate([("", True, 0.9), ("likes dramas", True, 0.6),
+                                                     ("hates everything", False, 0.1)])
+    ])
+    for rule in ("all", "margin"):
+        pairs = build_pairs(rewards, rule=rule)
+        assert pairs[["chosen", "rejected"]].values.tolist() == [["likes dramas", "hates everything"]], rule
