@@ -63,7 +63,7 @@ def synthetic_pairs(n: int, cache_dir: str, per_user: int = 4, seed: int = 0):
     from hydra import compose, initialize_config_dir
 
     from lettingo.artifacts import ArtifactStore
-    from lettingo.cli import CONFIG_DIR
+    from lettingo import CONFIG_DIR
     from lettingo.data.stage import load_or_build_samples
     from lettingo.llm.models import load_causal_lm
     from lettingo.profiles.prompts import build_instruction, history_items

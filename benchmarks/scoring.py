@@ -22,7 +22,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from lettingo.artifacts import ArtifactStore
-from lettingo.cli import CONFIG_DIR
+from lettingo import CONFIG_DIR
 from lettingo.data.stage import load_or_build_samples
 from lettingo.profiles.prompts import history_items
 from lettingo.profiles.user_facts import user_facts

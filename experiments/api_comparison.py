@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lettingo.held_out import DPO, NO_PROFILE
+from lettingo.evaluation.methods import DPO
 from lettingo.reports import RunRecord, report_cli, write_report
 
 
@@ -26,7 +26,7 @@ def build(records: list[RunRecord], out: Path) -> dict[str, Path]:
         if not apis:
             continue
         found = record.intervals()
-        for method in [*apis, NO_PROFILE, DPO]:
+        for method in [*apis, record.no_profile(), DPO]:
             if method in found:
                 rows[f"{record.get('dataset.name')} | {method} | {Path(record.source).name}"] = found[method]
     return write_report("api_comparison", rows, out, title="API-model profiles vs the aligned generator")

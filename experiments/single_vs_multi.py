@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lettingo.held_out import DPO, NO_DPO
+from lettingo.evaluation.methods import DPO, NO_DPO
 from lettingo.reports import RunRecord, latest_by, report_cli, write_report
 
 
@@ -18,7 +18,7 @@ def exploration(record: RunRecord) -> str:
 
 
 def build(records: list[RunRecord], out: Path) -> dict[str, Path]:
-    """Rows `<dataset> | <exploration> | no DPO / dpo` from the latest run of each setting."""
+    """Rows `<dataset> | <exploration> | no DPO / DPO` from the latest run of each setting."""
     rows = {}
     for (dataset, setting), record in latest_by(records, lambda r: (r.get("dataset.name"), exploration(r))).items():
         found = record.intervals()

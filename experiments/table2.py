@@ -1,6 +1,6 @@
 """Table 2: methods x datasets, accuracy and F1 with 95% CIs, the paper's accuracy beside ours.
 
-Run: python experiments/table2.py [run folders ...] [--wandb-project P] [--out outputs/reports]
+Run: python experiments/table2.py [run folders ...] [--out outputs/reports]
 """
 
 from __future__ import annotations

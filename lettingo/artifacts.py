@@ -1,26 +1,62 @@
-"""Named artifacts in a run folder: atomic writes, input fingerprints, resumable chunked tables.
+"""Named artifacts in a run folder: the one place that decides skip, resume or recompute.
 
-A leaf utility (imports nothing else of ours). Every stage reads and writes its outputs through an
-`ArtifactStore`; an artifact whose recorded fingerprint equals the fingerprint of the stage's
-resolved inputs is finished and is reused instead of recomputed.
+A leaf utility (imports nothing else of ours). Every artifact is a sub-folder `<run>/<name>/` whose
+`_meta.json` records the fingerprint of the inputs it was made from, written last. For a stage's
+artifact the store answers one question, :meth:`ArtifactStore.prepare`:
+
+- ``done``: finished for these inputs: reuse it;
+- ``partial``: chunks written for these inputs by an interrupted (or smaller) run: keep them and
+  compute only the missing rows;
+- ``new``: nothing valid; an artifact made from other inputs is moved aside (never deleted) to
+  `<name>.stale-<time>/`, with one log line saying so.
+
+Writes are atomic (temp file + rename) and readable by the group (0644).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 import os
-import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
+log = logging.getLogger(__name__)
+
 META_FILE = "_meta.json"
+PROGRESS_FILE = "_progress.json"
 CHUNKS_DIR = "chunks"
+LOCK_FILE = ".lock"
+FILE_MODE = 0o644
+
+# The artifact registry: every artifact a stage reads or writes is named here.
+SAMPLES = "samples"
+PROFILES = "profiles"
+REC_TRAIN_PROFILES = "rec_train_profiles"
+REC_MODEL = "rec_model"
+REWARDS = "rewards"
+PAIRS = "pairs"
+BASELINES = "baselines"
+SENSITIVITY = "sensitivity"
+TEST_PROFILES = "test_profiles"
+PREDICTIONS = "predictions"
+RESULTS = "results"
+ADAPTER_PREFIX = "adapter_"
+
+State = Literal["done", "partial", "new"]
+
+
+def adapter_artifact(method: str) -> str:
+    """The artifact holding the LoRA adapter trained by alignment method ``method``."""
+    return f"{ADAPTER_PREFIX}{method}"
 
 
 def fingerprint(inputs: Mapping[str, Any]) -> str:
@@ -31,7 +67,7 @@ def fingerprint(inputs: Mapping[str, Any]) -> str:
 
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds."""
+    """Yield a temporary path beside `target`; rename it onto `target` (mode 0644) only if the block succeeds."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -39,6 +75,8 @@ def atomic_path(target: Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.is_file():
+            os.chmod(tmp_path, FILE_MODE)
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
@@ -52,11 +90,26 @@ def write_json_atomic(path: Path, obj: Any) -> Path:
     return Path(path)
 
 
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write `text` to `path` atomically."""
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
 def write_parquet_atomic(path: Path, frame: pd.DataFrame) -> Path:
     """Write a DataFrame as Parquet to `path` atomically."""
     with atomic_path(Path(path)) as tmp:
         frame.to_parquet(tmp, index=False)
     return Path(path)
+
+
+class RunFolderInUse(RuntimeError):
+    """Another process holds the run folder."""
+
+
+class MissingArtifact(RuntimeError):
+    """A stage needs an artifact that the run folder does not hold (finished)."""
 
 
 class ArtifactStore:
@@ -71,15 +124,43 @@ class ArtifactStore:
 
     def meta(self, name: str) -> dict[str, Any] | None:
         """The recorded metadata of a finished artifact, or None when it is not finished."""
-        meta_path = self.path(name) / META_FILE
-        if not meta_path.exists():
-            return None
-        return json.loads(meta_path.read_text())
+        return _read_json(self.path(name) / META_FILE)
 
-    def is_done(self, name: str, fp: str) -> bool:
-        """Whether artifact `name` is finished for inputs with fingerprint `fp`."""
+    def fingerprint_of(self, name: str) -> str | None:
+        """The fingerprint artifact `name` was made (or is being made) for; None when absent."""
+        record = self.meta(name) or _read_json(self.path(name) / PROGRESS_FILE)
+        return None if record is None else str(record["fingerprint"])
+
+    def identity(self, config: Mapping[str, Any], inputs: Sequence[str] = ()) -> str:
+        """The fingerprint of an artifact made from config values ``config`` and artifacts ``inputs``."""
+        return fingerprint({"config": dict(config), "inputs": {name: self.fingerprint_of(name) for name in inputs}})
+
+    def require(self, name: str, made_by: str) -> dict[str, Any]:
+        """The metadata of finished artifact `name`; raises MissingArtifact naming the folder and the command."""
         meta = self.meta(name)
-        return meta is not None and meta.get("fingerprint") == fp
+        if meta is None:
+            raise MissingArtifact(f"no finished {name!r} in {self.root}: make it with "
+                                  f"`lettingo stage={made_by} run_dir={self.root}` (same overrides)")
+        return meta
+
+    def prepare(self, name: str, fp: str) -> State:
+        """Decide what to do with artifact `name` for inputs `fp` (see the module docstring)."""
+        if (self.meta(name) or {}).get("fingerprint") == fp:
+            return "done"
+        if (_read_json(self.path(name) / PROGRESS_FILE) or {}).get("fingerprint") == fp:
+            return "partial"
+        self.move_aside(name)
+        return "new"
+
+    def move_aside(self, name: str) -> Path | None:
+        """Rename artifact `name` to `<name>.stale-<time>` (inputs changed); return the new path."""
+        folder = self.path(name)
+        if not folder.exists():
+            return None
+        stale = folder.with_name(f"{name}.stale-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        folder.rename(stale)
+        log.warning("%s was made from other inputs than this config: moved aside to %s", name, stale)
+        return stale
 
     def finish(self, name: str, fp: str, **info: Any) -> None:
         """Mark artifact `name` finished for fingerprint `fp` (written last, atomically)."""
@@ -87,10 +168,9 @@ class ArtifactStore:
 
     def write_table(self, name: str, frame: pd.DataFrame, fp: str, **info: Any) -> Path:
         """Write a whole table artifact (`data.parquet`) and mark it finished."""
-        folder = self.path(name)
-        if folder.exists():
-            shutil.rmtree(folder)
-        target = write_parquet_atomic(folder / "data.parquet", frame)
+        self.prepare(name, fp)
+        (self.path(name) / META_FILE).unlink(missing_ok=True)
+        target = write_parquet_atomic(self.path(name) / "data.parquet", frame)
         self.finish(name, fp, rows=len(frame), **info)
         return target
 
@@ -106,38 +186,68 @@ class ArtifactStore:
         return pd.concat([pd.read_parquet(p) for p in chunks], ignore_index=True)
 
     # Chunked artifacts: stages that run for long write a chunk per batch, so a killed run keeps
-    # everything it finished and a rerun computes only what is missing.
+    # everything it finished and a rerun (or a run asking for more rows) computes only what is missing.
     def chunk_paths(self, name: str) -> list[Path]:
         """The chunk files written so far for artifact `name`, in write order."""
         folder = self.path(name) / CHUNKS_DIR
         return sorted(folder.glob("part-*.parquet")) if folder.exists() else []
 
-    def start_chunks(self, name: str, fp: str) -> pd.DataFrame | None:
-        """Prepare a chunked artifact; return the rows already written for the same inputs.
+    def begin(self, name: str, fp: str) -> State:
+        """Like :meth:`prepare`, and record `fp` as the inputs of the work now starting (so a kill resumes it)."""
+        state = self.prepare(name, fp)
+        if state == "new":
+            write_json_atomic(self.path(name) / PROGRESS_FILE, {"fingerprint": fp})
+        return state
 
-        Chunks written for other inputs (another fingerprint) are discarded.
-        """
-        folder = self.path(name)
-        progress = folder / "_progress.json"
-        if progress.exists() and json.loads(progress.read_text()).get("fingerprint") == fp:
-            chunks = self.chunk_paths(name)
-            return pd.concat([pd.read_parquet(p) for p in chunks], ignore_index=True) if chunks else None
-        if folder.exists():
-            shutil.rmtree(folder)
-        write_json_atomic(progress, {"fingerprint": fp})
-        return None
+    def start_chunks(self, name: str, fp: str) -> pd.DataFrame | None:
+        """Open a chunked artifact for inputs `fp`; return the rows already written for them (None: none)."""
+        if self.begin(name, fp) == "new":
+            return None
+        chunks = self.chunk_paths(name)
+        return pd.concat([pd.read_parquet(p) for p in chunks], ignore_index=True) if chunks else None
 
     def append_chunk(self, name: str, frame: pd.DataFrame) -> Path:
-        """Atomically add one chunk of rows to a chunked artifact."""
+        """Atomically add one chunk of rows to a chunked artifact (it is unfinished until `finish`)."""
+        (self.path(name) / META_FILE).unlink(missing_ok=True)
         index = len(self.chunk_paths(name))
         return write_parquet_atomic(self.path(name) / CHUNKS_DIR / f"part-{index:06d}.parquet", frame)
 
-    def write_json(self, name: str, obj: Any, fp: str) -> Path:
+    def write_json(self, name: str, obj: Any, fp: str, **info: Any) -> Path:
         """Write a JSON artifact (`<name>/data.json`) and mark it finished."""
+        self.prepare(name, fp)
+        (self.path(name) / META_FILE).unlink(missing_ok=True)
         target = write_json_atomic(self.path(name) / "data.json", obj)
-        self.finish(name, fp)
+        self.finish(name, fp, **info)
         return target
 
     def read_json(self, name: str) -> Any:
         """Read a JSON artifact."""
         return json.loads((self.path(name) / "data.json").read_text())
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run folder for this process; another process gets RunFolderInUse naming our pid."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / LOCK_FILE
+        handle = path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            handle.close()
+            raise RunFolderInUse(f"run folder {self.root} is in use by pid {holder}; wait for it to finish "
+                                 "or pick another folder with run_dir=<folder>") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None

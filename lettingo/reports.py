@@ -1,7 +1,10 @@
-"""Collect finished runs (local run folders or a W&B project) and write report tables and plots.
+"""Collect finished local runs and write report tables and plots.
 
-Each `experiments/` script picks rows from the collected runs; this module finds the runs, writes
-the markdown table, the CSV and the PNG into the report folder, and holds the paper's numbers.
+Each `experiments/` script picks rows from the collected runs; this module finds the runs (every
+folder with a ``results.json`` written by ``Comparison.write`` / ``Comparison.to_json`` and a
+``run_config.json``), writes the markdown table, the CSV and the PNG into the report folder, and
+holds the paper's numbers. It imports only ``lettingo.evaluation`` and ``lettingo.artifacts`` (no
+torch), so reports run anywhere the results were copied to.
 """
 
 from __future__ import annotations
@@ -13,15 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lettingo.artifacts import atomic_path
-from lettingo.evaluation.bootstrap import Interval
+from lettingo.artifacts import RESULTS, atomic_path
+from lettingo.evaluation.bootstrap import DEFAULT_METRICS, Interval, PairedDifference
+from lettingo.evaluation.comparison import FILE_STEM, Comparison, read_comparison
+from lettingo.evaluation.methods import DEFAULT_RECENT, DPO, NO_DPO, NO_PROFILE, SFT, no_profile_label
 from lettingo.evaluation.plots import plot_intervals
-from lettingo.evaluation.results import intervals
-from lettingo.evaluation.tables import results_table, to_markdown
-from lettingo.held_out import DPO, NO_DPO, NO_PROFILE, SFT
+from lettingo.evaluation.tables import flat_columns, paired_table, results_table, to_markdown
 
-#: The paper's accuracy (fractions; LLaMA3-8B-Instruct zero-shot f_Rec), labelled as the paper's.
-#: Method names are those of the test stage (`lettingo.held_out`).
+RESULTS_FILE = f"{RESULTS}/{FILE_STEM}.json"  # the test stage's `results` artifact
+RUN_CONFIG_FILE = "run_config.json"
+
+#: The PAPER's accuracy (fractions; LLaMA3-8B-Instruct zero-shot f_Rec), shown in "paper" columns,
+#: never as ours. Keys are the method labels of `lettingo.evaluation.methods`.
 PAPER_TABLE2 = {
     "ml10m": {NO_PROFILE: 0.4495, DPO: 0.5300},
     "yelp": {NO_PROFILE: 0.3745, DPO: 0.7070},
@@ -38,11 +44,11 @@ TABLE3_METHODS = (NO_DPO, SFT, DPO)
 
 @dataclass(frozen=True)
 class RunRecord:
-    """One finished run: where it came from, its resolved config and its results.json."""
+    """One finished run: its folder, its resolved config and its comparison (results.json)."""
 
     source: str
     config: Mapping[str, Any]
-    results: Mapping[str, Any]
+    comparison: Comparison
 
     def get(self, dotted: str, default: Any = None) -> Any:
         """A config value by dotted key (`history.length`), or `default`."""
@@ -55,57 +61,89 @@ class RunRecord:
 
     def intervals(self) -> dict[str, dict[str, Interval]]:
         """method -> metric -> Interval."""
-        return intervals(self.results)
+        return self.comparison.intervals
+
+    def versus(self, reference: str) -> dict[str, dict[str, PairedDifference]]:
+        """method -> metric -> difference of method minus `reference` ({} when the run has none)."""
+        return self.comparison.paired.get(reference, {})
+
+    def no_profile(self) -> str:
+        """The run's no-profile method label, from its K (`history.recent`)."""
+        return no_profile_label(int(self.get("history.recent", DEFAULT_RECENT)))
+
+
+def read_run(folder: Path) -> RunRecord:
+    """The run in `folder` (its results.json and run_config.json)."""
+    config = json.loads((folder / RUN_CONFIG_FILE).read_text())["config"]
+    return RunRecord(str(folder), config, read_comparison(folder / RESULTS_FILE))
+
+
+def finished_run_folders(root: str | Path) -> list[Path]:
+    """Folders under `root` (itself included) holding run_config.json and results.json, oldest results first."""
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"run folder {root} does not exist")
+    folders = [p.parent for p in root.rglob(RUN_CONFIG_FILE) if (p.parent / RESULTS_FILE).exists()]
+    return sorted(folders, key=lambda folder: (folder / RESULTS_FILE).stat().st_mtime)
 
 
 def local_runs(roots: Iterable[str | Path]) -> list[RunRecord]:
-    """Every run folder under `roots` that holds both results.json and run_config.json, oldest first."""
-    records = []
-    for root in roots:
-        for results_path in sorted(Path(root).rglob("results.json"), key=lambda p: p.stat().st_mtime):
-            config_path = results_path.parent / "run_config.json"
-            if config_path.exists():
-                config = json.loads(config_path.read_text())["config"]
-                records.append(RunRecord(str(results_path.parent), config, json.loads(results_path.read_text())))
-    return records
+    """Every finished run under `roots`, oldest first (see :func:`finished_run_folders`).
+
+    A results.json of another schema_version raises ValueError naming the file.
+    """
+    return [read_run(folder) for root in roots for folder in finished_run_folders(root)]
 
 
-def wandb_runs(project: str, entity: str | None = None) -> list[RunRecord]:
-    """Finished runs of a W&B project whose summary holds `results` (logged by the test stage)."""
-    import wandb
+def latest_by(records: Sequence[RunRecord], key: Callable[[RunRecord], Any]) -> dict[Any, RunRecord]:
+    """The latest run for each key value (records are ordered oldest first)."""
+    return {key(record): record for record in records}
 
-    api = wandb.Api()
-    path = f"{entity}/{project}" if entity else project
-    return [
-        RunRecord(f"wandb:{run.path}", dict(run.config), dict(run.summary["results"]))
-        for run in api.runs(path)
-        if "results" in run.summary
-    ]
+
+def _markdown(
+    rows: Mapping[str, Mapping[str, Interval]],
+    metrics: Sequence[str],
+    reference: Mapping[str, Mapping[str, float]] | None,
+    title: str,
+    paired: Mapping[str, Mapping[str, PairedDifference]] | None,
+    paired_reference: str,
+) -> str:
+    """The report's markdown: title, intervals table (paper columns beside), optional paired table."""
+    text = (f"## {title}\n\n" if title else "") + to_markdown(results_table(rows, metrics, reference))
+    if paired:
+        text += (f"\n### Paired differences vs {paired_reference} (method minus {paired_reference}, same users; "
+                 f"negative favours {paired_reference})\n\n" + to_markdown(paired_table(paired, paired_reference,
+                                                                                       metrics)))
+    return text + "\n"
 
 
 def write_report(
     name: str,
     rows: Mapping[str, Mapping[str, Interval]],
     out_dir: str | Path,
-    metrics: Sequence[str] = ("accuracy", "macro_f1", "weighted_f1"),
+    metrics: Sequence[str] = DEFAULT_METRICS,
     reference: Mapping[str, Mapping[str, float]] | None = None,
     title: str = "",
     plot_metric: str = "accuracy",
+    paired: Mapping[str, Mapping[str, PairedDifference]] | None = None,
+    paired_reference: str = DPO,
 ) -> dict[str, Path]:
-    """Write `<name>.md`, `<name>.csv` and `<name>.png` (the plot metric with its CI) into `out_dir`."""
+    """Write `<name>.md`, `<name>.csv` and `<name>.png` (the plot metric with its CI) into `out_dir`.
+
+    `rows` is row label -> metric -> Interval; `reference` (row label -> metric -> fraction) adds
+    the paper's numbers in "paper" columns; `paired` (row label -> metric -> difference) adds a
+    table of differences against `paired_reference`.
+    """
     if not rows:
-        raise ValueError(f"report {name!r}: no finished run matched; nothing to tabulate")
+        raise ValueError(f"report {name!r}: no finished run matched (a run folder holds {RUN_CONFIG_FILE} and "
+                         f"{RESULTS_FILE}); nothing to tabulate")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    table = results_table(rows, metrics=metrics, reference=reference)
-    markdown = (f"## {title}\n\n" if title else "") + to_markdown(table) + "\n"
     paths = {"markdown": out / f"{name}.md", "csv": out / f"{name}.csv", "plot": out / f"{name}.png"}
+    markdown = _markdown(rows, metrics, reference, title, paired, paired_reference)
     with atomic_path(paths["markdown"]) as tmp:
         tmp.write_text(markdown)
-    flat = table.copy()
-    flat.columns = [" ".join(c).strip() for c in flat.columns]
     with atomic_path(paths["csv"]) as tmp:
-        flat.to_csv(tmp)
+        flat_columns(results_table(rows, metrics, reference)).to_csv(tmp, index=False)
     plot_intervals({m: r for m, r in rows.items() if plot_metric in r}, plot_metric, paths["plot"], title=title)
     print(markdown)
     print("\n".join(f"{kind}: {path}" for kind, path in paths.items()))
@@ -113,19 +151,9 @@ def write_report(
 
 
 def report_cli(description: str, build: Callable[[list[RunRecord], Path], dict[str, Path]]) -> None:
-    """Command line shared by the experiments scripts: run folders and/or a W&B project in, report out."""
+    """Command line shared by the experiments scripts: run folders in, report folder out."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("runs", nargs="*", default=["outputs"], help="run folders or folders above them")
-    parser.add_argument("--wandb-project", help="also read finished runs from this W&B project")
-    parser.add_argument("--wandb-entity", help="W&B entity of the project")
     parser.add_argument("--out", default="outputs/reports", help="report folder (default: outputs/reports)")
     args = parser.parse_args()
-    records = local_runs(args.runs)
-    if args.wandb_project:
-        records += wandb_runs(args.wandb_project, args.wandb_entity)
-    build(records, Path(args.out))
-
-
-def latest_by(records: Sequence[RunRecord], key: Callable[[RunRecord], Any]) -> dict[Any, RunRecord]:
-    """The latest run for each key value (records are ordered oldest first)."""
-    return {key(record): record for record in records}
+    build(local_runs(args.runs), Path(args.out))

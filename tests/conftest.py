@@ -10,9 +10,12 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from lettingo.cli import CONFIG_DIR
+from lettingo import CONFIG_DIR
+from lettingo.run_folders import register_resolvers
 
 pytest_plugins = ["fixtures_llm"]
+
+register_resolvers()  # hydra.run.dir uses lettingo_run_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

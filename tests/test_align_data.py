@@ -28,7 +28,7 @@ from lettingo.llm.models import load_causal_lm
 
 @pytest.fixture
 def tiny(tmp_path: Path):
-    return load_causal_lm("tiny_random", tmp_path / "models")
+    return load_causal_lm("tiny_random", tmp_path / "models", dtype="float32")
 
 
 def _render(tokenizer, text: str) -> str:

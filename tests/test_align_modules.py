@@ -39,7 +39,7 @@ def _pairs(tokenizer) -> pd.DataFrame:
 
 
 def _model(cache: Path, seed: int = 0):
-    model, tokenizer = load_causal_lm("tiny_random", cache)
+    model, tokenizer = load_causal_lm("tiny_random", cache, dtype="float32")
     torch.manual_seed(seed)
     return attach_lora(model, LORA), tokenizer
 

@@ -11,6 +11,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from lettingo.evaluation.bootstrap import (
     Interval,
     bootstrap_interval,
+    compare_methods,
     paired_bootstrap,
     resampled_metrics,
     summarize,
@@ -126,6 +127,22 @@ def test_paired_resamples_are_shared() -> None:
     assert difference.value == pytest.approx(1 / 60)
     assert difference.low == 0.0
     assert difference.high > 0.0
+
+
+def test_compare_methods_equals_the_single_calls() -> None:
+    # One shared bootstrap for all methods gives exactly the numbers of separate calls with the same seed.
+    y_true, a = noisy_predictions(120, 0.7, seed=10)
+    _, b = noisy_predictions(120, 0.4, seed=11)
+    c = list(y_true)
+    intervals, paired = compare_methods(y_true, {"a": a, "b": b, "c": c}, ["b", "b"], LABELS, n_resamples=300, seed=4)
+    for name, pred in (("a", a), ("b", b), ("c", c)):
+        assert intervals[name] == summarize(y_true, pred, LABELS, n_resamples=300, seed=4)
+    assert list(paired) == ["b"] and list(paired["b"]) == ["a", "c"]
+    for name, pred in (("a", a), ("c", c)):
+        for metric in ("accuracy", "macro_f1", "weighted_f1"):
+            assert paired["b"][name][metric] == paired_bootstrap(y_true, pred, b, LABELS, metric, 300, seed=4)
+    with pytest.raises(ValueError, match="references"):
+        compare_methods(y_true, {"a": a}, ["z"], LABELS)
 
 
 def test_to_dict_is_plain_json() -> None:

@@ -9,14 +9,15 @@ import pytest
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from lettingo.cli import CONFIG_DIR
+from lettingo import CONFIG_DIR
 
 CONF = Path(CONFIG_DIR)
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
-REQUIRED_GROUPS = ["align", "backbone", "dataset", "experiment", "history", "logger", "paths", "prompt",
-                   "recommender", "sampling", "trainer"]
+REQUIRED_GROUPS = ["align", "backbone", "dataset", "debug", "evaluate", "experiment", "history", "logger", "paths",
+                   "prompt", "recommender", "sampling", "test", "trainer"]
 # Values the user must supply (`???`) for the datasets that cannot be shipped.
 FILL_REQUIRED = ["dataset.path=/data/not-used-in-this-test"]
+EXTERNAL_DATASETS = ["ml10m", "amazon_books", "yelp"]
 
 
 def group_options(group: str) -> list[str]:
@@ -61,14 +62,14 @@ def test_primary_config_composes(compose_cfg) -> None:
     ("group", "option"), [(g, o) for g in GROUPS if g != "experiment" for o in group_options(g)]
 )
 def test_every_group_option_composes(compose_cfg, group: str, option: str) -> None:
-    cfg = compose_cfg([f"{group}={option}", *FILL_REQUIRED])
-    check_resolves(cfg)
+    check_resolves(compose_filled(compose_cfg, [f"{group}={option}"]))
 
 
 @pytest.mark.parametrize("option", group_options("experiment"))
 def test_every_experiment_composes(compose_cfg, option: str) -> None:
-    cfg = compose_cfg([f"experiment={option}", *FILL_REQUIRED])
+    cfg = compose_filled(compose_cfg, [f"experiment={option}"])
     check_resolves(cfg)
+    assert cfg.experiment_name == (f"paper_{cfg.dataset.name}" if option == "paper_base" else option)
     header = (CONF / "experiment" / f"{option}.yaml").read_text().splitlines()[:6]
     assert any(line.startswith("# Run:") for line in header), f"experiment/{option}.yaml lacks its run command"
 
@@ -97,7 +98,7 @@ def test_every_sweep_composes_with_its_axes(option: str, tmp_path) -> None:
     assert cfg.experiment_name == f"sweep_{option}"
     for axis, values in params.items():  # every swept value composes on its own
         for value in str(values).split(","):
-            check_resolves(compose_override(tmp_path, [f"{axis}={value}", *FILL_REQUIRED]))
+            check_resolves(compose_override(tmp_path, [f"{axis}={value}"]))
 
 
 @pytest.mark.parametrize("launcher", ["basic", "joblib", "submitit_slurm"])
@@ -115,4 +116,120 @@ def compose_override(tmp_path, overrides: list[str]) -> DictConfig:
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("config", overrides=[f"paths.run_dir={tmp_path}", *overrides])
+        cfg = compose("config", overrides=[f"paths.run_dir={tmp_path}", *overrides])
+        if OmegaConf.is_missing(cfg.dataset, "path"):
+            cfg = compose("config", overrides=[f"paths.run_dir={tmp_path}", *overrides, *FILL_REQUIRED])
+        return cfg
+
+
+def compose_filled(compose_cfg, overrides: list[str]) -> DictConfig:
+    """Compose with ``overrides``, filling the required values (`???`) of the config when it has them."""
+    cfg = compose_cfg(overrides)
+    return compose_cfg([*overrides, *FILL_REQUIRED]) if OmegaConf.is_missing(cfg.dataset, "path") else cfg
+
+
+def hydra_cfg(overrides: list[str]) -> DictConfig:
+    """The composed config with its `hydra` node (run and sweep folders)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("config", overrides=overrides, return_hydra_config=True)
+
+
+# --- the layout the stages read ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dataset", EXTERNAL_DATASETS)
+def test_external_datasets_require_their_path(compose_cfg, dataset: str) -> None:
+    cfg = compose_cfg([f"dataset={dataset}"])
+    assert OmegaConf.is_missing(cfg.dataset, "path")
+    assert compose_cfg([f"dataset={dataset}", "dataset.path=/data/x"]).dataset.loader.path == "/data/x"
+
+
+@pytest.mark.parametrize("dataset", ["ml100k", "ml1m"])
+def test_shipped_datasets_have_no_path(compose_cfg, dataset: str) -> None:
+    assert "path" not in compose_cfg([f"dataset={dataset}"]).dataset
+
+
+def test_one_bootstrap_node_and_the_evaluate_and_test_nodes(compose_cfg) -> None:
+    cfg = compose_cfg()
+    assert OmegaConf.to_container(cfg.bootstrap) == {"n_resamples": 1000, "confidence": 0.95}
+    assert set(cfg.evaluate) == {"split", "raw_histories", "users_per_chunk", "sensitivity"}
+    assert set(cfg.test) == {"split", "max_users", "temperature", "max_new_tokens", "users_per_chunk", "fixed_formats"}
+    assert list(cfg.test.fixed_formats) == ["palr", "rlmrec", "kar"]
+    assert [cfg.test.fixed_formats[name].name for name in cfg.test.fixed_formats] == ["palr", "rlmrec", "kar"]
+    assert cfg.test.max_new_tokens == cfg.sampling.max_new_tokens
+    assert "evaluation" not in cfg.recommender and "test" not in cfg.align and "bootstrap" not in cfg.align
+    assert cfg.run_dir is None
+
+
+def test_align_trains_each_listed_method_from_its_node(compose_cfg) -> None:
+    cfg = compose_cfg()
+    assert list(cfg.align.methods) == ["dpo", "sft"] and set(cfg.align.method) == {"dpo", "sft"}
+    assert not {"name", "sft_baseline", "dpo", "sft"} & set(cfg.align)
+    examples = {"dpo": "preference", "sft": "positive"}
+    for name in cfg.align.methods:
+        node = cfg.align.method[name]
+        assert node.examples == examples[name] and node.module._partial_ is True
+        assert node.module.share_prompt is cfg.align.share_prompt is True
+        assert node.module.optimizer._target_ == "torch.optim.AdamW"
+    assert cfg.align.method.dpo.module._target_ == "lettingo.align.dpo.DpoModule"
+    assert cfg.align.method.sft.module._target_ == "lettingo.align.sft.SftModule"
+    assert compose_cfg(["align.share_prompt=false"]).align.method.dpo.module.share_prompt is False
+
+
+def test_keys_that_do_nothing_are_gone(compose_cfg) -> None:
+    cfg = compose_cfg(["logger=wandb"])
+    assert "name" not in cfg.logger
+    assert "max_epochs" not in cfg.trainer and "enable_checkpointing" not in cfg.trainer
+
+
+@pytest.mark.parametrize("sampling", ["single", "multi"])
+def test_the_aligned_generator_explores_in_every_sampling(compose_cfg, sampling: str) -> None:
+    cfg = compose_cfg([f"sampling={sampling}", "backbone=tiny_random"])
+    assert cfg.sampling.backbones.primary == cfg.backbone and list(cfg.sampling.backbones)[0] == "primary"
+    names = [b.name for b in cfg.sampling.backbones.values()]
+    assert names == (["tiny_random"] if sampling == "single" else ["tiny_random", "gemma3_270m"])
+    assert list(cfg.sampling.splits) == [f"profile_train_h{cfg.history.length}"]
+
+
+def test_paper_experiments_extend_one_base(compose_cfg) -> None:
+    for option in ("paper_ml1m", "paper_ml10m", "paper_amazon_books", "paper_yelp"):
+        body = [line for line in (CONF / "experiment" / f"{option}.yaml").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+        dataset = option.removeprefix("paper_")
+        assert body == ["defaults:", "  - paper_base", f"  - override /dataset: {dataset}"], option
+        cfg = compose_cfg([f"experiment={option}", *FILL_REQUIRED] if dataset in EXTERNAL_DATASETS
+                          else [f"experiment={option}"])
+        assert (cfg.dataset.name, cfg.history.length, cfg.sampling.n, cfg.stage) == (dataset, 70, 10, "pipeline")
+        assert cfg.trainer.accelerator == "gpu" and cfg.test.max_users is None
+    for option in group_options("experiment"):
+        assert (CONF / "experiment" / f"{option}.yaml").read_text().startswith("# @package _global_\n"), option
+
+
+@pytest.mark.parametrize("extra", [[], ["experiment=quickstart"], ["experiment=paper_ml1m"]])
+def test_debug_tiny_shrinks_any_run(compose_cfg, extra: list[str]) -> None:
+    cfg = compose_cfg([*extra, "debug=tiny"])
+    assert cfg.backbone.name == "tiny_random" and list(cfg.sampling.backbones) == ["primary"]
+    assert cfg.recommender.model.model == "tiny_random" and cfg.logger._target_ == "lettingo.tracking.NullTracker"
+    assert (cfg.sampling.max_users, cfg.sampling.n, cfg.sampling.max_new_tokens) == (3, 3, 6)
+    assert cfg.bootstrap.n_resamples == 50 and cfg.num_threads == 1 and cfg.trainer.accelerator == "cpu"
+    assert cfg.trainer.enable_progress_bar is False and cfg.align.epochs == 1 and cfg.test.max_users <= 4
+    assert max(cfg.dataset.splits.values()) <= 4
+    # Later overrides on the command line still win.
+    assert compose_cfg([*extra, "debug=tiny", "recommender=llm_lora", "logger=csv"]).recommender.name == "llm_lora"
+
+
+def test_run_folder_is_given_latest_or_new(tmp_path) -> None:
+    root = tmp_path / "outputs"
+    experiment = root / "default"
+    base = [f"paths.output_root={root}"]
+    assert hydra_cfg([*base, "run_dir=/some/run"]).hydra.run.dir == "/some/run"
+    fresh = hydra_cfg([*base, "stage=explore"]).hydra.run.dir
+    assert fresh.startswith(str(experiment) + "/") and fresh != str(experiment / "latest")
+    (experiment / "2020-01-01_00-00-00").mkdir(parents=True)
+    (experiment / "latest").symlink_to(experiment / "2020-01-01_00-00-00")
+    assert hydra_cfg([*base, "stage=explore"]).hydra.run.dir == str(experiment / "2020-01-01_00-00-00")
+    assert hydra_cfg([*base, "stage=pipeline"]).hydra.run.dir != str(experiment / "2020-01-01_00-00-00")
+    sweep = hydra_cfg(base).hydra.sweep
+    assert OmegaConf.to_container(sweep)["subdir"] == "${hydra.job.num}"

@@ -27,7 +27,7 @@ PROFILES = [
 
 
 def _lora_model(cache: Path, seed: int = 0):
-    model, tokenizer = load_causal_lm("tiny_random", cache)
+    model, tokenizer = load_causal_lm("tiny_random", cache, dtype="float32")  # parity is checked in float32
     torch.manual_seed(seed)
     model = attach_lora(model, LORA)
     with torch.no_grad():  # a non-identity adapter, so policy and reference differ

@@ -1,7 +1,10 @@
 """The decoding loop against a reference without any cache, for a GQA Llama and a sliding-window
-Gemma 3 (tiny, random); and the inverse-CDF sampler against the distribution it samples."""
+Gemma 3 (tiny, random), passing its cache without deprecated keywords; the inverse-CDF sampler
+against the distribution it samples; padding of token sequences."""
 
 from __future__ import annotations
+
+import warnings
 
 import pytest
 import torch
@@ -9,6 +12,8 @@ from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, Llama
 
 from lettingo.llm.decoding import PromptBatch, sample, sample_tokens
 from lettingo.llm.fast_decode import MASKED_SDPA, PreallocatedLayer
+from lettingo.llm.kv_cache import cache_kwargs
+from lettingo.llm.padding import pad_sequences
 
 
 def tiny_llama() -> torch.nn.Module:
@@ -58,13 +63,54 @@ def test_cached_batched_greedy_matches_the_uncached_reference(build) -> None:
     prompts = [[5, 17, 3, 42, 8, 9, 11], [7, 7, 1], [60, 2, 33, 4, 19]]
     expected = [greedy_without_cache(model, p, 6) for p in prompts]
     model.set_attn_implementation(MASKED_SDPA)
-    width = max(map(len, prompts))
-    batch = PromptBatch(
-        torch.tensor([[0] * (width - len(p)) + p for p in prompts]),
-        torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts]),
-    )
-    got = sample(model, batch, n=2, seeds=list(range(6)), temperature=0, max_new_tokens=6, stop_ids=[])
+    batch = PromptBatch(*pad_sequences(prompts, pad_id=0))
+    with warnings.catch_warnings():
+        # transformers' FutureWarning for the old `past_key_values` keyword, once printed per decode step.
+        warnings.simplefilter("error", FutureWarning)
+        got = sample(model, batch, n=2, seeds=list(range(6)), temperature=0, max_new_tokens=6, stop_ids=[])
     assert got == [e for e in expected for _ in range(2)]
+
+
+class _OldSignature(torch.nn.Module):
+    """A model of a transformers release that took the cache only as ``past_key_values``."""
+
+    def forward(self, input_ids=None, past_key_values=None, use_cache=None):
+        return input_ids
+
+
+class _Wrapper(torch.nn.Module):
+    """Stands for a PEFT model: keywords go on to the wrapped model."""
+
+    def __init__(self, base: torch.nn.Module) -> None:
+        super().__init__()
+        self.base = base
+
+    def get_base_model(self) -> torch.nn.Module:
+        return self.base
+
+    def forward(self, **kwargs):
+        return self.base(**kwargs)
+
+
+def test_the_cache_keyword_follows_the_model_signature() -> None:
+    marker = object()
+    assert cache_kwargs(tiny_llama(), marker) == {"cache": marker}
+    assert cache_kwargs(_Wrapper(tiny_llama()), None) == {"cache": None}
+    assert cache_kwargs(_OldSignature(), marker) == {"past_key_values": marker}
+    assert cache_kwargs(_Wrapper(_OldSignature()), marker) == {"past_key_values": marker}
+
+
+def test_pad_sequences_on_either_side() -> None:
+    ids, mask = pad_sequences([[5, 6, 7], [8], []], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8], [0, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 0]]
+    assert ids.dtype == mask.dtype == torch.long
+    ids, mask = pad_sequences([torch.tensor([5, 6, 7]), (8,)], pad_id=2, side="right")
+    assert ids.tolist() == [[5, 6, 7], [8, 2, 2]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    with pytest.raises(ValueError, match="side"):
+        pad_sequences([[1]], 0, side="middle")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="empty"):
+        pad_sequences([], 0)
 
 
 def test_sampler_follows_the_softmax_distribution() -> None:

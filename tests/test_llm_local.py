@@ -7,7 +7,7 @@ import torch
 
 from lettingo.llm.decoding import sample
 from lettingo.llm.local import LocalBackend
-from lettingo.llm.models import inference_dtype
+from lettingo.llm.models import resolve_dtype
 
 INSTRUCTIONS = [
     "The user rated Toy Story (1995) 5/5 and Fargo (1996) 2/5.",
@@ -134,7 +134,7 @@ def test_bad_batch_size_raises(tiny_model_cache) -> None:  # noqa: F811
 
 def test_auto_dtype_generates_in_the_fastest_dtype_deterministically(tiny_model_cache) -> None:  # noqa: F811
     auto = LocalBackend("t", "tiny_random", tiny_model_cache, num_threads=1)
-    assert auto.model.dtype == getattr(torch, inference_dtype(torch.device("cpu"))) and not auto.model.training
+    assert auto.model.dtype == resolve_dtype("auto", torch.device("cpu")) and not auto.model.training
     assert auto.tokenizer.padding_side == "left" and auto.tokenizer.pad_token is not None
     prompts = [auto.render(i) for i in INSTRUCTIONS]
     assert texts(auto.generate(prompts, n=2, seed=5, max_new_tokens=8)) == texts(

@@ -12,7 +12,7 @@ import torch
 
 from lettingo.llm.cache import materialize
 from lettingo.llm.local import LocalBackend
-from lettingo.llm.models import inference_dtype, load_causal_lm, resolve_model_path
+from lettingo.llm.models import load_causal_lm, resolve_dtype, resolve_model_path, training_device
 
 
 def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -33,7 +33,7 @@ def test_tiny_random_is_the_same_for_a_seed_and_differs_across_seeds(tmp_path: P
 def test_tiny_random_loads_by_path_and_is_trainable(tmp_path: Path) -> None:
     path = resolve_model_path("tiny_random", tmp_path)
     assert path == tmp_path / "tiny_random-0" and (path / "config.json").is_file()
-    model, tokenizer = load_causal_lm(str(path), tmp_path / "unused")
+    model, tokenizer = load_causal_lm(str(path), tmp_path / "unused", dtype="float32")
     assert model.dtype == torch.float32 and model.device.type == "cpu"
     batch = tokenizer(["Toy Story 5/5", "Fargo"], return_tensors="pt", padding=True)
     before = model.lm_head.weight.detach().clone()
@@ -51,12 +51,35 @@ def test_dtype_can_be_chosen(tmp_path: Path) -> None:
         load_causal_lm("tiny_random", tmp_path, dtype="float99")
 
 
-@pytest.mark.parametrize(("avx512_bf16", "expected"), [(True, "bfloat16"), (False, "float32")])
-def test_inference_dtype_follows_native_bfloat16(monkeypatch, avx512_bf16: bool, expected: str) -> None:
+@pytest.mark.parametrize(
+    ("avx512_bf16", "amx", "expected"),
+    [(True, False, torch.bfloat16), (False, True, torch.bfloat16), (False, False, torch.float32)],
+)
+def test_auto_dtype_follows_native_bfloat16(monkeypatch, avx512_bf16: bool, amx: bool, expected: torch.dtype) -> None:
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert resolve_dtype("auto", torch.device("cpu")) == expected
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert resolve_dtype("float16", torch.device("cuda")) == torch.float16
+    assert resolve_dtype(torch.float64, torch.device("cpu")) == torch.float64
+
+
+def test_auto_dtype_is_what_load_causal_lm_loads(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    model, _ = load_causal_lm("tiny_random", tmp_path, device="cpu")
+    assert model.dtype == torch.bfloat16
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    assert inference_dtype(torch.device("cpu")) == expected
-    assert inference_dtype(torch.device("cuda")) == "bfloat16"
+    model, _ = load_causal_lm("tiny_random", tmp_path, device="cpu")
+    assert model.dtype == torch.float32
+
+
+@pytest.mark.parametrize(("accelerator", "gpu_visible", "expected"), [
+    ("cpu", True, "cpu"), ("gpu", True, "cuda"), ("auto", True, "cuda"), ("cuda", False, "cpu"), ("auto", False, "cpu"),
+])
+def test_training_device_follows_the_accelerator(monkeypatch, accelerator: str, gpu_visible: bool, expected: str):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu_visible)
+    assert training_device(accelerator).type == expected
 
 
 @pytest.mark.parametrize(

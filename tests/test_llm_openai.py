@@ -16,10 +16,11 @@ import pytest
 from fixtures_llm import StubServer, free_port
 from omegaconf import OmegaConf
 
+from lettingo import CONFIG_DIR
 from lettingo.llm.base import sample_seed
 from lettingo.llm.openai_http import BackendRequestError, BackendUnavailable, OpenAIBackend
 
-CONFIG = Path(__file__).resolve().parents[1] / "conf" / "backbone" / "openai.yaml"
+CONFIG = Path(CONFIG_DIR) / "backbone" / "openai.yaml"
 
 
 def backend(base_url: str, **kwargs) -> OpenAIBackend:

@@ -24,19 +24,13 @@ from lettingo.pipeline import run
 
 TEST_USERS, PROFILE_USERS = 4, 6
 TINY = [
-    # CPU and files instead of a GPU and W&B.
-    "trainer=cpu", "trainer.enable_progress_bar=false", "logger=csv", "num_threads=1",
-    # One tiny random Llama as the generator and as the frozen f_Rec.
-    "sampling=single", "backbone=tiny_random", "recommender.model.model=tiny_random",
+    # The tiny setup (CPU trainer, tiny random Llama as generator and frozen f_Rec, the margin rule with
+    # no threshold, few bootstrap resamples), with CSV files instead of W&B.
+    "debug=tiny", "logger=csv",
     # A few users per split; every user still has H = 70 older + K = 10 recent + 1 target interactions.
     f"dataset.splits.test={TEST_USERS}", "dataset.splits.rec_train=2", "dataset.splits.profile_train_h30=0",
     "dataset.splits.profile_train_h50=0", f"dataset.splits.profile_train_h70={PROFILE_USERS}",
-    f"sampling.max_users={PROFILE_USERS}", "sampling.n=3", "sampling.max_new_tokens=8",
-    # The margin rule with no threshold gives every user whose profiles differ in P(true label) a pair.
-    "pairs=margin", "pairs.min_margin=0.0",
-    "align.data.max_pairs=4", "align.epochs=1", "align.batch.global_size=2", "align.batch.micro_size=2",
-    f"align.test.max_users={TEST_USERS}", "align.test.max_new_tokens=8",
-    "recommender.evaluation.bootstrap.n_resamples=30", "align.test.bootstrap.n_resamples=30",
+    f"sampling.max_users={PROFILE_USERS}", "sampling.max_new_tokens=8", f"test.max_users={TEST_USERS}",
 ]
 
 #: experiment -> writer of its published files into a folder (None: the data ships with a package).
@@ -58,7 +52,7 @@ def test_paper_experiment_runs_the_whole_pipeline(
     cfg = compose_cfg([f"experiment={experiment}", *TINY, f"paths.model_cache={tiny_model_cache}", *data], run_dir)
     # The experiment's protocol is kept; only the machine and the sizes changed.
     assert cfg.stage == "pipeline" and cfg.experiment_name == experiment
-    assert (cfg.history.length, cfg.history.recent, cfg.align.method) == (70, 10, "dpo")
+    assert (cfg.history.length, cfg.history.recent, list(cfg.align.methods)) == (70, 10, ["dpo", "sft"])
     assert cfg.dataset.name == experiment.removeprefix("paper_")
 
     results = run(cfg)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lettingo.cli import CONFIG_DIR
+from lettingo import CONFIG_DIR
 from lettingo.llm.models import load_causal_lm
 from lettingo.recommender.cases import RecCase
 from lettingo.recommender.llm_scoring import LabelWordScorer, PromptTemplate, label_token_ids, score_prompts

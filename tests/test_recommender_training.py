@@ -13,7 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lettingo.cli import CONFIG_DIR
+from lettingo import CONFIG_DIR
 from lettingo.data.schema import LABELS
 from lettingo.recommender.base import RecClassifierModule
 from lettingo.recommender.cases import RecCase, label_codes, shifted_cases

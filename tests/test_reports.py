@@ -1,18 +1,21 @@
-"""Report scripts on hand-made finished run folders give the expected tables, CSVs and plots."""
+"""Report scripts on finished run folders (written by the production Comparison writer) give the expected tables."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from lettingo.evaluation.results import method_results
-from lettingo.reports import local_runs
+from lettingo.evaluation.comparison import Comparison
+from lettingo.evaluation.methods import DPO, NO_DPO, NO_PROFILE, SFT
+from lettingo.reports import RESULTS_FILE, local_runs
 
-LABELS = ("like", "neutral", "dislike")
 ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted(p.stem for p in (ROOT / "experiments").glob("*.py"))
 
 
 def load_script(name: str):
@@ -23,48 +26,119 @@ def load_script(name: str):
 
 
 def make_run(folder: Path, dataset: str, history: int, correct: dict[str, int], n: int = 20,
-             sampling: tuple[str, ...] = ("smollm2_135m",)) -> None:
-    """A run folder whose method m gets the first correct[m] of n users right."""
-    y_true = ["like"] * n
+             sampling: tuple[str, ...] = ("smollm2_135m",), recent: int = 10) -> Comparison:
+    """A run folder whose method m gets the first correct[m] of n users right, written as the test stage does."""
+    users = [f"u{i}" for i in range(n)]
     predictions = {m: ["like"] * k + ["dislike"] * (n - k) for m, k in correct.items()}
-    folder.mkdir(parents=True)
-    results = method_results(y_true, predictions, LABELS, reference_method="DPO", n_resamples=100)
-    (folder / "results.json").write_text(json.dumps(results))
-    config = {"dataset": {"name": dataset}, "history": {"length": history}, "backbone": {"name": "smollm2_135m"},
+    comparison = Comparison.compute(users, ["like"] * n, predictions, references=(DPO,), n_resamples=100,
+                                    meta={"split": "test"})
+    paths = comparison.write(folder, "results", f"{dataset} test")
+    assert paths["json"] == folder / RESULTS_FILE
+    config = {"dataset": {"name": dataset}, "history": {"length": history, "recent": recent},
+              "backbone": {"name": "smollm2_135m"},
               "sampling": {"backbones": {b: {"name": b, "_target_": "lettingo.llm.local.LocalBackend"}
                                          for b in sampling}}}
     (folder / "run_config.json").write_text(json.dumps({"lettingo_version": "0", "config": config}))
+    return comparison
 
 
-def test_table3_rows_values_and_paper_column(tmp_path) -> None:
-    make_run(tmp_path / "runs" / "a", "ml10m", 30, {"no DPO": 10, "SFT": 12, "DPO": 15})
+def rows_of(markdown: str, start: str) -> list[str]:
+    return [line for line in markdown.splitlines() if line.startswith(start)]
+
+
+def test_table3_rows_values_paper_column_and_paired(tmp_path) -> None:
+    make_run(tmp_path / "runs" / "a", "ml10m", 30, {NO_DPO: 10, SFT: 12, DPO: 15})
     paths = load_script("table3").build(local_runs([tmp_path / "runs"]), tmp_path / "reports")
     markdown = paths["markdown"].read_text()
-    lines = {label: line for line in markdown.splitlines() for label in ("no DPO", "SFT", "DPO")
-             if line.startswith(f"| ml10m \\| {label} ")}
-    assert len(lines) == 3 and len([x for x in markdown.splitlines() if x.startswith("| ml10m")]) == 3
-    assert "| 75.0 [" in lines["DPO"] and lines["DPO"].replace(" ", "").endswith("|53.0|")
-    assert lines["no DPO"].replace(" ", "").endswith("|50.9|")
-    assert paths["plot"].stat().st_size > 0 and paths["csv"].read_text().startswith("method,")
+    intervals, paired = markdown.split("### Paired differences vs DPO")
+    lines = {label: next(x for x in rows_of(intervals, f"| ml10m \\| {label} ")) for label in (NO_DPO, SFT, DPO)}
+    assert len(rows_of(intervals, "| ml10m")) == 3
+    assert "| 75.0 [" in lines[DPO] and lines[DPO].replace(" ", "").endswith("|53.0|")  # ours 75.0, paper 53.0
+    assert lines[NO_DPO].replace(" ", "").endswith("|50.9|")
+    assert "paper accuracy" in intervals.splitlines()[2]
+    # no DPO gets 10 of 20 right, DPO 15: no DPO minus DPO is -25 points.
+    assert "| -25.0 [" in next(x for x in rows_of(paired, f"| ml10m \\| {NO_DPO} "))
+    assert len(rows_of(paired, "| ml10m")) == 2
+    assert paths["plot"].stat().st_size > 0 and paths["csv"].read_text().startswith("method,accuracy_value,")
 
 
 def test_history_ablation_one_row_per_method_and_h(tmp_path) -> None:
     for h, k in ((30, 10), (50, 12), (70, 14)):
-        make_run(tmp_path / "sweep" / f"history=h{h}", "ml100k", h, {"10H (no profile)": 8, "DPO": k})
+        make_run(tmp_path / "sweep" / f"history=h{h}", "ml100k", h, {NO_PROFILE: 8, DPO: k})
+    make_run(tmp_path / "sweep" / "k5", "ml1m", 30, {"5H (no profile)": 6, DPO: 9}, recent=5)
     paths = load_script("history_ablation").build(local_runs([tmp_path / "sweep"]), tmp_path / "reports")
     markdown = paths["markdown"].read_text()
     for h, k in ((30, 10), (50, 12), (70, 14)):
-        row = next(line for line in markdown.splitlines() if f"DPO \\| H={h}" in line)
+        row = next(line for line in markdown.splitlines() if f"ml100k \\| DPO \\| H={h}" in line)
         assert f"| {100 * k / 20:.1f} [" in row
     assert sum("10H (no profile) \\| H=" in line for line in markdown.splitlines()) == 3
+    assert "| ml1m \\| 5H (no profile) \\| H=30 " in markdown
+
+
+def test_table2_takes_every_method_of_the_latest_run(tmp_path) -> None:
+    make_run(tmp_path / "r" / "old", "yelp", 30, {NO_PROFILE: 5, DPO: 6})
+    make_run(tmp_path / "r" / "new", "yelp", 30, {NO_PROFILE: 7, DPO: 16, "kar (smollm2_135m)": 9})
+    markdown = load_script("table2").build(local_runs([tmp_path / "r"]), tmp_path / "o")["markdown"].read_text()
+    assert len(rows_of(markdown, "| yelp")) == 3
+    assert "| 80.0 [" in next(x for x in rows_of(markdown, "| yelp \\| DPO "))
+    assert next(x for x in rows_of(markdown, "| yelp \\| DPO ")).replace(" ", "").endswith("|70.7|")
 
 
 def test_single_vs_multi_and_empty_input(tmp_path) -> None:
-    make_run(tmp_path / "r" / "single", "ml100k", 30, {"no DPO": 9, "DPO": 11})
-    make_run(tmp_path / "r" / "multi", "ml100k", 30, {"no DPO": 9, "DPO": 13},
+    make_run(tmp_path / "r" / "single", "ml100k", 30, {NO_DPO: 9, DPO: 11})
+    make_run(tmp_path / "r" / "multi", "ml100k", 30, {NO_DPO: 9, DPO: 13},
              sampling=("gemma3_270m", "smollm2_135m"))
     markdown = load_script("single_vs_multi").build(local_runs([tmp_path / "r"]), tmp_path / "o")["markdown"]
     text = markdown.read_text()
     assert "multi (gemma3_270m+smollm2_135m) \\| DPO" in text and "single \\| DPO" in text
     with pytest.raises(ValueError, match="no finished run"):
         load_script("table2").build([], tmp_path / "empty")
+
+
+def test_api_comparison_picks_api_backbones(tmp_path) -> None:
+    folder = tmp_path / "r" / "api"
+    make_run(folder, "yelp", 30, {"gpt-4o": 12, NO_PROFILE: 8, DPO: 14})
+    config_path = folder / "run_config.json"
+    record = json.loads(config_path.read_text())
+    record["config"]["sampling"]["backbones"]["gpt-4o"] = {"name": "gpt-4o",
+                                                           "_target_": "lettingo.llm.openai_http.OpenAIBackend"}
+    config_path.write_text(json.dumps(record))
+    markdown = load_script("api_comparison").build(local_runs([tmp_path / "r"]), tmp_path / "o")["markdown"]
+    assert len(rows_of(markdown.read_text(), "| yelp \\| ")) == 3
+
+
+def test_old_results_and_missing_folders_are_refused(tmp_path) -> None:
+    folder = tmp_path / "r" / "old"
+    make_run(folder, "yelp", 30, {DPO: 3})
+    (folder / RESULTS_FILE).write_text(json.dumps({"methods": {}, "versus_dpo": {}}))
+    with pytest.raises(ValueError, match="results.json: not a comparison of schema_version 1"):
+        local_runs([tmp_path / "r"])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        local_runs([tmp_path / "nowhere"])
+
+
+TRAINING_STACK = {"torch", "peft", "lightning", "pytorch_lightning", "lightning_fabric"}
+
+
+def test_reports_and_scripts_import_no_training_stack() -> None:
+    loads = "".join(
+        f"s = importlib.util.spec_from_file_location({name!r}, {str(ROOT / 'experiments' / f'{name}.py')!r}); "
+        "s.loader.exec_module(importlib.util.module_from_spec(s))\n"
+        for name in SCRIPTS
+    )
+    code = ("import importlib.util, sys\nimport lettingo.reports\n" + loads
+            + f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {TRAINING_STACK!r}))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert len(SCRIPTS) == 5
+    assert result.stdout.strip() == "[]"
+
+
+def test_script_command_line_writes_the_report(tmp_path) -> None:
+    make_run(tmp_path / "runs" / "a", "yelp", 30, {NO_DPO: 10, SFT: 12, DPO: 15})
+    command = [sys.executable, str(ROOT / "experiments" / "table3.py"), str(tmp_path / "runs"), "--out",
+               str(tmp_path / "reports")]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    assert "| yelp \\| DPO " in result.stdout
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["table3.csv", "table3.md", "table3.png"]
+    refused = subprocess.run([*command, "--wandb-project", "p"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "unrecognized arguments: --wandb-project" in refused.stderr

@@ -9,7 +9,7 @@ import pytest
 
 from lettingo.evaluation.bootstrap import Interval, PairedDifference
 from lettingo.evaluation.plots import plot_intervals
-from lettingo.evaluation.tables import paired_table, results_table, to_markdown
+from lettingo.evaluation.tables import flat_columns, paired_table, results_table, to_markdown
 
 ROWS = {
     "10H": {
@@ -54,6 +54,12 @@ def test_table_without_reference_has_only_measured_columns() -> None:
     assert to_markdown(table) == (
         "| method |          accuracy |\n|:-------|------------------:|\n| 10H    | 45.0 [42.7, 47.2] |\n"
     )
+
+
+def test_flat_columns_has_one_header_row() -> None:
+    flat = flat_columns(results_table(ROWS, ("accuracy",), reference=PAPER))
+    assert list(flat.columns) == ["method", "accuracy_value", "accuracy_low", "accuracy_high", "paper accuracy_value"]
+    assert flat["method"].tolist() == ["10H", "10H+70P | DPO", "KAR"]
 
 
 def test_paired_markdown_is_exact() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +18,10 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lettingo.align.logprobs import CompletionBatch
+from lettingo.llm.padding import pad_sequences
 from lettingo.llm.prompting import TokenizerPrompts
 
 log = logging.getLogger(__name__)
@@ -171,17 +172,6 @@ def length_buckets(keys: Sequence[Any], batch_size: int, seed: int, window: int 
     return batches
 
 
-def _pad(sequences: Sequence[Sequence[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        span = slice(width - len(seq), width) if left else slice(0, len(seq))
-        ids[row, span] = torch.tensor(seq, dtype=torch.long)
-        mask[row, span] = 1
-    return ids, mask
-
-
 def collate(examples: Sequence[Example], indices: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
     """One batch: each distinct prompt once (left-padded), each distinct completion of a prompt once
     (right-padded), and ``completion_rows`` (examples x K) pointing every example at its completion rows.
@@ -194,8 +184,8 @@ def collate(examples: Sequence[Example], indices: Sequence[int], pad_id: int) ->
     for example in examples:
         p = prompts.setdefault(tuple(example["prompt_ids"]), len(prompts))
         rows.append([completions.setdefault((p, tuple(c)), len(completions)) for c in example["completions"]])
-    prompt_ids, prompt_mask = _pad(list(prompts), pad_id, left=True)
-    completion_ids, completion_mask = _pad([c for _, c in completions], pad_id, left=False)
+    prompt_ids, prompt_mask = pad_sequences(list(prompts), pad_id, side="left")
+    completion_ids, completion_mask = pad_sequences([c for _, c in completions], pad_id, side="right")
     batch = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
              "completion_mask": completion_mask,
              "completion_prompt": torch.tensor([p for p, _ in completions], dtype=torch.long),
@@ -226,10 +216,32 @@ class _Batches(Dataset):
         return collate([self.examples[j] for j in members], members, self.pad_id)
 
 
+class EpochSeededSampler(Sampler[int]):
+    """A shuffled order of ``n`` items that depends only on (seed, epoch).
+
+    Lightning calls :meth:`set_epoch` before every epoch, so a run resumed from an epoch-end
+    checkpoint visits the batches of every later epoch in the order an uninterrupted run does.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Pick the order of epoch ``epoch``."""
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
 def batch_loader(examples: list[Example], batch_size: int, pad_id: int, seed: int, shuffle: bool) -> DataLoader:
-    """A loader over length-bucketed batches of ``examples`` (one item per batch)."""
+    """A loader over length-bucketed batches of ``examples`` (one item per batch), shuffled per (seed, epoch)."""
     batches = length_buckets([example_order_key(e) for e in examples], batch_size, seed)
-    return DataLoader(_Batches(examples, batches, pad_id), batch_size=None, shuffle=shuffle)
+    sampler = EpochSeededSampler(len(batches), seed) if shuffle else None
+    return DataLoader(_Batches(examples, batches, pad_id), batch_size=None, sampler=sampler)
 
 
 class AlignDataModule(L.LightningDataModule):

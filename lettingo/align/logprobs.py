@@ -15,6 +15,9 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from lettingo.llm.kv_cache import cache_kwargs
+from lettingo.llm.padding import pad_sequences
+
 
 @dataclass(frozen=True)
 class CompletionBatch:
@@ -39,7 +42,7 @@ def _shared_prompt_logps(model: PreTrainedModel, batch: CompletionBatch) -> torc
     positions = (batch.prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
     prompt_out = model(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask, position_ids=positions,
-                       past_key_values=cache, use_cache=True, logits_to_keep=1)
+                       use_cache=True, logits_to_keep=1, **cache_kwargs(model, cache))
     # The last prompt position predicts the first completion token (prompts are left-padded).
     first = prompt_out.logits[owner, -1]
     cache.batch_select_indices(owner)
@@ -49,7 +52,7 @@ def _shared_prompt_logps(model: PreTrainedModel, batch: CompletionBatch) -> torc
     mask = torch.cat([batch.prompt_mask[owner], batch.completion_mask], dim=-1)
     # The last completion position predicts nothing we score.
     rest = model(input_ids=batch.completion_ids, attention_mask=mask, position_ids=completion_positions,
-                 past_key_values=cache, use_cache=True, logits_to_keep=width).logits[:, :-1]
+                 use_cache=True, logits_to_keep=width, **cache_kwargs(model, cache)).logits[:, :-1]
     first_logps = _gather_logps(first, batch.completion_ids[:, 0])
     rest_logps = _gather_logps(rest, batch.completion_ids[:, 1:])
     return torch.cat([first_logps[:, None], rest_logps], dim=1)
@@ -62,12 +65,8 @@ def _concatenated_logps(model: PreTrainedModel, batch: CompletionBatch) -> torch
         prompt = batch.prompt_ids[p][batch.prompt_mask[p].bool()]
         completion = batch.completion_ids[r][batch.completion_mask[r].bool()]
         rows.append(torch.cat([prompt, completion]))
-    width = max(len(r) for r in rows)
-    ids = batch.prompt_ids.new_zeros(len(rows), width)
-    mask = batch.prompt_mask.new_zeros(len(rows), width)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = row
-        mask[i, width - len(row):] = 1
+    # The pad id is never attended to or scored: 0 serves.
+    ids, mask = pad_sequences(rows, 0, side="left", device=batch.prompt_ids.device)
     positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
     c = batch.completion_ids.shape[1]
     # Left padding puts every completion in the last C positions; keep the C + 1 logits that predict them.

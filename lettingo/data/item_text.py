@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from lettingo.data.schema import attribute_list
+
 
 def _clip(text: str, limit: int) -> str:
     text = " ".join(text.split())
@@ -24,8 +26,7 @@ def item_text(
     `with_rating=False` leaves the rating out (for the target item, whose rating is the answer).
     """
     parts = [str(item["title"]).strip() or str(item["item_id"])]
-    attributes = item.get("attributes")  # a list, or a NumPy array when read back from Parquet
-    attributes = [] if attributes is None else [str(a) for a in attributes]
+    attributes = attribute_list(item.get("attributes"))  # a NumPy array when read back from Parquet
     if attributes:
         parts.append(", ".join(attributes))
     if with_rating:

@@ -7,18 +7,14 @@ from typing import Any
 
 import pandas as pd
 
-from lettingo.data.schema import LABELS, DataFormatError, LabelThresholds
+from lettingo.data.schema import LABELS, DataFormatError, LabelThresholds, attribute_list
 
 ITEM_FIELDS: tuple[str, ...] = ("item_id", "rating", "timestamp", "title", "attributes", "text", "label")
 
 
 def add_labels(interactions: pd.DataFrame, thresholds: LabelThresholds) -> pd.DataFrame:
     """Return a copy of the interactions with a `label` column from the rating thresholds."""
-    rating = interactions["rating"]
-    label = pd.Series("neutral", index=interactions.index)
-    label[rating >= thresholds.like_min] = "like"
-    label[rating <= thresholds.dislike_max] = "dislike"
-    return interactions.assign(label=label)
+    return interactions.assign(label=thresholds.labels(interactions["rating"]))
 
 
 def eligible_users(interactions: pd.DataFrame, history: int, recent: int) -> pd.Index:
@@ -55,7 +51,7 @@ def build_samples(
     for user_id, items in window.groupby("user_id", sort=True):
         records = items.loc[:, list(ITEM_FIELDS)].to_dict("records")
         for record in records:
-            record["attributes"] = list(record["attributes"])
+            record["attributes"] = attribute_list(record["attributes"])
         rows.append(
             {
                 "user_id": user_id,
@@ -66,6 +62,11 @@ def build_samples(
             }
         )
     return pd.DataFrame(rows)
+
+
+def plain_item(item: Mapping[str, Any]) -> dict[str, Any]:
+    """A sample's item as a dict with a plain list of attributes (samples read back from Parquet hold NumPy arrays)."""
+    return {**item, "attributes": attribute_list(item.get("attributes"))}
 
 
 def older_history(sample: Mapping[str, Any], history: int) -> list[Mapping[str, Any]]:

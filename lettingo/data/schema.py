@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Collection
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +52,63 @@ class LabelThresholds:
                 f"like_min={self.like_min}"
             )
 
+    def labels(self, ratings: ArrayLike) -> np.ndarray:
+        """The sentiment label of each rating, as an array of strings (the one place the rule is written)."""
+        values = np.asarray(ratings, dtype=float)
+        return np.select([values >= self.like_min, values <= self.dislike_max], ["like", "dislike"], "neutral")
+
     def label(self, rating: float) -> str:
         """The sentiment label of one rating."""
-        if rating >= self.like_min:
-            return "like"
-        if rating <= self.dislike_max:
-            return "dislike"
-        return "neutral"
+        return str(self.labels([rating])[0])
+
+
+def attribute_list(value: object, sep: str | None = None, drop: Collection[str] = ()) -> list[str]:
+    """Attributes (genres, categories) as a plain list of distinct, stripped, non-empty strings, in order.
+
+    ``value`` is None or NaN (no attributes); a string, split on ``sep`` (one attribute when ``sep``
+    is None); or a list, tuple or NumPy array (what samples read back from Parquet hold), nested
+    lists flattened (Amazon 2014 nests category paths). Names in ``drop`` (a dataset's stand-in for
+    "none", e.g. ML-10M's ``(no genres listed)``) are left out.
+    """
+    if isinstance(value, str):
+        value = value.split(sep) if sep is not None else [value]
+    names: list[str] = []
+    stack = [value]
+    while stack:
+        current = stack.pop()
+        if current is None or (isinstance(current, float) and math.isnan(current)):
+            continue
+        if isinstance(current, str):
+            names.append(current)
+        elif isinstance(current, list | tuple | np.ndarray):
+            stack.extend(reversed(list(current)))
+        else:
+            names.append(str(current))
+    return [name for name in dict.fromkeys(n.strip() for n in names) if name and name not in drop]
+
+
+def _attribute_column(values: pd.Series) -> list[list[str]]:
+    """:func:`attribute_list` of every row, computed once per distinct object.
+
+    Loaders join one catalogue list per item onto every rating of it, so a column of millions of
+    rows holds only as many distinct objects as there are items. Each row still gets its own list.
+    """
+    # Keyed by id(); holding each value keeps its id from being reused by another object meanwhile.
+    done: dict[int, tuple[object, list[str]]] = {}
+    out = []
+    for value in values:
+        if id(value) not in done:
+            done[id(value)] = (value, attribute_list(value))
+        out.append(list(done[id(value)][1]))
+    return out
 
 
 def to_common_schema(frame: pd.DataFrame) -> pd.DataFrame:
     """Order and type the columns of a loader's output as the common schema.
 
     `user_id` and `item_id` become strings, `rating` float, `timestamp` int (seconds),
-    `attributes` a list of strings and `text` a string (empty where the dataset has none).
+    `attributes` a list of distinct strings (:func:`attribute_list`) and `text` a string (empty where
+    the dataset has none).
     """
     missing = [c for c in INTERACTION_COLUMNS if c not in frame.columns]
     if missing:
@@ -73,7 +120,7 @@ def to_common_schema(frame: pd.DataFrame) -> pd.DataFrame:
     out["timestamp"] = out["timestamp"].astype("int64")
     out["title"] = out["title"].fillna("").astype(str)
     out["text"] = out["text"].fillna("").astype(str)
-    out["attributes"] = [list(a) if a is not None else [] for a in out["attributes"]]
+    out["attributes"] = _attribute_column(out["attributes"])
     return out.reset_index(drop=True)
 
 

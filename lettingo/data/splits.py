@@ -10,6 +10,27 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 UNUSED = "unused"
+TEST = "test"
+REC_TRAIN = "rec_train"
+#: `dataset.splits` key whose size every profile-training group gets, one group per configured H.
+PROFILE_TRAIN = "profile_train"
+
+
+def profile_split(history: int) -> str:
+    """The name of the profile-training group whose users serve H = ``history``."""
+    return f"{PROFILE_TRAIN}_h{int(history)}"
+
+
+def expand_split_sizes(sizes: Mapping[str, int], histories: Sequence[int]) -> dict[str, int]:
+    """Split sizes with `profile_train` replaced by one group of that size per H in ``histories``.
+
+    Named groups (`profile_train_h30: 60`) are kept as given, so a dataset may size them one by one.
+    """
+    expanded = {name: int(size) for name, size in sizes.items() if name != PROFILE_TRAIN}
+    if PROFILE_TRAIN in sizes:
+        for history in sorted(set(map(int, histories))):
+            expanded.setdefault(profile_split(history), int(sizes[PROFILE_TRAIN]))
+    return expanded
 
 
 def scaled_sizes(sizes: Mapping[str, int], available: int) -> dict[str, int]:

@@ -9,7 +9,7 @@ scored at once; intervals use the percentile method.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -200,6 +200,17 @@ def bootstrap_interval(
     return summarize(y_true, y_pred, labels, (metric,), n_resamples, confidence, seed, groups)[metric]
 
 
+def _difference(
+    point_a: float, point_b: float, samples_a: np.ndarray, samples_b: np.ndarray, confidence: float, n_units: int
+) -> PairedDifference:
+    """a - b from full-data scores and scores on the same resamples, with interval and p-value."""
+    differences = samples_a - samples_b
+    at_most_zero = np.count_nonzero(differences <= 0) + 1
+    at_least_zero = np.count_nonzero(differences >= 0) + 1
+    p_value = min(1.0, 2 * float(min(at_most_zero, at_least_zero)) / (len(differences) + 1))
+    return PairedDifference(point_a - point_b, *_percentiles(differences, confidence), p_value, n_units)
+
+
 def paired_bootstrap(
     y_true: Sequence[str],
     pred_a: Sequence[str],
@@ -218,13 +229,48 @@ def paired_bootstrap(
     """
     scores = _bootstrap(y_true, [pred_a, pred_b], labels, (metric,), n_resamples, seed, groups)
     (point_a, point_b), (samples_a, samples_b) = scores.points, scores.samples
-    differences = samples_a[metric] - samples_b[metric]
-    at_most_zero = np.count_nonzero(differences <= 0) + 1
-    at_least_zero = np.count_nonzero(differences >= 0) + 1
-    p_value = min(1.0, 2 * float(min(at_most_zero, at_least_zero)) / (n_resamples + 1))
-    return PairedDifference(
-        point_a[metric] - point_b[metric],
-        *_percentiles(differences, confidence),
-        p_value,
-        scores.n_units,
-    )
+    return _difference(point_a[metric], point_b[metric], samples_a[metric], samples_b[metric], confidence,
+                       scores.n_units)
+
+
+def compare_methods(
+    y_true: Sequence[str],
+    predictions: Mapping[str, Sequence[str]],
+    references: Sequence[str],
+    labels: Sequence[str],
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    groups: Sequence[Hashable] | None = None,
+) -> tuple[dict[str, dict[str, Interval]], dict[str, dict[str, dict[str, PairedDifference]]]]:
+    """Every method's intervals, and each other method's paired difference against each reference.
+
+    Returns ``(intervals, paired)``: method -> metric -> Interval, and reference -> method ->
+    metric -> PairedDifference (method minus reference). Every method is scored on ONE set of
+    resampled units, so the numbers equal :func:`summarize` and :func:`paired_bootstrap` with the
+    same seed, at the cost of one bootstrap. References not among ``predictions`` raise ValueError.
+    """
+    if not predictions:
+        raise ValueError("no methods to compare")
+    missing = [r for r in references if r not in predictions]
+    if missing:
+        raise ValueError(f"references {missing} are not among the methods {list(predictions)}")
+    methods = list(predictions)
+    scores = _bootstrap(y_true, [predictions[m] for m in methods], labels, metrics, n_resamples, seed, groups)
+    points = dict(zip(methods, scores.points, strict=True))
+    samples = dict(zip(methods, scores.samples, strict=True))
+    intervals = {
+        m: {name: Interval(points[m][name], *_percentiles(samples[m][name], confidence), scores.n_units)
+            for name in metrics}
+        for m in methods
+    }
+    paired = {
+        ref: {
+            m: {name: _difference(points[m][name], points[ref][name], samples[m][name], samples[ref][name],
+                                  confidence, scores.n_units) for name in metrics}
+            for m in methods if m != ref
+        }
+        for ref in dict.fromkeys(references)
+    }
+    return intervals, paired

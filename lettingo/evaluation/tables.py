@@ -89,6 +89,16 @@ def paired_table(
     return _frame(rows, headings, DIFFERENCE_FIELDS)
 
 
+def flat_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy of a two-level table with the ``method`` index as a column and columns ``<heading>_<field>``.
+
+    For CSV files and tracker tables, which want one header row.
+    """
+    flat = df.copy()
+    flat.columns = [f"{heading}_{field}" for heading, field in flat.columns]
+    return flat.reset_index()
+
+
 def _format_p(p_value: float) -> str:
     """``p=0.23``, or ``p<0.01`` when two decimals would show 0."""
     return "p<0.01" if p_value < 0.01 else f"p={p_value:.2f}"

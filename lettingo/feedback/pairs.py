@@ -10,12 +10,13 @@ seed that depends only on (seed, user), so adding users never changes another us
 
 from __future__ import annotations
 
-import hashlib
 from itertools import product
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from lettingo.seeding import derive_seed
 
 RULES = ("all", "margin")
 #: A user's competing profiles: written for the same user with the same prompt template and H.
@@ -24,11 +25,6 @@ PAIR_COLUMNS: tuple[str, ...] = (
     *GROUP, "prompt", "chosen", "rejected", "chosen_backbone", "rejected_backbone", "chosen_sample_idx",
     "rejected_sample_idx", "chosen_p_true", "rejected_p_true", "rejected_prompt", "label",
 )
-
-
-def _user_rng(seed: int, user_id: object) -> np.random.Generator:
-    digest = hashlib.blake2b(f"{seed}\x00{user_id}".encode(), digest_size=8).digest()
-    return np.random.default_rng(int.from_bytes(digest, "big"))
 
 
 def _candidates(group: pd.DataFrame, rule: str, min_margin: float) -> list[tuple[int, int]]:
@@ -65,7 +61,8 @@ def build_pairs(
         group = group.sort_values(["backbone", "sample_idx"], kind="stable").reset_index(drop=True)
         chosen_rejected = _candidates(group, rule, min_margin)
         if max_pairs_per_user is not None and len(chosen_rejected) > max_pairs_per_user:
-            keep = _user_rng(seed, key[0]).choice(len(chosen_rejected), max_pairs_per_user, replace=False)
+            user_rng = np.random.default_rng(derive_seed(seed, key[0], bits=64))
+            keep = user_rng.choice(len(chosen_rejected), max_pairs_per_user, replace=False)
             chosen_rejected = [chosen_rejected[i] for i in sorted(keep)]
         for c, r in chosen_rejected:
             chosen, rejected = group.iloc[c], group.iloc[r]

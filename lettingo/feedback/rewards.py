@@ -53,16 +53,16 @@ def score_profiles(
     fp: str,
     users_per_chunk: int = 16,
 ) -> pd.DataFrame:
-    """Score every profile row with f_Rec into the chunked artifact ``name``; resumes a killed run.
+    """Score every profile row with f_Rec into the chunked artifact ``name``; return the rows of ``profiles``.
+
+    Rows already scored for the same identity ``fp`` are kept (a killed run, or fewer profiles asked
+    for before), so only the missing ones are scored.
 
     Rows are scored a chunk of users at a time (all profiles of a user together, so an LLM f_Rec
     reuses the user's prompt prefix); each chunk is appended as soon as it is scored.
     """
     if users_per_chunk < 1:
         raise ValueError(f"users_per_chunk must be at least 1, got {users_per_chunk}")
-    if store.is_done(name, fp):
-        log.info("%s: reusing %s", name, store.path(name))
-        return store.read_table(name)
     existing = store.start_chunks(name, fp)
     done = set() if existing is None else set(existing.loc[:, list(PROFILE_KEY)].itertuples(index=False, name=None))
     keys = profiles.loc[:, list(PROFILE_KEY)].itertuples(index=False, name=None)
@@ -74,6 +74,8 @@ def score_profiles(
             cases = profile_cases(chunk, samples)
             store.append_chunk(name, reward_frame(chunk, cases, recommender.predict(cases)))
             bar.update(len(chunk))
-    frame = store.read_table(name)
-    store.finish(name, fp, rows=len(frame), recommender=recommender.name)
-    return frame
+    written = store.read_table(name) if store.chunk_paths(name) else profiles.iloc[:0]
+    store.finish(name, fp, rows=len(written), recommender=recommender.name)
+    wanted = set(profiles.loc[:, list(PROFILE_KEY)].itertuples(index=False, name=None))
+    keys = written.loc[:, list(PROFILE_KEY)].itertuples(index=False, name=None)
+    return written[[key in wanted for key in keys]].reset_index(drop=True)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from lettingo.seeding import derive_seed
 
 Progress = Callable[[int, int], None]
 """Called as ``progress(sequences_done, new_tokens)`` with the increments since the last call."""
@@ -78,9 +79,11 @@ class GenerationBackend(ABC):
 
 
 def sample_seed(seed: int, prompt: str, index: int) -> int:
-    """Seed of sample ``index`` of ``prompt`` in a run seeded with ``seed``: a stable 63-bit hash."""
-    digest = hashlib.blake2b(f"{seed}\x00{index}\x00{prompt}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1
+    """Seed of sample ``index`` of ``prompt`` in a run seeded with ``seed`` (:func:`~lettingo.seeding.derive_seed`).
+
+    Every backend seeds sample ``index`` of ``prompt`` with it, so the seed is one contract for all of them.
+    """
+    return derive_seed(seed, index, prompt)
 
 
 def validate_request(n: int, temperature: float, max_new_tokens: int) -> None:

@@ -16,6 +16,7 @@ import torch
 from transformers import PreTrainedModel
 
 from lettingo.llm.fast_decode import preallocated_cache
+from lettingo.llm.kv_cache import cache_kwargs
 
 BLOCK = 1024  # vocabulary block of the two-level inverse-CDF sampler
 
@@ -58,7 +59,7 @@ def sample(
         input_ids=batch.input_ids,
         attention_mask=mask,
         position_ids=position,
-        past_key_values=cache,
+        **cache_kwargs(model, cache),
         use_cache=True,
         logits_to_keep=1,
     ).logits[:, -1]
@@ -89,7 +90,8 @@ def sample(
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=-1)
         position = position + 1
         logits = model(
-            input_ids=chosen[:, None], attention_mask=mask, position_ids=position, past_key_values=cache, use_cache=True
+            input_ids=chosen[:, None], attention_mask=mask, position_ids=position, use_cache=True,
+            **cache_kwargs(model, cache),
         ).logits[:, -1]
     return tokens_out
 

@@ -12,7 +12,8 @@ import torch
 from lettingo.llm.base import Generation, GenerationBackend, Progress, sample_seed, validate_request
 from lettingo.llm.decoding import PromptBatch, sample
 from lettingo.llm.fast_decode import MASKED_SDPA
-from lettingo.llm.models import inference_dtype, load_causal_lm, resolve_device
+from lettingo.llm.models import load_causal_lm
+from lettingo.llm.padding import pad_sequences
 from lettingo.llm.prompting import TokenizerPrompts
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,8 @@ class LocalBackend(TokenizerPrompts, GenerationBackend):
     ) -> None:
         """Load ``model`` (see :func:`lettingo.llm.models.load_causal_lm`), optionally with a PEFT adapter merged in.
 
-        ``dtype="auto"`` generates in :func:`lettingo.llm.models.inference_dtype`: bfloat16 on CUDA and
-        on CPUs with native bfloat16, else float32.
+        ``dtype="auto"`` generates in bfloat16 on CUDA and on CPUs with native bfloat16, else in
+        float32 (see :func:`lettingo.llm.models.resolve_dtype`).
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -50,8 +51,6 @@ class LocalBackend(TokenizerPrompts, GenerationBackend):
         self.name = name
         self.lead_in = lead_in
         self.batch_size = batch_size
-        if dtype == "auto":
-            dtype = inference_dtype(resolve_device(device))
         self.model, self.tokenizer = load_causal_lm(model, cache_dir, dtype=dtype, device=device)
         if adapter is not None:
             from peft import PeftModel
@@ -101,10 +100,7 @@ class LocalBackend(TokenizerPrompts, GenerationBackend):
 
     def _pad(self, sequences: list[list[int]]) -> PromptBatch:
         """Left-pad token lists into one batch on the model's device."""
-        width = max(len(s) for s in sequences)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences])
-        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences])
+        ids, mask = pad_sequences(sequences, self.tokenizer.pad_token_id)  # on the CPU, then one copy
         return PromptBatch(ids.to(self.model.device), mask.to(self.model.device))
 
     def close(self) -> None:

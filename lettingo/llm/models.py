@@ -50,42 +50,54 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto`` -> bfloat16 on CUDA, float32 elsewhere; else a torch dtype name such as ``float16``."""
+def training_device(accelerator: str) -> torch.device:
+    """The device Lightning trains on for ``trainer.accelerator``: CUDA for ``gpu``, ``cuda`` or ``auto``
+    when a GPU is visible, else the CPU."""
     import torch
 
+    on_gpu = str(accelerator) in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    return torch.device("cuda" if on_gpu else "cpu")
+
+
+def _native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` does bfloat16 arithmetic natively: CUDA, or a CPU with AVX512-BF16 or AMX."""
+    import torch
+
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """The torch dtype that ``dtype`` names on ``device``; the one meaning of ``auto`` in lettingo.
+
+    ``auto`` is bfloat16 where ``device`` has native bfloat16 arithmetic (CUDA; CPUs with AVX512-BF16
+    or AMX, where matrix products measured 4-6x faster than in float32), else float32. Anything
+    else is a torch dtype or its name, such as ``float16``.
+    """
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return torch.bfloat16 if _native_bfloat16(device) else torch.float32
     resolved = getattr(torch, dtype, None)
     if not isinstance(resolved, torch.dtype):
         raise ValueError(f"unknown dtype {dtype!r}")
     return resolved
 
 
-def inference_dtype(device: torch.device) -> str:
-    """Fastest dtype to generate in: bfloat16 on CUDA and on CPUs with native bfloat16 arithmetic
-    (AVX512-BF16 or AMX; measured here: matrix products 4-6x faster than float32), else float32."""
-    import torch
-
-    if device.type == "cuda":
-        return "bfloat16"
-    if device.type == "cpu":
-        native = (
-            getattr(torch.cpu, name, lambda: False)()
-            for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        )
-        if any(native):
-            return "bfloat16"
-    return "float32"
-
-
 def load_causal_lm(
-    model: str, cache_dir: str | Path, dtype: str = "auto", device: str = "auto"
+    model: str, cache_dir: str | Path, dtype: str | torch.dtype = "auto", device: str = "auto"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load ``model`` (see :func:`resolve_model_path`) as a trainable causal LM and its tokenizer.
 
-    The model is on ``device`` in ``dtype`` (float32 on CPU, bfloat16 on CUDA by default), in
-    eval mode; the tokenizer pads on the left and has a pad token (the EOS token if it had none).
+    The model is on ``device`` in ``dtype`` (see :func:`resolve_dtype`: ``auto`` is bfloat16 where
+    the device computes it natively, else float32), in eval mode; the tokenizer pads on the left
+    and has a pad token (the EOS token if it had none).
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never wait on a hub
     from transformers import AutoModelForCausalLM, AutoTokenizer

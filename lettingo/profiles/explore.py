@@ -8,7 +8,6 @@ seed), so the resumed rows are the ones an uninterrupted run would have written.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -17,10 +16,11 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from lettingo.artifacts import ArtifactStore, fingerprint
+from lettingo.artifacts import ArtifactStore
 from lettingo.llm.base import GenerationBackend
 from lettingo.profiles.prompts import build_instruction, history_texts
 from lettingo.profiles.quality import degenerate_reason
+from lettingo.seeding import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +30,6 @@ PROFILE_COLUMNS: tuple[str, ...] = (
 )
 #: The columns that identify a profile row; an artifact never holds two rows with the same key.
 KEY: tuple[str, ...] = ("user_id", "backbone", "sample_idx", "prompt_name", "history_len")
-
-
-def backbone_seed(seed: int, backbone: str) -> int:
-    """The sampling seed of ``backbone`` in a run seeded with ``seed``: a stable 63-bit hash."""
-    digest = hashlib.blake2b(f"{seed}\x00{backbone}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1
 
 
 def select_users(samples: pd.DataFrame, max_users: int | None) -> pd.DataFrame:
@@ -61,9 +55,9 @@ def explore(
     seed: int,
     store: ArtifactStore,
     artifact_name: str,
+    fp: str,
     max_users: int | None = None,
     users_per_chunk: int = 8,
-    inputs: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Sample ``n`` profiles per user (at most ``max_users`` per split) from every backend.
 
@@ -71,8 +65,9 @@ def explore(
     users' prompts sorted by length, ``users_per_chunk`` prompts per generate call, and each call's
     rows become one chunk of artifact ``artifact_name``. A backend is looked up in ``backends`` only
     when it has rows to write, so a lazy mapping loads nothing for a finished artifact.
-    ``inputs`` (e.g. the backbone configs) joins the artifact fingerprint: change it, and the rows
-    written for the old inputs are discarded. Returns the rows in user, backend, sample order.
+    ``fp`` is the artifact's identity (everything a row depends on except which users and how many
+    samples are asked for): rows written for it are kept, so asking for more users or samples
+    generates only the new rows. Returns the requested rows in user, backend, sample order.
     """
     if users_per_chunk < 1:
         raise ValueError(f"users_per_chunk must be at least 1, got {users_per_chunk}")
@@ -82,17 +77,6 @@ def explore(
     instructions = {row["user_id"]: build_instruction(row, prompt_cfg, history_len, item_text_cfg) for row in records}
     # What an echo copies: the item lines, not the facts (a profile restating those is informative).
     histories = {row["user_id"]: "\n".join(history_texts(row, history_len, item_text_cfg)) for row in records}
-    fp = fingerprint(
-        {
-            "instructions": instructions, "backbones": list(backends), "prompt_name": prompt_name,
-            "history_len": history_len, "n": n, "temperature": temperature, "max_new_tokens": max_new_tokens,
-            "seed": seed, "inputs": dict(inputs or {}),
-        }
-    )
-    if store.is_done(artifact_name, fp):
-        log.info("%s: reusing %s", artifact_name, store.path(artifact_name))
-        return _ordered(store.read_table(artifact_name), users, list(backends))
-
     existing = store.start_chunks(artifact_name, fp)
     done = set() if existing is None else set(existing.loc[:, list(KEY)].itertuples(index=False, name=None))
     splits = dict(zip(users["user_id"], users["split"], strict=True))
@@ -108,7 +92,7 @@ def explore(
         backend = backends[name]
         rendered = {u: backend.render(instructions[u]) for u in pending}
         pending.sort(key=lambda u: backend.count_tokens(rendered[u]))
-        bseed = backbone_seed(seed, name)
+        bseed = derive_seed(seed, name)
         with _ProgressBar(f"explore {name}", total=len(pending) * n) as bar:
             for start in range(0, len(pending), users_per_chunk):
                 chunk = pending[start : start + users_per_chunk]
@@ -129,10 +113,14 @@ def explore(
                 ]
                 store.append_chunk(artifact_name, pd.DataFrame(rows, columns=list(PROFILE_COLUMNS)))
                 generated += len(rows)
-    frame = _ordered(store.read_table(artifact_name), users, list(backends))
-    if frame.duplicated(list(KEY)).any():
-        raise RuntimeError(f"{store.path(artifact_name)} holds duplicate profile rows; delete it and rerun")
-    store.finish(artifact_name, fp, rows=len(frame), users=len(users), backbones=list(backends), n=n)
+    written = store.read_table(artifact_name)
+    if written.duplicated(list(KEY)).any():
+        raise RuntimeError(f"{store.path(artifact_name)} holds duplicate profile rows; move it aside and rerun")
+    wanted = {(u, b, j) for u in instructions for b in backends for j in range(n)}
+    keys = zip(written["user_id"], written["backbone"], written["sample_idx"], strict=True)
+    frame = _ordered(written[[key in wanted for key in keys]], users, list(backends))
+    store.finish(artifact_name, fp, rows=len(written), users=int(written["user_id"].nunique()),
+                 backbones=sorted(set(written["backbone"])))
     log.info(
         "%s: %d rows (%d generated now, %d resumed) in %.1f s",
         artifact_name, len(frame), generated, len(frame) - generated, time.perf_counter() - began,

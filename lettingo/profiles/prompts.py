@@ -15,7 +15,7 @@ from typing import Any
 import jinja2
 
 from lettingo.data.item_text import item_text
-from lettingo.data.samples import older_history
+from lettingo.data.samples import older_history, plain_item
 from lettingo.profiles.user_facts import user_facts
 
 
@@ -31,11 +31,7 @@ def history_items(sample: Mapping[str, Any], history_len: int) -> list[dict[str,
 
     Samples read back from Parquet hold NumPy arrays where lists were written.
     """
-    items = []
-    for item in older_history(sample, history_len):
-        attributes = item.get("attributes")
-        items.append({**item, "attributes": [] if attributes is None else [str(a) for a in attributes]})
-    return items
+    return [plain_item(item) for item in older_history(sample, history_len)]
 
 
 def history_texts(sample: Mapping[str, Any], history_len: int, item_text_cfg: Mapping[str, Any]) -> list[str]:

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lettingo.data.schema import LABELS
+from lettingo.data.schema import LABELS, attribute_list
 
 
 @dataclass(frozen=True)
@@ -67,9 +67,8 @@ def attribute_preferences(items: Sequence[Mapping[str, Any]], min_support: int, 
         raise ValueError(f"min_support={min_support} and top_k={top_k} must both be at least 1")
     ratings: dict[str, list[float]] = defaultdict(list)
     for item in items:
-        attributes = item.get("attributes")
-        for attribute in dict.fromkeys(() if attributes is None else attributes):  # each once per item
-            ratings[str(attribute)].append(float(item["rating"]))
+        for attribute in attribute_list(item.get("attributes")):  # each once per item
+            ratings[attribute].append(float(item["rating"]))
     scores = [AttributeScore(name, sum(r) / len(r), len(r)) for name, r in ratings.items() if len(r) >= min_support]
     highest = sorted(scores, key=lambda s: (-s.mean, -s.count, s.name))[:top_k]
     rest = [s for s in scores if s not in highest]

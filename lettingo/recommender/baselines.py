@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from lettingo.data.samples import older_history
+from lettingo.data.samples import older_history, plain_item
 from lettingo.data.schema import LABELS, LabelThresholds
-from lettingo.recommender.cases import RecCase, case_from_sample, plain_item
+from lettingo.recommender.cases import RecCase, case_from_sample
 from lettingo.recommender.text import ItemTextConfig, raw_history_profile
 
 

@@ -8,15 +8,10 @@ from typing import Any
 
 import numpy as np
 
+from lettingo.data.samples import plain_item
 from lettingo.data.schema import LABELS
 
 LABEL_INDEX: dict[str, int] = {label: i for i, label in enumerate(LABELS)}
-
-
-def plain_item(item: Mapping[str, Any]) -> dict[str, Any]:
-    """An item dict with plain-list attributes (samples read back from Parquet hold NumPy arrays)."""
-    attributes = item.get("attributes")
-    return {**item, "attributes": [] if attributes is None else [str(a) for a in attributes]}
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from lettingo.llm.models import inference_dtype, load_causal_lm, resolve_device
+from lettingo.llm.models import load_causal_lm
+from lettingo.llm.padding import pad_sequences
 from lettingo.recommender.base import Batch, RecClassifierModule, label_tensor
 from lettingo.recommender.cases import RecCase
-from lettingo.recommender.llm_scoring import LabelWordScorer, PromptTemplate, answer_logits, left_pad
+from lettingo.recommender.llm_scoring import LabelWordScorer, PromptTemplate, answer_logits
 from lettingo.recommender.text import ItemTextConfig
 
 
@@ -41,11 +42,9 @@ class ZeroShotLLM:
     ) -> None:
         """Load ``model`` (see :func:`lettingo.llm.models.load_causal_lm`) with the f_Rec prompt.
 
-        ``dtype="auto"`` scores in :func:`lettingo.llm.models.inference_dtype` (bfloat16 where the
-        hardware has it: 2.6x faster on this project's CPU; still deterministic).
+        ``dtype="auto"`` scores in bfloat16 where the hardware computes it natively (2.6x faster on this
+        project's CPU; still deterministic), else in float32 (see :func:`lettingo.llm.models.resolve_dtype`).
         """
-        if dtype == "auto":
-            dtype = inference_dtype(resolve_device(device))
         self.name = name
         self.batch_size = batch_size
         self.reuse_prefix = reuse_prefix
@@ -86,7 +85,7 @@ class LoraLLMModule(RecClassifierModule):
 
     def collate(self, cases: Sequence[RecCase]) -> Batch:
         """Whole prompts, left-padded, with the true labels."""
-        ids, mask = left_pad([e.ids for e in self.scorer.encode(cases)], self.scorer.pad_id)
+        ids, mask = pad_sequences([e.ids for e in self.scorer.encode(cases)], self.scorer.pad_id)
         return {"input_ids": ids, "attention_mask": mask, "labels": label_tensor(cases)}
 
     def logits(self, batch: Batch) -> torch.Tensor:

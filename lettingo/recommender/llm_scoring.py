@@ -20,6 +20,8 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from lettingo.data.schema import LABELS
+from lettingo.llm.kv_cache import cache_kwargs
+from lettingo.llm.padding import pad_sequences
 from lettingo.recommender.cases import RecCase
 from lettingo.recommender.text import ItemTextConfig, case_fields, fill
 
@@ -101,14 +103,6 @@ def label_token_ids(tokenizer: PreTrainedTokenizerBase, words: Mapping[str, str]
     return ids
 
 
-def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded ids and attention mask of shape (batch, longest)."""
-    width = max(len(s) for s in sequences)
-    ids = torch.tensor([[pad_id] * (width - len(s)) + list(s) for s in sequences])
-    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences])
-    return ids, mask
-
-
 def answer_logits(
     model: PreTrainedModel,
     input_ids: torch.Tensor,
@@ -130,7 +124,7 @@ def answer_logits(
         input_ids=input_ids.to(device),
         attention_mask=attention_mask.to(device),
         position_ids=positions.to(device),
-        past_key_values=past,
+        **cache_kwargs(model, past),
         use_cache=past is not None,
         logits_to_keep=1,
     )
@@ -149,7 +143,7 @@ def _score_whole(
     """Whole prompts in padded batches (sorted by length, so little goes to padding)."""
     order = sorted(members, key=lambda i: len(encoded[i].ids))
     for batch in _batches(order, batch_size):
-        ids, mask = left_pad([encoded[i].ids for i in batch], pad_id)
+        ids, mask = pad_sequences([encoded[i].ids for i in batch], pad_id)
         out[batch] = torch.softmax(answer_logits(model, ids, mask, label_ids), dim=-1).cpu().numpy()
 
 
@@ -161,12 +155,12 @@ def _score_shared_prefix(
     """One forward of the prefix; its KV cache is copied for each batch of the members' suffixes."""
     device = model.device
     cache = DynamicCache(config=model.config)
-    model(input_ids=torch.tensor([list(prefix)], device=device), past_key_values=cache, use_cache=True,
+    model(input_ids=torch.tensor([list(prefix)], device=device), use_cache=True, **cache_kwargs(model, cache),
           logits_to_keep=1)
     for batch in _batches(members, batch_size):
         past = copy.deepcopy(cache)
         past.batch_repeat_interleave(len(batch))
-        ids, mask = left_pad([encoded[i].suffix for i in batch], pad_id)
+        ids, mask = pad_sequences([encoded[i].suffix for i in batch], pad_id)
         out[batch] = torch.softmax(answer_logits(model, ids, mask, label_ids, past), dim=-1).cpu().numpy()
 
 

@@ -11,10 +11,13 @@ import gzip
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
 from lettingo.data.schema import DataFormatError
 
@@ -93,6 +96,45 @@ def to_number(path: Path, number: int, field: str, value: object) -> float:
         except (TypeError, ValueError):
             pass
     raise DataFormatError(path, f"{field} must be a number, got {value!r}", number)
+
+
+@dataclass(frozen=True)
+class RatingScale:
+    """The closed range ``low``..``high`` of a dataset's ratings."""
+
+    low: float
+    high: float
+
+    def contains(self, ratings: ArrayLike) -> np.ndarray:
+        """Whether each rating lies on the scale (NaN does not)."""
+        values = np.asarray(ratings, dtype=float)
+        return (values >= self.low) & (values <= self.high)
+
+
+#: 1 to 5 stars: MovieLens-100K and -1M, Amazon, Yelp.
+STARS = RatingScale(1.0, 5.0)
+#: 0.5 to 5 in half stars: MovieLens-10M (its `::` files also hold ML-1M's whole stars).
+HALF_STARS = RatingScale(0.5, 5.0)
+
+
+def _show(value: float) -> str:
+    """A number as the file most likely wrote it: ``7`` rather than ``7.0``, never ``1.4e+12``."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def check_rating(path: Path, number: int | None, field: str, value: float, scale: RatingScale) -> float:
+    """``value`` when it lies on ``scale``, else an error naming the field, the value and the scale."""
+    if not scale.contains(value):
+        expected = f"between {scale.low:g} and {scale.high:g}"
+        raise DataFormatError(path, f"{field} must be {expected}, got {_show(value)}", number)
+    return value
+
+
+def check_timestamp(path: Path, number: int | None, field: str, value: float, unit: str = "seconds") -> float:
+    """``value`` when it is a Unix time at or after 1970 (not negative), else an error naming it."""
+    if not value >= 0:
+        raise DataFormatError(path, f"{field} must be a non-negative Unix time in {unit}, got {_show(value)}", number)
+    return value
 
 
 def find_file(folder: Path, explicit: str | None, published: Sequence[str], what: str) -> Path:

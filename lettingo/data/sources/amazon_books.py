@@ -18,8 +18,11 @@ from typing import Any
 
 import pandas as pd
 
-from lettingo.data.schema import DataFormatError, finalize_interactions
+from lettingo.data.schema import DataFormatError, attribute_list, finalize_interactions
 from lettingo.data.sources._io import (
+    STARS,
+    check_rating,
+    check_timestamp,
     chunked_frames,
     find_file,
     iter_json_records,
@@ -59,13 +62,15 @@ def _review_rows(path: Path) -> Iterator[tuple[Any, ...]]:
     for number, record in iter_json_records(path):
         if match_format(path, number, record, REVIEW_FORMATS) == _REVIEWS_2014_2018:
             user, item = record["reviewerID"], record["asin"]
-            rating = to_number(path, number, "overall", record["overall"])
+            rating = check_rating(path, number, "overall", to_number(path, number, "overall", record["overall"]), STARS)
             seconds = to_number(path, number, "unixReviewTime", record["unixReviewTime"])
+            check_timestamp(path, number, "unixReviewTime", seconds)
             text = join_text(record.get("summary"), record.get("reviewText"))
         else:
             user, item = record["user_id"], record["parent_asin"]
-            rating = to_number(path, number, "rating", record["rating"])
-            seconds = to_number(path, number, "timestamp", record["timestamp"]) // 1000  # milliseconds
+            rating = check_rating(path, number, "rating", to_number(path, number, "rating", record["rating"]), STARS)
+            millis = to_number(path, number, "timestamp", record["timestamp"])
+            seconds = check_timestamp(path, number, "timestamp", millis, unit="milliseconds") // 1000
             text = join_text(record.get("title"), record.get("text"))
         yield str(user), str(item), rating, int(seconds), text
 
@@ -90,19 +95,6 @@ def _parse_meta_line(path: Path, number: int, line: str) -> dict[str, Any]:
     return record
 
 
-def _categories(value: object) -> list[str]:
-    """Categories as a flat list without repeats (2014 nests them as lists of category paths)."""
-    flat: list[str] = []
-    stack = [value]
-    while stack:
-        current = stack.pop()
-        if isinstance(current, list):
-            stack.extend(reversed(current))
-        elif isinstance(current, str) and current.strip():
-            flat.append(current.strip())
-    return list(dict.fromkeys(flat))
-
-
 def read_meta(path: Path, wanted: set[str]) -> pd.DataFrame:
     """Title and categories of the `wanted` items, indexed by item id.
 
@@ -123,7 +115,8 @@ def read_meta(path: Path, wanted: set[str]) -> pd.DataFrame:
             continue
         ids.append(item)
         titles.append(str(record.get("title") or "").strip() or item)
-        attributes.append(_categories(record.get("categories", record.get("category"))))
+        # 2014 nests the categories as lists of category paths; attribute_list flattens them.
+        attributes.append(attribute_list(record.get("categories", record.get("category"))))
     return pd.DataFrame({"title": titles, "attributes": attributes}, index=pd.Index(ids, dtype=str))
 
 

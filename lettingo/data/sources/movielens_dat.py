@@ -13,8 +13,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from lettingo.data.schema import DataFormatError, finalize_interactions
-from lettingo.data.sources._io import detect_encoding, find_file, iter_lines, join_catalogue
+from lettingo.data.schema import DataFormatError, attribute_list, finalize_interactions
+from lettingo.data.sources._io import (
+    HALF_STARS,
+    RatingScale,
+    check_rating,
+    check_timestamp,
+    detect_encoding,
+    find_file,
+    iter_lines,
+    join_catalogue,
+)
 
 RATINGS_FORMAT = "UserID::MovieID::Rating::Timestamp"
 MOVIES_FORMAT = "MovieID::Title::Genres"
@@ -24,7 +33,7 @@ _NO_GENRES = "(no genres listed)"
 _CHUNK_ROWS = 1_000_000
 
 
-def _check_rating_line(path: Path, number: int, line: str) -> None:
+def _check_rating_line(path: Path, number: int, line: str, scale: RatingScale) -> None:
     fields = line.split("::")
     if len(fields) != 4:
         raise DataFormatError(path, f"expected 4 fields {RATINGS_FORMAT}, got {len(fields)}", number)
@@ -37,14 +46,17 @@ def _check_rating_line(path: Path, number: int, line: str) -> None:
         value = math.nan
     if not math.isfinite(value):
         raise DataFormatError(path, f"Rating must be a number, got {rating!r}", number)
+    check_rating(path, number, "Rating", value, scale)
+    if timestamp.startswith("-") and timestamp[1:].isdigit():
+        check_timestamp(path, number, "Timestamp", int(timestamp))
     if not timestamp.isdigit():
         raise DataFormatError(path, f"Timestamp must be whole seconds, got {timestamp!r}", number)
 
 
-def _locate_bad_rating_line(path: Path, encoding: str) -> DataFormatError:
-    """The error for the first bad line of a ratings file that pandas rejected or mis-split."""
+def _locate_bad_rating_line(path: Path, encoding: str, scale: RatingScale) -> DataFormatError:
+    """The error for the first bad line of a ratings file that pandas rejected, mis-split or found out of range."""
     for number, line in iter_lines(path, encoding):
-        _check_rating_line(path, number, line)
+        _check_rating_line(path, number, line, scale)
     return DataFormatError(path, f"cannot be parsed as {RATINGS_FORMAT}")
 
 
@@ -87,12 +99,20 @@ def _parse_ratings(path: Path, encoding: str) -> list[pd.DataFrame] | None:
     return chunks
 
 
-def read_ratings(path: Path) -> pd.DataFrame:
-    """`ratings.dat` as `user_id, item_id, rating, timestamp` (parsed by pandas, bad lines located by a line pass)."""
+def _in_range(chunk: pd.DataFrame, scale: RatingScale) -> bool:
+    """Whether every rating of a parsed chunk lies on ``scale`` and no timestamp is negative."""
+    return bool(scale.contains(chunk["rating"]).all() and (chunk["timestamp"] >= 0).all())
+
+
+def read_ratings(path: Path, scale: RatingScale = HALF_STARS) -> pd.DataFrame:
+    """`ratings.dat` as `user_id, item_id, rating, timestamp` (parsed by pandas, bad lines located by a line pass).
+
+    Ratings off ``scale`` and negative timestamps are bad lines too.
+    """
     encoding = detect_encoding(path)
     chunks = _parse_ratings(path, encoding)
-    if chunks is None:
-        raise _locate_bad_rating_line(path, encoding)
+    if chunks is None or not all(_in_range(chunk, scale) for chunk in chunks):
+        raise _locate_bad_rating_line(path, encoding, scale)
     if not chunks:
         raise DataFormatError(path, f"no ratings; expected lines {RATINGS_FORMAT}")
     ratings = pd.concat(chunks, ignore_index=True)
@@ -110,22 +130,28 @@ def read_movies(path: Path) -> pd.DataFrame:
             raise DataFormatError(path, f"expected 3 fields {MOVIES_FORMAT}, got {len(fields)}", number)
         ids.append(fields[0].strip())
         titles.append(fields[1].strip())
-        genres.append([g for g in fields[2].strip().split("|") if g and g != _NO_GENRES])
+        genres.append(attribute_list(fields[2], sep="|", drop={_NO_GENRES}))
     return pd.DataFrame({"title": titles, "attributes": genres}, index=pd.Index(ids, name="item_id"))
 
 
 def load_movielens_dat(
-    path: str | Path, ratings_file: str | None = None, movies_file: str | None = None
+    path: str | Path,
+    ratings_file: str | None = None,
+    movies_file: str | None = None,
+    min_rating: float = HALF_STARS.low,
+    max_rating: float = HALF_STARS.high,
 ) -> pd.DataFrame:
     """MovieLens from a folder holding `ratings.dat` and `movies.dat` (ML-1M or ML-10M as published).
 
     `ratings_file` / `movies_file` override the published names (relative to `path` or absolute).
-    Ratings of movies missing from the movies file keep the MovieID as title and no genres.
+    A rating outside `min_rating`..`max_rating` (default ML-10M's 0.5 to 5, which holds ML-1M's
+    1 to 5) or a negative timestamp is an error naming its line. Ratings of movies missing from
+    the movies file keep the MovieID as title and no genres.
     """
     folder = Path(path)
     ratings_path = find_file(folder, ratings_file, ["ratings.dat"], "ratings")
     movies_path = find_file(folder, movies_file, ["movies.dat"], "movies")
-    ratings = read_ratings(ratings_path)
+    ratings = read_ratings(ratings_path, RatingScale(min_rating, max_rating))
     movies = read_movies(movies_path)
     frame = join_catalogue(ratings, movies, ratings_path).assign(text="")
     return finalize_interactions(frame, ratings_path)

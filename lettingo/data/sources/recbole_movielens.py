@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from lettingo.data.schema import DataFormatError, finalize_interactions
+from lettingo.data.schema import DataFormatError, attribute_list, finalize_interactions
+from lettingo.data.sources._io import STARS, check_rating, check_timestamp, iter_lines
 
 #: ML-100K marks movies without a genre with the pseudo-genre `unknown`; it is not an attribute.
 _NO_GENRE = "unknown"
@@ -47,10 +48,27 @@ def read_atomic(path: Path, fields: dict[str, str]) -> pd.DataFrame:
 
 
 def _genres(classes: pd.Series) -> pd.Series:
-    return classes.map(lambda value: [g for g in value.split() if g != _NO_GENRE])
+    """A `token_seq` field (space-separated genres) as attribute lists."""
+    return classes.map(lambda value: attribute_list(value, sep=" ", drop={_NO_GENRE}))
 
 
-def _interactions(inter: pd.DataFrame) -> pd.DataFrame:
+def _locate_out_of_range(path: Path) -> DataFormatError:
+    """The error for the first line of an atomic `.inter` file whose rating or timestamp is out of range."""
+    lines = iter_lines(path)
+    _, header = next(lines)
+    names = [column.split(":", 1)[0] for column in header.split("\t")]
+    rating_at, timestamp_at = names.index("rating"), names.index("timestamp")
+    for number, line in lines:
+        values = line.split("\t")
+        check_rating(path, number, "rating", float(values[rating_at]), STARS)
+        check_timestamp(path, number, "timestamp", float(values[timestamp_at]))
+    return DataFormatError(path, f"a rating is off the {STARS.low:g}-{STARS.high:g} scale or a timestamp is negative")
+
+
+def _interactions(path: Path, inter: pd.DataFrame) -> pd.DataFrame:
+    """Ratings (1 to 5 stars) with integer timestamps and no review text; off-scale lines are errors."""
+    if not (STARS.contains(inter["rating"]).all() and (inter["timestamp"] >= 0).all()):
+        raise _locate_out_of_range(path)
     return inter.assign(timestamp=inter["timestamp"].astype("int64"), text="")
 
 
@@ -75,7 +93,7 @@ def load_ml100k() -> pd.DataFrame:
         {"title": title.to_numpy(), "attributes": _genres(items["class"]).to_numpy()},
         index=items["item_id"],
     )
-    frame = _interactions(inter).join(catalogue, on="item_id")
+    frame = _interactions(folder / "ml-100k.inter", inter).join(catalogue, on="item_id")
     return finalize_interactions(frame, folder / "ml-100k.inter")
 
 
@@ -107,7 +125,7 @@ def load_ml1m() -> pd.DataFrame:
             f"{int(unknown.sum())} ratings name movies missing from ml-1m.item, "
             f"e.g. {inter['item_id'][unknown].iloc[0]!r}",
         )
-    frame = _interactions(inter).join(catalogue, on="item_id")
+    frame = _interactions(folder / "ml-1m.inter", inter).join(catalogue, on="item_id")
     frame["item_id"] = frame.pop("new_id")
     frame["user_id"] = frame["user_id"].str.removeprefix("1m_")
     return finalize_interactions(frame, folder / "ml-1m.inter")

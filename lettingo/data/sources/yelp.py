@@ -13,10 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from lettingo.data.schema import DataFormatError, finalize_interactions
+from lettingo.data.schema import DataFormatError, attribute_list, finalize_interactions
 from lettingo.data.sources._io import (
+    STARS,
+    check_rating,
     chunked_frames,
     find_file,
     iter_json_records,
@@ -37,23 +40,25 @@ _EPOCH = pd.Timestamp(0)
 def _review_rows(path: Path) -> Iterator[tuple[Any, ...]]:
     for number, record in iter_json_records(path):
         match_format(path, number, record, REVIEW_FORMATS)
-        rating = to_number(path, number, "stars", record["stars"])
+        rating = check_rating(path, number, "stars", to_number(path, number, "stars", record["stars"]), STARS)
         text = record.get("text") or ""
         yield number, str(record["user_id"]), str(record["business_id"]), rating, record["date"], text
 
 
-def _timestamps(path: Path, chunk: pd.DataFrame) -> pd.DataFrame:
-    """Parse one chunk's dates into seconds; a bad date is reported with its line."""
-    dates = pd.to_datetime(chunk["date"].astype(str), format="ISO8601", errors="coerce")
-    bad = dates.isna()
+def _reject_first(path: Path, chunk: pd.DataFrame, bad: np.ndarray, expected: str) -> None:
+    """Raise for the first row of ``chunk`` flagged in ``bad``, naming its line and its date."""
     if bad.any():
-        first = bad.to_numpy().argmax()
-        raise DataFormatError(
-            path,
-            f"date must be 'YYYY-MM-DD HH:MM:SS', got {chunk['date'].iloc[first]!r}",
-            int(chunk["line"].iloc[first]),
-        )
+        first = int(bad.argmax())
+        line = int(chunk["line"].iloc[first])
+        raise DataFormatError(path, f"date must be {expected}, got {chunk['date'].iloc[first]!r}", line)
+
+
+def _timestamps(path: Path, chunk: pd.DataFrame) -> pd.DataFrame:
+    """Parse one chunk's dates into seconds; a bad date, or one before 1970, is reported with its line."""
+    dates = pd.to_datetime(chunk["date"].astype(str), format="ISO8601", errors="coerce")
+    _reject_first(path, chunk, dates.isna().to_numpy(), "'YYYY-MM-DD HH:MM:SS'")
     seconds = (dates - _EPOCH) // pd.Timedelta(seconds=1)
+    _reject_first(path, chunk, (seconds < 0).to_numpy(), "1970-01-01 or later (a non-negative Unix time)")
     return chunk.drop(columns=["line", "date"]).assign(timestamp=seconds.astype("int64"))
 
 
@@ -74,7 +79,7 @@ def read_businesses(path: Path) -> pd.DataFrame:
             raise DataFormatError(path, f"categories must be a comma-separated string or null, got {listed!r}", number)
         ids.append(str(record["business_id"]))
         names.append(str(record["name"]))
-        categories.append([c.strip() for c in (listed or "").split(",") if c.strip()])
+        categories.append(attribute_list(listed, sep=","))
     return pd.DataFrame({"title": names, "attributes": categories}, index=pd.Index(ids, dtype=str))
 
 

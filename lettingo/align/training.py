@@ -1,0 +1,126 @@
+"""Training one alignment method's LoRA adapter: batch arithmetic, the Lightning fit with epoch-end
+checkpoints (a killed run resumes to the same adapter), and TRL's DPOTrainer as the other engine."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, ListConfig
+
+from lettingo.align.adapters import lora_config
+from lettingo.align.data import AlignDataModule, check_pairs, positive_examples, preference_examples
+from lettingo.align.module import AdapterModule
+
+log = logging.getLogger(__name__)
+
+#: How a method's training examples are built from the pairs (`align.method.<name>.examples`).
+EXAMPLE_BUILDERS = {"preference": preference_examples, "positive": positive_examples}
+LAST_CHECKPOINT = "last.ckpt"
+
+
+def device_count(trainer_cfg: DictConfig) -> int:
+    """Processes that each run a micro-batch per step: devices x nodes (``-1``/``auto`` on GPU: all visible)."""
+    devices = trainer_cfg.get("devices", 1)
+    if isinstance(devices, ListConfig | list):
+        count = len(devices)
+    elif str(devices) in ("-1", "auto"):
+        on_gpu = str(trainer_cfg.get("accelerator", "cpu")) in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+        count = torch.cuda.device_count() if on_gpu else 1
+    else:
+        count = int(devices)
+    return count * int(trainer_cfg.get("num_nodes", 1))
+
+
+def accumulation_steps(global_size: int, micro_size: int, devices: int) -> int:
+    """Micro-batches accumulated per optimizer step so that a step sees ``global_size`` pairs."""
+    per_pass = micro_size * devices
+    if micro_size < 1 or global_size < per_pass or global_size % per_pass:
+        raise ValueError(f"align.batch.global_size ({global_size}) must be a positive multiple of micro_size x devices "
+                         f"({micro_size} x {devices} = {per_pass})")
+    return global_size // per_pass
+
+
+def generator_pairs(pairs: pd.DataFrame, profiles: pd.DataFrame | None, backbone: str) -> pd.DataFrame:
+    """The pairs with ``prompt`` set to the prompt the aligned generator itself was given for that user.
+
+    A pair's ``prompt`` is its chosen profile's prompt, rendered by whichever backbone wrote it;
+    with several backbones that may be another model's template. The generator's own rendering
+    comes from its rows of the profiles artifact; pairs of users it has no prompt for are dropped.
+    """
+    check_pairs(pairs)
+    if profiles is None:
+        return pairs
+    own = profiles[profiles["backbone"] == backbone].drop_duplicates(["user_id", "prompt_name", "history_len"])
+    key = ["user_id", "prompt_name", "history_len"]
+    merged = pairs.drop(columns="prompt").merge(own.loc[:, [*key, "prompt"]], on=key, how="inner")
+    if len(merged) < len(pairs):
+        log.warning("%d of %d pairs dropped: the generator %s wrote no profile for their user",
+                    len(pairs) - len(merged), len(pairs), backbone)
+    return merged
+
+
+def fit_lightning(acfg: DictConfig, method_cfg: DictConfig, model: Any, tokenizer: Any, train: pd.DataFrame,
+                  val: pd.DataFrame, make_trainer: Any, folder: Path, resume: bool, seed: int,
+                  devices: int) -> tuple[Any, dict[str, Any]]:
+    """Train ``model`` (LoRA attached) with the method's module; checkpoints at epoch ends under ``folder``.
+
+    With ``resume`` the fit continues from the last epoch-end checkpoint there: the interrupted epoch
+    restarts with the order it had (see `EpochSeededSampler`), so the adapter equals an uninterrupted run's.
+    """
+    lengths = (int(acfg.data.max_prompt_tokens), int(acfg.data.max_completion_tokens))
+    make = EXAMPLE_BUILDERS[str(method_cfg.examples)]
+    train_examples, train_cut = make(train, tokenizer, *lengths)
+    val_examples, val_cut = make(val, tokenizer, *lengths)
+    train_cut.log("align train")
+    val_cut.log("align val")
+    micro = int(acfg.batch.micro_size)
+    accumulate = accumulation_steps(int(acfg.batch.global_size), micro, devices)
+    data = AlignDataModule(train_examples, val_examples, micro, tokenizer.pad_token_id, seed)
+    module: AdapterModule = instantiate(method_cfg.module)(model)
+    checkpoint = ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=0, every_n_epochs=1,
+                                 save_on_train_epoch_end=True)
+    trainer = make_trainer(
+        max_epochs=int(acfg.epochs), max_steps=int(acfg.max_steps), accumulate_grad_batches=accumulate,
+        val_check_interval=1.0 / max(1, int(acfg.val_checks_per_epoch)), check_val_every_n_epoch=1,
+        num_sanity_val_steps=0, callbacks=[checkpoint], default_root_dir=str(folder), enable_checkpointing=True,
+    )
+    last = folder / LAST_CHECKPOINT
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume and last.exists() else None)
+    if trainer.interrupted:
+        raise KeyboardInterrupt("align interrupted; rerun the same command to resume from the last epoch")
+    summary = {
+        "examples_train": len(train_examples), "examples_val": len(val_examples),
+        "prompts_cut": train_cut.prompts_cut + val_cut.prompts_cut,
+        "completions_cut": train_cut.completions_cut + val_cut.completions_cut,
+        "accumulate_grad_batches": accumulate, "steps": int(trainer.global_step),
+        "resumed": bool(resume and last.exists()), "val_history": module.history,
+    }
+    return module.model, summary
+
+
+def fit_trl(acfg: DictConfig, method_cfg: DictConfig, model: Any, tokenizer: Any, train: pd.DataFrame,
+            val: pd.DataFrame, folder: Path, seed: int, max_grad_norm: float) -> tuple[Any, dict[str, Any]]:
+    """Train DPO with TRL's DPOTrainer on the same pairs and settings; return the model and a summary."""
+    from lettingo.align.trl_engine import train_with_trl
+
+    module_cfg = method_cfg.module
+    micro = int(acfg.batch.micro_size)
+    lora = acfg.lora
+    peft_config = lora_config(int(lora.r), float(lora.alpha), float(lora.dropout), list(lora.target_modules))
+    trained, history = train_with_trl(
+        model, peft_config, tokenizer, train, val, folder,
+        beta=float(module_cfg.beta), lr=float(module_cfg.optimizer.lr),
+        weight_decay=float(module_cfg.optimizer.weight_decay), micro_batch_size=micro,
+        accumulate=accumulation_steps(int(acfg.batch.global_size), micro, 1), epochs=int(acfg.epochs),
+        max_steps=int(acfg.max_steps),
+        max_length=int(acfg.data.max_prompt_tokens) + int(acfg.data.max_completion_tokens),
+        precompute_reference=bool(module_cfg.precompute_reference), max_grad_norm=max_grad_norm, seed=seed,
+    )
+    return trained, {"examples_train": len(train), "examples_val": len(val), "trl_history": history,
+                     "steps": len(history["train"])}

@@ -1,0 +1,40 @@
+"""Which folder a run writes to: the one named by `run_dir`, the experiment's latest, or a new dated one.
+
+The Hydra config sets ``hydra.run.dir`` to ``${lettingo_run_dir:<experiment root>,${stage},${run_dir}}``;
+:func:`register_resolvers` must run before Hydra composes (the console script and the tests call it).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+RESOLVER = "lettingo_run_dir"
+#: The symlink, inside an experiment's folder, to the run folder a single stage continues.
+LATEST = "latest"
+#: Name of a new run folder (local time when the config is first resolved).
+FOLDER_FORMAT = "%Y-%m-%d_%H-%M-%S"
+PIPELINE = "pipeline"
+
+
+def run_folder(root: str, stage: str, run_dir: str | None = None) -> str:
+    """The run folder of ``stage`` under the experiment folder ``root``.
+
+    ``run_dir`` when given; else, for a single stage (not ``pipeline``), the target of ``<root>/latest``
+    when that symlink exists, so ``stage=align`` continues the run whose pairs it needs; else a new
+    folder ``<root>/<date_time>``.
+    """
+    if run_dir is not None and str(run_dir) != "":
+        return str(run_dir)
+    latest = Path(root) / LATEST
+    if str(stage) != PIPELINE and latest.is_symlink() and latest.exists():
+        return str(latest.resolve())
+    return str(Path(root) / time.strftime(FOLDER_FORMAT))
+
+
+def register_resolvers() -> None:
+    """Register ``lettingo_run_dir`` (once; cached, so one run resolves its folder once)."""
+    if not OmegaConf.has_resolver(RESOLVER):
+        OmegaConf.register_new_resolver(RESOLVER, run_folder, use_cache=True)

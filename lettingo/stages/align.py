@@ -1,0 +1,123 @@
+"""Stage align: train the generator's LoRA adapter with every method of `align.methods` on the `pairs`.
+
+Each method writes the artifact ``adapter_<method>`` (PEFT format), reused when its inputs (pairs,
+generator, align settings, seed) are the same. Training goes through the Lightning Trainer of the
+`trainer` config; epoch-end checkpoints (adapter only) live under ``align/<method>/`` so a killed
+run resumes to the adapter an uninterrupted run writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import pandas as pd
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from lettingo.align.adapters import attach_lora, save_adapter
+from lettingo.align.data import select_pairs, split_by_user
+from lettingo.align.training import device_count, fit_lightning, fit_trl, generator_pairs
+from lettingo.artifacts import PAIRS, PROFILES, adapter_artifact
+from lettingo.llm.models import load_causal_lm, resolve_dtype, training_device
+from lettingo.runtime import seed_everything
+from lettingo.stages.base import Output, Stage, StageContext
+
+log = logging.getLogger(__name__)
+
+
+def checkpoints(method: str) -> str:
+    """The store name of the folder holding ``method``'s epoch-end checkpoints while it trains."""
+    return f"align/{method}"
+
+
+def align_method(ctx: StageContext, method: str, pairs: pd.DataFrame) -> dict[str, Any]:
+    """Train one method's adapter (or reuse it) and write the artifact ``adapter_<method>``."""
+    cfg, store = ctx.cfg, ctx.store
+    name, fp = adapter_artifact(method), ctx.fingerprint(adapter_artifact(method))
+    if store.prepare(name, fp) == "done":
+        log.info("%s: reusing %s", name, store.path(name))
+        return store.meta(name) or {}
+    acfg, method_cfg, seed = cfg.align, cfg.align.method[method], int(cfg.seed)
+    seed_everything(seed)
+    selected = select_pairs(pairs, None if acfg.data.max_pairs is None else int(acfg.data.max_pairs), seed)
+    train, val = split_by_user(selected, float(acfg.data.val_fraction), seed)
+    device = training_device(str(cfg.trainer.get("accelerator", "cpu")))
+    model, tokenizer = load_causal_lm(str(cfg.backbone.model), cfg.backbone.cache_dir,
+                                      dtype=resolve_dtype(str(acfg.dtype), device), device="cpu")
+    began = time.perf_counter()
+    engine = str(acfg.engine)
+    work = checkpoints(method)
+    resume = store.begin(work, fp) == "partial"
+    if engine == "trl" and method_cfg.examples == "preference":
+        trained, summary = fit_trl(acfg, method_cfg, model, tokenizer, train, val, store.path(work), seed,
+                                   float(cfg.trainer.get("gradient_clip_val") or 0.0))
+    else:
+        overrides = {} if acfg.get("precision") is None else {"precision": str(acfg.precision)}
+
+        def make_trainer(**kwargs: Any) -> Any:
+            return instantiate(cfg.trainer, **overrides, **kwargs, logger=ctx.tracker.lightning_logger())
+
+        trained, summary = fit_lightning(acfg, method_cfg, attach_lora(model, acfg.lora), tokenizer, train, val,
+                                         make_trainer, store.path(work), resume, seed, device_count(cfg.trainer))
+    seconds = time.perf_counter() - began
+    save_adapter(trained, store.path(name))
+    summary |= {"method": method, "engine": engine, "pairs_train": len(train), "pairs_val": len(val),
+                "users_train": int(train["user_id"].nunique()), "users_val": int(val["user_id"].nunique()),
+                "seconds": seconds, "seconds_per_pair": seconds / max(1, len(train) * int(acfg.epochs))}
+    store.finish(name, fp, **summary)
+    return summary
+
+
+def report(method: str, summary: dict[str, Any]) -> dict[str, float]:
+    """Print one line per method; return its tracker metrics (speed and the last validation metrics)."""
+    history = summary.get("val_history") or []
+    last = {k.removeprefix("align/val/"): v for k, v in (history[-1] if history else {}).items() if k != "step"}
+    line = (f"align {method}: {summary.get('pairs_train', 0)} train pairs, {summary.get('steps', 0)} steps in "
+            f"{summary.get('seconds', 0.0):.0f} s ({summary.get('seconds_per_pair', 0.0):.2f} s/pair)")
+    if "rewards/margins" in last:
+        line += (f"; held-out reward margin {last['rewards/margins']:+.3f}, "
+                 f"accuracy {last['rewards/accuracies']:.2f}")
+    print(line)
+    metrics = {f"align/train/{method}/seconds_per_pair": float(summary.get("seconds_per_pair", 0.0))}
+    return metrics | {f"align/val/{method}/{k.replace('/', '_')}_final": float(v) for k, v in last.items()}
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    """Train every method of `align.methods` on the `pairs` artifact; write ``adapter_<method>``."""
+    store = ctx.store
+    pairs = ctx.read_table(PAIRS)
+    profiles = store.read_table(PROFILES) if store.meta(PROFILES) is not None else None
+    pairs = generator_pairs(pairs, profiles, str(ctx.cfg.backbone.name))
+    if pairs.empty:
+        # Adapters left from earlier inputs would be tested as if trained on these pairs.
+        for method in ctx.cfg.align.methods:
+            store.move_aside(adapter_artifact(str(method)))
+        log.warning("align SKIPPED: no preference pairs for %s (every user's profiles were all right or all "
+                    "wrong); the test stage compares the base methods only. Explore more users or profiles "
+                    "(sampling.max_users, sampling.n) or try pairs=margin.", ctx.cfg.backbone.name)
+        return {"skipped": "no preference pairs"}
+    results = {}
+    for method in map(str, ctx.cfg.align.methods):
+        summary = align_method(ctx, method, pairs)
+        ctx.tracker.log_metrics(report(method, summary))
+        if summary.get("val_history"):
+            ctx.tracker.log_table(f"align/val/{method}_history", pd.DataFrame(summary["val_history"]))
+        results[method] = {**summary, "adapter": str(store.path(adapter_artifact(method)))}
+    return results
+
+
+#: Align settings that decide every method's adapter (the method's own node is added per method).
+ALIGN_CONFIG = ("align.engine", "align.lora", "align.data", "align.batch", "align.epochs", "align.max_steps",
+                "align.val_checks_per_epoch", "align.share_prompt", "align.dtype", "align.precision",
+                "backbone.model", "trainer.precision", "trainer.gradient_clip_val", "seed")
+
+
+def outputs(cfg: DictConfig) -> list[Output]:
+    """One adapter per method of `align.methods`."""
+    return [Output(adapter_artifact(str(m)), config=(*ALIGN_CONFIG, f"align.method.{m}"), inputs=(PAIRS, PROFILES))
+            for m in cfg.align.methods]
+
+
+STAGE = Stage(name="align", run=run, needs=(PAIRS,), outputs=outputs, distributed=True)

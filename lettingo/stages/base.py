@@ -1,0 +1,121 @@
+"""What a stage is: the artifacts it needs and makes, the config that is each artifact's identity.
+
+A stage is a plain function of a :class:`StageContext` plus a declaration. The declaration is what
+the runner and the artifact store read: a stage's inputs must be finished before it runs
+(:meth:`StageContext.need`), and the fingerprint of each artifact it makes is computed in one place
+(:meth:`StageContext.fingerprint`) from the config keys the artifact declares and the fingerprints of
+the artifacts it is made from. Stages meet only at artifacts; they never import each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from lettingo.artifacts import ArtifactStore, MissingArtifact
+from lettingo.tracking import Tracker
+
+#: Config keys that change speed, location or display, never what an artifact holds: no identity.
+SPEED_KEYS = frozenset({
+    "cache_dir", "num_threads", "batch_size", "predict_batch_size", "users_per_chunk", "device", "reuse_prefix",
+    "default_root_dir", "enable_progress_bar", "enable_model_summary", "log_every_n_steps",
+})
+
+
+@dataclass(frozen=True)
+class Output:
+    """One artifact a stage makes: its name, the config keys and the artifacts its content depends on.
+
+    ``grows_by`` lists config keys that only add or drop rows of a row-keyed artifact (e.g. how many
+    users are explored): changing them keeps the rows written so far and computes only new ones.
+    """
+
+    name: str
+    config: tuple[str, ...]
+    inputs: tuple[str, ...] = ()
+    grows_by: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage: a name, the artifacts it needs (made by earlier stages) and those it makes.
+
+    ``outputs`` maps a config to the stage's :class:`Output` declarations (a function, because the
+    align stage makes one adapter per configured method). ``distributed`` marks a stage whose
+    training runs on every process of a multi-process trainer; the others run on rank 0 only.
+    """
+
+    name: str
+    run: Callable[[StageContext], dict[str, Any]]
+    needs: tuple[str, ...]
+    outputs: Callable[[DictConfig], Sequence[Output]]
+    distributed: bool = False
+
+    def makes(self, cfg: DictConfig) -> list[str]:
+        """Names of the artifacts this stage makes under ``cfg``."""
+        return [output.name for output in self.outputs(cfg)]
+
+
+@dataclass(frozen=True)
+class Declared:
+    """An artifact's declaration and the stage that makes it (what the runner tells every stage)."""
+
+    output: Output
+    stage: str
+
+
+@dataclass
+class StageContext:
+    """What a running stage receives: config, run folder, artifact store, tracker and every declaration."""
+
+    cfg: DictConfig
+    run_dir: Path
+    store: ArtifactStore
+    tracker: Tracker
+    stage: Stage
+    declared: Mapping[str, Declared] = field(default_factory=dict)  # artifact name -> declaration
+
+    def fingerprint(self, name: str) -> str:
+        """The identity of artifact ``name`` under this config: its declared config values and inputs."""
+        output = self._declaration(name).output
+        ignored = SPEED_KEYS | {key.rsplit(".", 1)[-1] for key in output.grows_by}
+        values = {key: identity_value(OmegaConf.select(self.cfg, key), ignored) for key in output.config}
+        return self.store.identity(values, output.inputs)
+
+    def need(self, name: str) -> dict[str, Any]:
+        """The metadata of a finished upstream artifact made for this config; one clear error otherwise."""
+        made_by = self._declaration(name).stage
+        meta = self.store.require(name, made_by)
+        if meta["fingerprint"] != self.fingerprint(name):
+            raise MissingArtifact(f"{self.store.path(name)} was made with other inputs than this config: "
+                                  f"rerun `lettingo stage={made_by} run_dir={self.run_dir}` (same overrides)")
+        return meta
+
+    def read_table(self, name: str) -> pd.DataFrame:
+        """A finished upstream table artifact made for this config (see :meth:`need`)."""
+        self.need(name)
+        return self.store.read_table(name)
+
+    def _declaration(self, name: str) -> Declared:
+        for output in self.stage.outputs(self.cfg):
+            if output.name == name:
+                return Declared(output, self.stage.name)
+        if name not in self.declared:
+            raise KeyError(f"no stage declares artifact {name!r} under this config")
+        return self.declared[name]
+
+
+def identity_value(node: Any, ignored: frozenset[str] | set[str] = SPEED_KEYS) -> Any:
+    """A resolved config value as plain data, without the keys in ``ignored`` (at any depth)."""
+    if isinstance(node, DictConfig | ListConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    if isinstance(node, Mapping):
+        return {k: identity_value(v, ignored) for k, v in node.items() if k not in ignored}
+    if isinstance(node, list | tuple):
+        return [identity_value(v, ignored) for v in node]
+    return node

@@ -1,0 +1,59 @@
+"""Stage data: the dataset's interactions cut into per-user samples and split into user groups."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from lettingo.artifacts import SAMPLES
+from lettingo.data.prepare import SampleSpec, format_summary, make_samples, summarize_data
+from lettingo.data.schema import LabelThresholds
+from lettingo.data.splits import expand_split_sizes
+from lettingo.stages.base import Output, Stage, StageContext
+
+log = logging.getLogger(__name__)
+
+
+def sample_spec(cfg: DictConfig) -> SampleSpec:
+    """The sample/split specification from the `dataset` and `history` configs."""
+    histories = sorted({*map(int, cfg.dataset.histories), int(cfg.history.length)})
+    return SampleSpec(
+        recent=int(cfg.history.recent),
+        histories=histories,
+        split_sizes=expand_split_sizes({str(k): int(v) for k, v in cfg.dataset.splits.items()}, histories),
+        split_seed=int(cfg.dataset.split_seed),
+        thresholds=LabelThresholds(**cfg.dataset.labels),
+    )
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    """Build the samples (reused when finished for the same inputs) and print their summary."""
+    cfg, store = ctx.cfg, ctx.store
+    fp = ctx.fingerprint(SAMPLES)
+    if store.prepare(SAMPLES, fp) == "done":
+        log.info("samples: reusing %s", store.path(SAMPLES))
+        summary = store.meta(SAMPLES)["summary"]
+    else:
+        spec = sample_spec(cfg)
+        interactions = instantiate(cfg.dataset.loader)()
+        samples = make_samples(interactions, spec, source=cfg.dataset.name)
+        summary = summarize_data(interactions, samples, spec)
+        store.write_table(SAMPLES, samples, fp, summary=summary)
+    print(format_summary(summary, cfg.dataset.name))
+    print(f"samples artifact: {store.path(SAMPLES)}")
+    ctx.tracker.log_metrics({f"data/{split}/users": n for split, n in summary["split_sizes"].items()}
+                            | {"data/all/interactions": summary["interactions"]})
+    return summary
+
+
+STAGE = Stage(
+    name="data",
+    run=run,
+    needs=(),
+    outputs=lambda cfg: [Output(SAMPLES, config=(
+        "dataset.name", "dataset.path", "dataset.loader", "dataset.labels", "dataset.histories", "dataset.splits",
+        "dataset.split_seed", "history"))],
+)

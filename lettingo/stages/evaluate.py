@@ -1,0 +1,163 @@
+"""Stage evaluate: f_Rec's verdict on every explored profile, the preference pairs, the shuffle check,
+and the baselines table on the held-out users."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from lettingo.artifacts import BASELINES, PAIRS, PROFILES, REC_MODEL, REWARDS, SAMPLES, SENSITIVITY
+from lettingo.data.schema import LABELS, LabelThresholds
+from lettingo.data.splits import REC_TRAIN
+from lettingo.evaluation.comparison import FILE_STEM as COMPARISON
+from lettingo.evaluation.comparison import Comparison, read_comparison
+from lettingo.evaluation.methods import MAJORITY
+from lettingo.evaluation.views import log_reward_views
+from lettingo.feedback.baselines import baseline_predictions
+from lettingo.feedback.pairs import build_pairs, format_pairs_summary, pairs_summary
+from lettingo.feedback.rewards import profile_cases, score_profiles
+from lettingo.feedback.sensitivity import Sensitivity, profile_sensitivity, sensitivity_message
+from lettingo.recommender.base import Recommender
+from lettingo.recommender.loading import LazyRecommender
+from lettingo.recommender.text import ItemTextConfig
+from lettingo.stages.base import Output, Stage, StageContext
+
+log = logging.getLogger(__name__)
+
+
+
+def frozen_recommender(ctx: StageContext) -> LazyRecommender:
+    """The configured f_Rec, built on first use: zero-shot as configured, trainable from `rec_model`."""
+    rcfg = ctx.cfg.recommender
+    checkpoint = None
+    if rcfg.trainable:
+        meta = ctx.need(REC_MODEL)
+        checkpoint = ctx.store.path(REC_MODEL) / meta["checkpoint"]
+    return LazyRecommender(str(rcfg.name), rcfg.model, checkpoint)
+
+
+def write_pairs(ctx: StageContext, rewards: pd.DataFrame) -> dict[str, Any]:
+    """The `pairs` artifact from the rewards under `pairs.*` (reused when finished); return its summary."""
+    pcfg, store, fp = ctx.cfg.pairs, ctx.store, ctx.fingerprint(PAIRS)
+    if store.prepare(PAIRS, fp) == "done":
+        summary = store.meta(PAIRS)["summary"]
+    else:
+        cap = None if pcfg.max_pairs_per_user is None else int(pcfg.max_pairs_per_user)
+        pairs = build_pairs(rewards, rule=str(pcfg.rule), max_pairs_per_user=cap, min_margin=float(pcfg.min_margin),
+                            seed=int(ctx.cfg.seed))
+        summary = pairs_summary(rewards, pairs)
+        store.write_table(PAIRS, pairs, fp, summary=summary)
+    print(format_pairs_summary(summary, str(pcfg.rule)))
+    return summary
+
+
+def check_sensitivity(ctx: StageContext, recommender: Recommender, rewards: pd.DataFrame,
+                      samples: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """profile_sensitivity per split with at least 2 users (artifact `sensitivity`); warns loudly when unclear."""
+    ecfg, store, fp = ctx.cfg.evaluate, ctx.store, ctx.fingerprint(SENSITIVITY)
+    if store.prepare(SENSITIVITY, fp) == "done":
+        results = store.read_json(SENSITIVITY)
+    else:
+        results = {}
+        for split, rows in rewards.groupby("split", sort=True):
+            if rows["user_id"].nunique() < 2:
+                continue
+            results[str(split)] = profile_sensitivity(
+                recommender, profile_cases(rows, samples), int(ctx.cfg.seed), int(ctx.cfg.bootstrap.n_resamples),
+                float(ctx.cfg.bootstrap.confidence), rows.loc[:, [f"p_{label}" for label in LABELS]].to_numpy(),
+            ).to_dict()
+        store.write_json(SENSITIVITY, results, fp)
+    min_effect = float(ecfg.sensitivity.min_effect)
+    for split, values in results.items():
+        result = Sensitivity(**values)
+        message = sensitivity_message(result, recommender.name, min_effect)
+        if result.clearly_positive(min_effect):
+            print(f"{split}: {message}")
+        else:
+            log.warning("%s: %s", split, message)
+    return results
+
+
+def first_profiles(profiles: pd.DataFrame, users: list[str]) -> dict[str, str] | None:
+    """Each user's first profile (first backbone, sample 0) when every one of ``users`` has one, else None."""
+    rows = profiles[profiles["user_id"].isin(users)].sort_values(["backbone", "sample_idx"], kind="stable")
+    first = rows.drop_duplicates("user_id").set_index("user_id")["text"]
+    return {str(u): str(t) for u, t in first.items()} if set(users) <= set(first.index) else None
+
+
+def baselines(ctx: StageContext, recommender: Recommender, samples: pd.DataFrame,
+              profiles: pd.DataFrame) -> Comparison:
+    """Every baseline and f_Rec input on the held-out users of `evaluate.split` (artifact `baselines`)."""
+    cfg, ecfg, store, fp = ctx.cfg, ctx.cfg.evaluate, ctx.store, ctx.fingerprint(BASELINES)
+    if store.prepare(BASELINES, fp) == "done":
+        return read_comparison(store.path(BASELINES) / f"{COMPARISON}.json")
+    held_out = samples[samples["split"] == str(ecfg.split)]
+    if held_out.empty:
+        raise ValueError(f"evaluate.split={ecfg.split}: no users in that split to evaluate on")
+    train_labels = [t["label"] for t in samples.loc[samples["split"] == REC_TRAIN, "target"]]
+    predictions = baseline_predictions(
+        recommender, held_out, train_labels, LabelThresholds(**cfg.dataset.labels),
+        [int(h) for h in ecfg.raw_histories], ItemTextConfig.from_mapping(cfg.dataset.item_text),
+        first_profiles(profiles, held_out["user_id"].astype(str).tolist()),
+    )
+    comparison = Comparison.compute(
+        held_out["user_id"].astype(str).tolist(), [str(t["label"]) for t in held_out["target"]], predictions,
+        references=[MAJORITY], n_resamples=int(cfg.bootstrap.n_resamples),
+        confidence=float(cfg.bootstrap.confidence), seed=int(cfg.seed),
+        meta={"split": str(ecfg.split), "recommender": recommender.name},
+    )
+    title = f"{recommender.name} on the held-out `{ecfg.split}` users"
+    comparison.write(store.path(BASELINES), COMPARISON, title)
+    store.finish(BASELINES, fp, users=len(comparison.users))
+    return comparison
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    """Write `rewards`, `pairs`, `sensitivity` and `baselines` (each reused when finished for its inputs)."""
+    cfg, store = ctx.cfg, ctx.store
+    samples = ctx.read_table(SAMPLES)
+    profiles = ctx.read_table(PROFILES)
+    recommender = frozen_recommender(ctx)
+    rewards = score_profiles(recommender, profiles, samples, store, REWARDS, ctx.fingerprint(REWARDS),
+                             int(cfg.evaluate.users_per_chunk))
+    pairs = write_pairs(ctx, rewards)
+    sensitivity = check_sensitivity(ctx, recommender, rewards, samples)
+    comparison = baselines(ctx, recommender, samples, profiles)
+    print(comparison.markdown(f"{recommender.name} on the held-out `{cfg.evaluate.split}` users"))
+
+    metrics = {f"evaluate/{split}/profile_accuracy": float(rows["correct"].mean())
+               for split, rows in rewards.groupby("split")}
+    for split, result in sensitivity.items():
+        metrics |= {f"evaluate/{split}/profile_sensitivity{suffix}": float(result[field])
+                    for suffix, field in (("", "value"), ("_low", "low"), ("_high", "high"))}
+    metrics |= comparison.tracker_metrics(f"evaluate/{cfg.evaluate.split}")
+    metrics |= {f"evaluate/pairs/{k}": float(v) for k, v in pairs.items() if isinstance(v, int | float)}
+    ctx.tracker.log_metrics(metrics)
+    ctx.tracker.log_table(f"evaluate/{cfg.evaluate.split}/baselines", comparison.flat_table())
+    ctx.tracker.log_image(f"evaluate/{cfg.evaluate.split}/macro_f1", store.path(BASELINES) / f"{COMPARISON}.png")
+    log_reward_views(ctx.tracker, rewards, "evaluate")
+    return {"recommender": recommender.name, "pairs": pairs, "profile_sensitivity": sensitivity,
+            "baselines": comparison.to_json()["methods"]}
+
+
+def recommender_inputs(cfg: DictConfig) -> tuple[str, ...]:
+    """The artifact that identifies the f_Rec: its checkpoint when trainable (a zero-shot one is its config)."""
+    return (REC_MODEL,) if cfg.recommender.trainable else ()
+
+
+def outputs(cfg: DictConfig) -> list[Output]:
+    """rewards (row-keyed by profile), pairs, sensitivity and baselines."""
+    rec = recommender_inputs(cfg)
+    return [
+        Output(REWARDS, config=("recommender.model",), inputs=(PROFILES, *rec)),
+        Output(PAIRS, config=("pairs", "seed"), inputs=(REWARDS,)),
+        Output(SENSITIVITY, config=("bootstrap", "seed"), inputs=(REWARDS, SAMPLES)),
+        Output(BASELINES, config=("evaluate.split", "evaluate.raw_histories", "bootstrap", "seed", "dataset.labels",
+                                  "dataset.item_text", "recommender.model"), inputs=(SAMPLES, PROFILES, *rec)),
+    ]
+
+
+STAGE = Stage(name="evaluate", run=run, needs=(SAMPLES, PROFILES), outputs=outputs)

@@ -1,0 +1,76 @@
+"""Stage explore: `sampling.n` profiles per user of `sampling.splits` from every backbone of `sampling.backbones`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+
+from lettingo.artifacts import PROFILES, SAMPLES
+from lettingo.llm.pool import BackendPool, backbones_by_name
+from lettingo.profiles.explore import explore
+from lettingo.profiles.quality import format_summary, summarize_profiles
+from lettingo.stages.base import Output, Stage, StageContext
+
+log = logging.getLogger(__name__)
+
+SAMPLE_ROWS = 3  # users shown in the `explore/samples` table (sample 0 of every backbone)
+
+
+def explore_split_samples(samples: pd.DataFrame, splits: list[str]) -> pd.DataFrame:
+    """The samples of ``splits``; an unknown split name is an error."""
+    known = set(samples["split"])
+    unknown = sorted(set(splits) - known)
+    if unknown:
+        raise ValueError(f"sampling.splits names unknown splits {unknown}; the samples have {sorted(known)}")
+    return samples[samples["split"].isin(splits)]
+
+
+def tracker_metrics(summary: Mapping[str, Any], split: str) -> dict[str, float]:
+    """Flatten one split's summary into `explore/<split>/[<backbone>/]<metric>` scalars."""
+    metrics = {
+        f"explore/{split}/{key}": float(summary[key])
+        for key in ("profiles", "users", "mean_tokens", "degenerate_share", "seconds", "completion_tokens")
+    }
+    metrics |= {f"explore/{split}/across_{k}": float(v) for k, v in summary["across"].items()}
+    for name, values in summary["per_backbone"].items():
+        metrics |= {f"explore/{split}/{name}/{k}": float(v) for k, v in values.items()}
+    return metrics
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    """Write (or grow, or resume) the `profiles` artifact; log the summary per split and a few profiles."""
+    cfg, sampling = ctx.cfg, ctx.cfg.sampling
+    samples = ctx.read_table(SAMPLES)
+    splits = [str(s) for s in sampling.splits]
+    with BackendPool(backbones_by_name(sampling.backbones)) as backends:
+        frame = explore(
+            explore_split_samples(samples, splits), backends, prompt_cfg=cfg.prompt,
+            item_text_cfg=cfg.dataset.item_text, history_len=int(cfg.history.length), n=int(sampling.n),
+            temperature=float(sampling.temperature), max_new_tokens=int(sampling.max_new_tokens), seed=int(cfg.seed),
+            store=ctx.store, artifact_name=PROFILES, fp=ctx.fingerprint(PROFILES),
+            max_users=None if sampling.max_users is None else int(sampling.max_users),
+            users_per_chunk=int(sampling.users_per_chunk),
+        )
+    summaries = {split: summarize_profiles(frame[frame["split"] == split]) for split in splits}
+    for split, summary in summaries.items():
+        print(format_summary(summary, split))
+        ctx.tracker.log_metrics(tracker_metrics(summary, split))
+    shown = frame[(frame["sample_idx"] == 0) & frame["user_id"].isin(frame["user_id"].unique()[:SAMPLE_ROWS])]
+    ctx.tracker.log_table("explore/samples", shown.loc[:, ["user_id", "backbone", "text", "degenerate"]])
+    print(f"profiles artifact: {ctx.store.path(PROFILES)}")
+    return {"artifact": str(ctx.store.path(PROFILES)), "splits": summaries}
+
+
+#: What a profile row depends on; `max_users`, `n` and `splits` only add rows.
+PROFILE_CONFIG = ("sampling", "prompt", "dataset.item_text", "history.length", "seed")
+
+STAGE = Stage(
+    name="explore",
+    run=run,
+    needs=(SAMPLES,),
+    outputs=lambda cfg: [Output(PROFILES, config=PROFILE_CONFIG, inputs=(SAMPLES,),
+                                grows_by=("sampling.max_users", "sampling.n", "sampling.splits"))],
+)

@@ -1,0 +1,180 @@
+"""Stage test: every generator writes one profile per held-out user; the frozen f_Rec scores them all.
+
+Methods, all on the same users: f_Rec with no profile (10H); the LettinGo prompt through each base
+backbone of `sampling.backbones` (the aligned generator's base is "no DPO"); the generator with each
+adapter of `align.methods` (when trained); and the fixed-format prompts of `test.fixed_formats` (PALR,
+RLMRec, KAR styles) through the generator's base model. Profiles go to resumable artifacts
+``test_profiles*``, verdicts to `predictions` (one row per user and method), and the comparison of
+every method (intervals, paired differences against DPO and against 10H) to the `results` artifact.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from lettingo.artifacts import PREDICTIONS, REC_MODEL, RESULTS, SAMPLES, TEST_PROFILES, adapter_artifact
+from lettingo.evaluation.comparison import FILE_STEM as COMPARISON
+from lettingo.evaluation.comparison import Comparison, read_comparison
+from lettingo.evaluation.methods import DPO, NO_DPO, NO_PROFILE, SFT
+from lettingo.evaluation.tables import to_markdown
+from lettingo.evaluation.views import confusion_frame, reward_samples
+from lettingo.feedback.rewards import score_profiles
+from lettingo.llm.pool import BackendPool, backbones_by_name
+from lettingo.profiles.explore import PROFILE_COLUMNS, explore
+from lettingo.recommender.loading import LazyRecommender
+from lettingo.stages.base import Output, Stage, StageContext
+
+log = logging.getLogger(__name__)
+
+TABLE3 = (NO_DPO, SFT, DPO)  # the paper's alignment ablation, in its order
+TABLE3_METRICS = ("accuracy", "macro_f1")
+
+
+def aligned_label(method: str) -> str:
+    """The results label of the generator aligned by ``method`` (`dpo` -> DPO)."""
+    return method.upper()
+
+
+def fixed_format_artifact(name: str) -> str:
+    """The artifact of the test profiles written with fixed-format prompt ``name``."""
+    return f"{TEST_PROFILES}_{name}"
+
+
+def adapter_generators(ctx: StageContext) -> dict[str, DictConfig]:
+    """Method label -> generator config with its adapter, for every trained adapter of `align.methods`."""
+    found = {}
+    for method in map(str, ctx.cfg.align.methods):
+        artifact = adapter_artifact(method)
+        if ctx.store.meta(artifact) is None:
+            continue
+        ctx.need(artifact)
+        found[aligned_label(method)] = OmegaConf.merge(
+            ctx.cfg.backbone, {"name": f"{ctx.cfg.backbone.name}+{method}", "adapter": str(ctx.store.path(artifact))})
+    return found
+
+
+def explore_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The explore arguments every test generator shares: one greedy profile per user."""
+    tcfg = cfg.test
+    return {"item_text_cfg": cfg.dataset.item_text, "history_len": int(cfg.history.length), "n": 1,
+            "temperature": float(tcfg.temperature), "max_new_tokens": int(tcfg.max_new_tokens), "seed": int(cfg.seed),
+            "users_per_chunk": int(tcfg.users_per_chunk)}
+
+
+def write_test_profiles(ctx: StageContext, users: pd.DataFrame) -> pd.DataFrame:
+    """One profile per user from every generator and prompt, with its method label in column `method`."""
+    cfg, store, common = ctx.cfg, ctx.store, explore_settings(ctx.cfg)
+    bases = backbones_by_name(cfg.sampling.backbones)
+    adapters = adapter_generators(ctx)
+    labels = {name: (NO_DPO if name == cfg.backbone.name else name) for name in bases}
+    labels |= {str(config.name): label for label, config in adapters.items()}
+    configs = {**bases, **{str(config.name): config for config in adapters.values()}}
+    with BackendPool(configs) as backends:
+        frame = explore(users, backends, prompt_cfg=cfg.prompt, store=store, artifact_name=TEST_PROFILES,
+                        fp=ctx.fingerprint(TEST_PROFILES), **common)
+    frames = [frame.assign(method=frame["backbone"].map(labels))]
+    generator = {str(cfg.backbone.name): cfg.backbone}
+    for name, prompt_cfg in (cfg.test.get("fixed_formats") or {}).items():
+        artifact = fixed_format_artifact(str(name))
+        with BackendPool(generator) as backends:
+            frame = explore(users, backends, prompt_cfg=prompt_cfg, store=store, artifact_name=artifact,
+                            fp=ctx.fingerprint(artifact), **common)
+        frames.append(frame.assign(method=f"{prompt_cfg.name} ({cfg.backbone.name})"))
+    return pd.concat(frames, ignore_index=True)
+
+
+def no_profile_rows(users: pd.DataFrame) -> pd.DataFrame:
+    """Rows that stand for f_Rec with an empty profile (the 10H baseline), shaped like profile rows."""
+    rows = [{"user_id": u, "split": s, "backbone": "none", "sample_idx": 0, "prompt_name": "none", "history_len": 0,
+             "prompt": "", "text": "", "prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.0, "seed": 0,
+             "degenerate": ""} for u, s in zip(users["user_id"], users["split"], strict=True)]
+    return pd.DataFrame(rows, columns=list(PROFILE_COLUMNS)).assign(method=NO_PROFILE)
+
+
+def method_predictions(predictions: pd.DataFrame) -> tuple[list[str], list[str], dict[str, list[str]]]:
+    """Users scored by every method, their true labels, and method -> predicted labels (same user order)."""
+    methods = list(dict.fromkeys(predictions["method"]))
+    by_method = {m: rows.set_index("user_id") for m, rows in predictions.groupby("method", sort=False)}
+    users = sorted(set.intersection(*(set(frame.index) for frame in by_method.values())), key=str)
+    dropped = predictions["user_id"].nunique() - len(users)
+    if dropped:
+        log.warning("%d users lack a profile from some method and are left out of the comparison", dropped)
+    truth = by_method[methods[0]].loc[users, "label"].astype(str).tolist()
+    return users, truth, {m: by_method[m].loc[users, "predicted"].astype(str).tolist() for m in methods}
+
+
+def test_users(cfg: DictConfig, samples: pd.DataFrame) -> pd.DataFrame:
+    """The held-out users of `test.split` (the first `test.max_users` when set)."""
+    users = samples[samples["split"] == str(cfg.test.split)]
+    if users.empty:
+        raise ValueError(f"test.split={cfg.test.split}: no users in that split to test on")
+    return users if cfg.test.max_users is None else users.head(int(cfg.test.max_users))
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    """Write `test_profiles*`, `predictions` and `results`; print Table 3 and the full comparison."""
+    cfg, store = ctx.cfg, ctx.store
+    samples = ctx.read_table(SAMPLES)
+    users = test_users(cfg, samples)
+    profiles = pd.concat([no_profile_rows(users), write_test_profiles(ctx, users)], ignore_index=True)
+    rcfg = cfg.recommender
+    checkpoint = store.path(REC_MODEL) / ctx.need(REC_MODEL)["checkpoint"] if rcfg.trainable else None
+    recommender = LazyRecommender(str(rcfg.name), rcfg.model, checkpoint)
+    predictions = score_profiles(recommender, profiles, samples, store, PREDICTIONS, ctx.fingerprint(PREDICTIONS),
+                                 int(cfg.test.users_per_chunk))
+    fp = ctx.fingerprint(RESULTS)
+    title = f"{cfg.recommender.name} on the held-out `{cfg.test.split}` users"
+    if store.prepare(RESULTS, fp) == "done":
+        comparison = read_comparison(store.path(RESULTS) / f"{COMPARISON}.json")
+    else:
+        user_ids, truth, predicted = method_predictions(predictions)
+        comparison = Comparison.compute(
+            user_ids, truth, predicted, references=[DPO, NO_PROFILE], n_resamples=int(cfg.bootstrap.n_resamples),
+            confidence=float(cfg.bootstrap.confidence), seed=int(cfg.seed),
+            meta={"split": str(cfg.test.split), "recommender": str(rcfg.name), "dataset": str(cfg.dataset.name),
+                  "degenerate_share": predictions.groupby("method")["degenerate"]
+                  .apply(lambda d: float((d != "").mean())).to_dict()},
+        )
+        comparison.write(store.path(RESULTS), COMPARISON, title)
+        store.finish(RESULTS, fp, users=len(comparison.users))
+    table3 = [m for m in TABLE3 if m in comparison.predictions]
+    if table3:
+        print("## Table 3: alignment ablation\n\n" + to_markdown(comparison.table(methods=table3, metrics=TABLE3_METRICS)))
+    print(comparison.markdown(title))
+    split = str(cfg.test.split)
+    ctx.tracker.log_metrics(comparison.tracker_metrics(f"test/{split}"))
+    ctx.tracker.log_table(f"test/{split}/results", comparison.flat_table())
+    ctx.tracker.log_image(f"test/{split}/macro_f1", store.path(RESULTS) / f"{COMPARISON}.png")
+    ctx.tracker.log_table(f"test/{split}/confusion_matrix", confusion_frame(comparison.details))
+    ctx.tracker.log_table(f"test/{split}/samples", reward_samples(predictions, "method"))
+    print(f"results: {store.path(RESULTS) / COMPARISON}.json")
+    return comparison.to_json()
+
+
+#: What every test profile depends on (how many users only adds rows).
+TEST_PROFILE_CONFIG = ("test.temperature", "test.max_new_tokens", "dataset.item_text", "history.length", "seed")
+
+
+def outputs(cfg: DictConfig) -> list[Output]:
+    """The test profiles (LettinGo prompt, then one artifact per fixed format), predictions and results."""
+    adapters = tuple(adapter_artifact(str(m)) for m in cfg.align.methods)
+    fixed = [str(name) for name in (cfg.test.get("fixed_formats") or {})]
+    rec = (REC_MODEL,) if cfg.recommender.trainable else ()
+    grows = ("test.max_users",)
+    return [
+        Output(TEST_PROFILES, config=(*TEST_PROFILE_CONFIG, "prompt", "sampling.backbones", "backbone"),
+               inputs=(SAMPLES, *adapters), grows_by=grows),
+        *[Output(fixed_format_artifact(name), config=(*TEST_PROFILE_CONFIG, f"test.fixed_formats.{name}", "backbone"),
+                 inputs=(SAMPLES,), grows_by=grows) for name in fixed],
+        Output(PREDICTIONS, config=("recommender.model",),
+               inputs=(TEST_PROFILES, *map(fixed_format_artifact, fixed), *rec), grows_by=grows),
+        Output(RESULTS, config=("bootstrap", "seed", "test.split", "test.max_users"),
+               inputs=(PREDICTIONS, TEST_PROFILES, *map(fixed_format_artifact, fixed))),
+    ]
+
+
+STAGE = Stage(name="test", run=run, needs=(SAMPLES,), outputs=outputs)

@@ -1,0 +1,110 @@
+"""Stage train_rec: fine-tune a trainable f_Rec on the rec_train users (nothing to do for a zero-shot one).
+
+The rec_train users' profiles come from the base generators (`sampling.backbones`) through the
+explore function, into their own artifact, so f_Rec learns from profiles like those it will judge.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import pandas as pd
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from lettingo.artifacts import REC_MODEL, REC_TRAIN_PROFILES, SAMPLES
+from lettingo.data.splits import REC_TRAIN
+from lettingo.llm.pool import BackendPool, backbones_by_name
+from lettingo.profiles.explore import explore
+from lettingo.recommender.training import RecDataModule, fit, split_users, training_cases
+from lettingo.stages.base import Output, Stage, StageContext
+
+log = logging.getLogger(__name__)
+
+
+def rec_train_samples(cfg: DictConfig, samples: pd.DataFrame) -> pd.DataFrame:
+    """The rec_train users (the first `recommender.training.max_users` when set)."""
+    users = samples[samples["split"] == REC_TRAIN]
+    if users.empty:
+        raise ValueError(f"the samples have no {REC_TRAIN!r} users; check dataset.splits")
+    max_users = cfg.recommender.training.max_users
+    return users if max_users is None else users.head(int(max_users))
+
+
+def rec_train_profiles(ctx: StageContext, users: pd.DataFrame) -> pd.DataFrame:
+    """Profiles of the rec_train users from the base generators (artifact `rec_train_profiles`, resumable)."""
+    cfg = ctx.cfg
+    with BackendPool(backbones_by_name(cfg.sampling.backbones)) as backends:
+        return explore(
+            users, backends, prompt_cfg=cfg.prompt, item_text_cfg=cfg.dataset.item_text,
+            history_len=int(cfg.history.length), n=int(cfg.recommender.training.profiles_per_user),
+            temperature=float(cfg.sampling.temperature), max_new_tokens=int(cfg.sampling.max_new_tokens),
+            seed=int(cfg.seed), store=ctx.store, artifact_name=REC_TRAIN_PROFILES,
+            fp=ctx.fingerprint(REC_TRAIN_PROFILES), users_per_chunk=int(cfg.sampling.users_per_chunk),
+        )
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    """Train the configured f_Rec into the `rec_model` artifact (reused when finished for the same inputs)."""
+    cfg, rcfg, store = ctx.cfg, ctx.cfg.recommender, ctx.store
+    if not rcfg.trainable:
+        print(f"train_rec: {rcfg.name} is zero-shot; nothing to train")
+        return {"recommender": str(rcfg.name), "trained": False}
+    samples = ctx.read_table(SAMPLES)
+    users = rec_train_samples(cfg, samples)
+    tcfg = rcfg.training
+    profiles = rec_train_profiles(ctx, users) if int(tcfg.profiles_per_user) > 0 else None
+    fp = ctx.fingerprint(REC_MODEL)
+    if store.prepare(REC_MODEL, fp) == "done":
+        meta = store.meta(REC_MODEL)
+        print(f"train_rec: reusing {store.path(REC_MODEL)} (validation macro-F1 {meta['val_macro_f1']:.3f})")
+        return meta
+    began = time.perf_counter()
+    texts = {} if profiles is None else profiles.groupby("user_id")["text"].apply(list).to_dict()
+    train_users, val_users = split_users(users["user_id"].tolist(), float(tcfg.val_fraction), int(cfg.seed))
+    n_targets, seed = int(tcfg.n_targets), int(cfg.seed)
+    train = training_cases(users[users["user_id"].isin(train_users)], texts, n_targets,
+                           float(tcfg.empty_profile_rate), seed, float(tcfg.empty_recent_rate))
+    val = training_cases(users[users["user_id"].isin(val_users)], texts, n_targets, 0.0, seed)
+    module = instantiate(rcfg.model)
+    data = RecDataModule(train, val, module.collate, int(tcfg.batch_size), str(tcfg.balance), seed)
+
+    def make_trainer(**kwargs: Any) -> Any:
+        return instantiate(cfg.trainer, **OmegaConf.to_container(tcfg.trainer, resolve=True), **kwargs)
+
+    result = fit(module, data, make_trainer, store.path(REC_MODEL), int(tcfg.patience),
+                 logger=ctx.tracker.lightning_logger())
+    summary = {
+        "recommender": str(rcfg.name), "trained": True, "checkpoint": result.checkpoint.name,
+        "val_macro_f1": result.val_macro_f1, "epochs": result.epochs, "steps": result.steps,
+        "train_cases": len(train), "val_cases": len(val), "train_users": len(train_users),
+        "val_users": len(val_users), "seconds": time.perf_counter() - began,
+    }
+    store.finish(REC_MODEL, fp, **summary)
+    ctx.tracker.log_metrics({"train_rec/val/macro_f1": result.val_macro_f1,
+                             "train_rec/train/seconds": summary["seconds"]})
+    print(f"train_rec: {rcfg.name} trained on {len(train)} cases of {len(train_users)} users in "
+          f"{summary['seconds']:.0f} s; best validation macro-F1 {result.val_macro_f1:.3f} ({len(val)} cases)")
+    return summary
+
+
+#: What the rec_train users' profiles depend on (how many users and profiles only add rows).
+REC_TRAIN_PROFILE_CONFIG = ("sampling.backbones", "sampling.temperature", "sampling.max_new_tokens", "prompt",
+                            "dataset.item_text", "history.length", "seed")
+
+
+def outputs(cfg: DictConfig) -> list[Output]:
+    """A trainable f_Rec makes its training profiles and its checkpoint; a zero-shot one makes nothing."""
+    if not cfg.recommender.trainable:
+        return []
+    return [
+        Output(REC_TRAIN_PROFILES, config=REC_TRAIN_PROFILE_CONFIG, inputs=(SAMPLES,),
+               grows_by=("recommender.training.max_users", "recommender.training.profiles_per_user")),
+        Output(REC_MODEL, config=("recommender.model", "recommender.training", "trainer", "seed"),
+               inputs=(SAMPLES, REC_TRAIN_PROFILES)),
+    ]
+
+
+STAGE = Stage(name="train_rec", run=run, needs=(SAMPLES,), outputs=outputs, distributed=True)

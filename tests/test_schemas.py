@@ -1,0 +1,95 @@
+"""The structured-config schemas: the real config and every experiment pass; a bad value fails in one line."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from lettingo.schemas import SCHEMAS, ConfigError, check_model_spec, validate_config
+
+FILL_PATH = "dataset.path=/data/not-used-in-this-test"
+EXPERIMENTS = ["quickstart", "paper_base", "paper_ml1m", "paper_ml10m", "paper_amazon_books", "paper_yelp"]
+
+
+def test_default_config_validates(compose_cfg) -> None:
+    validate_config(compose_cfg())
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_validates(compose_cfg, experiment: str) -> None:
+    cfg = compose_cfg([f"experiment={experiment}"])
+    if OmegaConf.is_missing(cfg.dataset, "path"):
+        cfg = compose_cfg([f"experiment={experiment}", FILL_PATH])
+    validate_config(cfg)
+
+
+@pytest.mark.parametrize("extra", [[], ["experiment=quickstart"], ["experiment=paper_ml1m"], ["recommender=llm_lora"]])
+def test_debug_tiny_validates(compose_cfg, extra: list[str]) -> None:
+    validate_config(compose_cfg(["debug=tiny", *extra]))
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "value"),
+    [
+        ("sampling.temperature=-1", "sampling.temperature", "-1.0"),
+        ("sampling.n=0", "sampling.n", "0"),
+        ("sampling.n=many", "sampling.n", "many"),  # a type error, also one line
+        ("recommender.model.model=/nope/model", "recommender.model.model", "/nope/model"),
+        ("backbone.model=./not/here", "backbone.model", "./not/here"),
+        ("pairs.rule=best", "pairs.rule", "best"),
+        ("pairs.min_margin=-0.5", "pairs.min_margin", "-0.5"),
+        ("bootstrap.confidence=1.5", "bootstrap.confidence", "1.5"),
+        ("bootstrap.n_resamples=0", "bootstrap.n_resamples", "0"),
+        ("align.methods=[orpo]", "align.methods", "[orpo]"),
+        ("align.lora.r=0", "align.lora.r", "0"),
+        ("align.batch.global_size=3", "align.batch.global_size", "3"),
+        ("align.data.val_fraction=1.0", "align.data.val_fraction", "1.0"),
+        ("align.method.sft.examples=pairs", "align.method.sft.examples", "pairs"),
+        ("evaluate.users_per_chunk=0", "evaluate.users_per_chunk", "0"),
+        ("test.max_users=0", "test.max_users", "0"),
+        ("history.recent=0", "history.recent", "0"),
+        ("+sampling.temprature=0.5", "sampling.temprature", "0.5"),  # a misspelt key
+    ],
+)
+def test_a_bad_value_fails_in_one_line_naming_key_and_value(compose_cfg, override: str, key: str, value: str) -> None:
+    cfg = compose_cfg([override])
+    with pytest.raises(ConfigError) as caught:
+        validate_config(cfg)
+    message = str(caught.value)
+    assert message.startswith(f"{key}={value}: "), message
+    assert "\n" not in message and len(message.split(": ", 1)[1]) > 0
+    assert isinstance(caught.value, ValueError)
+
+
+def test_backbone_names_must_differ_across_explore_slots(compose_cfg) -> None:
+    with pytest.raises(ConfigError, match=r"^sampling\.backbones\.gemma3_270m\.name=gemma3_270m: "):
+        validate_config(compose_cfg(["sampling=multi", "backbone=gemma3_270m"]))
+
+
+@pytest.mark.parametrize("spec", ["bundled:smollm2_135m", "bundled:all_minilm_l6_v2", "tiny_random", "tiny_random:3",
+                                  "HuggingFaceTB/SmolLM2-135M-Instruct"])
+def test_model_specs_that_need_no_loading_to_accept(spec: str) -> None:
+    check_model_spec("backbone.model", spec)
+
+
+def test_an_existing_folder_is_a_model_spec(tmp_path) -> None:
+    check_model_spec("backbone.model", str(tmp_path))
+    with pytest.raises(ConfigError, match="^backbone.model=.*missing: "):
+        check_model_spec("backbone.model", str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("spec", ["bundled:", "tiny_random:x", "/abs/missing", "../rel/missing", "a/b/c"])
+def test_bad_model_specs(spec: str) -> None:
+    with pytest.raises(ConfigError, match=f"^backbone.model={spec}: "):
+        check_model_spec("backbone.model", spec)
+
+
+def test_a_remote_backbone_model_is_a_server_name(compose_cfg) -> None:
+    validate_config(compose_cfg(["backbone=openai"]))  # gpt-4o-mini is neither a folder nor a Hub id
+
+
+def test_every_schema_is_in_the_config_store() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    stored = ConfigStore.instance().repo["schema"]
+    assert {f"{name}.yaml" for name in SCHEMAS} <= set(stored)
