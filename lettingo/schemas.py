@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional  # noqa: UP035 (OmegaConf reads these annotations)
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -111,9 +111,9 @@ class HistorySchema:
 class SamplingSchema:
     """`sampling`: the explore stage (profiles per user from every backbone)."""
 
-    backbones: Dict[str, Any]  # slot -> backbone config (instantiated: `_target_`)
-    splits: List[str]
-    max_users: Optional[int]
+    backbones: dict[str, Any]  # slot -> backbone config (instantiated: `_target_`)
+    splits: list[str]
+    max_users: int | None
     n: int
     temperature: float
     max_new_tokens: int
@@ -145,7 +145,7 @@ class PairsSchema:
     """`pairs`: which preference pairs stage evaluate writes from the rewards."""
 
     rule: str
-    max_pairs_per_user: Optional[int]
+    max_pairs_per_user: int | None
     min_margin: float
 
     def __post_init__(self) -> None:
@@ -169,7 +169,7 @@ class EvaluateSchema:
     """`evaluate`: rewards of the explored profiles, pairs, and the baselines table."""
 
     split: str
-    raw_histories: List[int]
+    raw_histories: list[int]
     users_per_chunk: int
     sensitivity: SensitivitySchema
 
@@ -187,11 +187,11 @@ class TestSchema:
     __test__ = False  # not a pytest test class
 
     split: str
-    max_users: Optional[int]
+    max_users: int | None
     temperature: float
     max_new_tokens: int
     users_per_chunk: int
-    fixed_formats: Dict[str, Any]  # name -> prompt config
+    fixed_formats: dict[str, Any]  # name -> prompt config
 
     def __post_init__(self) -> None:
         require(bool(self.split), "split", self.split, "must name a split")
@@ -211,7 +211,7 @@ class LoraSchema:
     r: int
     alpha: float
     dropout: float
-    target_modules: List[str]
+    target_modules: list[str]
 
     def __post_init__(self) -> None:
         at_least("r", self.r, 1)
@@ -224,7 +224,7 @@ class LoraSchema:
 class AlignDataSchema:
     """`align.data`: which pairs are trained on and how long their token sequences may be."""
 
-    max_pairs: Optional[int]
+    max_pairs: int | None
     val_fraction: float
     max_prompt_tokens: int
     max_completion_tokens: int
@@ -274,8 +274,8 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 class AlignSchema:
     """`align`: the adapters trained on the pairs, one per method of `methods`."""
 
-    methods: List[str]
-    method: Dict[str, AlignMethodSchema]
+    methods: list[str]
+    method: dict[str, AlignMethodSchema]
     engine: str
     lora: LoraSchema
     data: AlignDataSchema
@@ -285,7 +285,7 @@ class AlignSchema:
     val_checks_per_epoch: int
     share_prompt: bool
     dtype: str
-    precision: Optional[str]
+    precision: str | None
 
     def __post_init__(self) -> None:
         require(len(self.methods) > 0, "methods", self.methods, "must name at least one method")
@@ -415,7 +415,8 @@ def validate_node(cfg: DictConfig, name: str, schema: type) -> None:
     except OmegaConfBaseException as error:  # keys are already full here
         raise _from_omegaconf("", error, None) from None
     if not isinstance(plain, dict):
-        raise ConfigError(name, plain, f"must be a mapping with keys {', '.join(f.name for f in dataclasses.fields(schema))}")
+        fields = ", ".join(f.name for f in dataclasses.fields(schema))
+        raise ConfigError(name, plain, f"must be a mapping with keys {fields}")
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), plain)
         _build(merged, name)

@@ -1,6 +1,7 @@
 """OpenAIBackend against a scripted local stub (fast): retries with backoff, errors, seeds, ordering,
-the API key from the environment. Against a real llama.cpp server (slow): a request, a request that
-succeeds after the server is stopped and started again, and the message when nothing listens."""
+the API key from the environment, the total deadline against servers that stall. Against a real
+llama.cpp server (slow): a request, a request that succeeds after the server is stopped and started
+again, and the message when nothing listens."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -18,7 +21,7 @@ from omegaconf import OmegaConf
 
 from lettingo import CONFIG_DIR
 from lettingo.llm.base import sample_seed
-from lettingo.llm.openai_http import BackendRequestError, BackendUnavailable, OpenAIBackend
+from lettingo.llm.openai_http import BackendDeadlineExceeded, BackendRequestError, BackendUnavailable, OpenAIBackend
 
 CONFIG = Path(CONFIG_DIR) / "backbone" / "openai.yaml"
 
@@ -41,19 +44,16 @@ def test_retries_5xx_with_exponential_backoff(openai_stub: StubServer) -> None: 
     openai_stub.statuses = [503, 500, 502]
     client = backend(openai_stub.base_url, backoff=0.05)
     waits: list[float] = []
-    client._wait = lambda attempt, retry_after, reason: waits.append(attempt)  # type: ignore[method-assign]
+    client._wait = lambda attempt, retry_after, reason, deadline: waits.append(attempt)  # type: ignore[method-assign]
     assert client.generate(["x"])[0][0].completion_tokens == 3
     assert waits == [0, 1, 2]  # three retries, each one step further along the backoff
 
 
-def test_backoff_doubles_is_capped_and_honours_retry_after(monkeypatch) -> None:
-    sleeps: list[float] = []
-    monkeypatch.setattr("lettingo.llm.openai_http.time.sleep", sleeps.append)
+def test_backoff_doubles_is_capped_and_honours_retry_after() -> None:
     client = backend("http://127.0.0.1:9", backoff=0.02, max_backoff=0.05)
-    for attempt in range(4):
-        client._wait(attempt, None, "test")
-    client._wait(0, "0.03", "test")  # the server's Retry-After wins over the backoff
-    client._wait(0, "600", "test")  # but never beyond max_backoff
+    sleeps = [client._backoff_delay(attempt, None) for attempt in range(4)]
+    sleeps.append(client._backoff_delay(0, "0.03"))  # the server's Retry-After wins over the backoff
+    sleeps.append(client._backoff_delay(0, "600"))  # but never beyond max_backoff
     assert 0.01 <= sleeps[0] <= 0.02 and 0.02 <= sleeps[1] <= 0.04  # jittered between half and full
     assert all(0.025 <= s <= 0.05 for s in sleeps[2:4])  # 0.08 and 0.16 capped at 0.05
     assert sleeps[4:] == [0.03, 0.05]
@@ -120,6 +120,113 @@ def test_base_models_use_the_completions_endpoint_with_the_lead_in(openai_stub: 
     assert request["path"] == "/v1/completions"
     assert request["body"]["prompt"] == prompt and request["body"]["max_tokens"] == 5
     assert request["body"]["temperature"] == 0.0
+
+
+# --- the total deadline: servers that stall ------------------------------------------------------
+
+Behaviour = Callable[[BaseHTTPRequestHandler, threading.Event], None]
+
+
+@pytest.fixture
+def stalling_server() -> Iterator[Callable[[Behaviour], str]]:
+    """``start(behaviour)`` serves every POST with ``behaviour(handler, done)`` and returns the base URL.
+
+    ``done`` is set at teardown; behaviours stop writing then, so no handler thread outlives the test.
+    """
+    done = threading.Event()
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(behaviour: Behaviour) -> str:
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802  (http.server's naming)
+                self.rfile.read(int(self.headers["Content-Length"]))
+                try:
+                    behaviour(self, done)
+                except OSError:  # the client hung up: what a deadline does
+                    pass
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        servers.append(server)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{server.server_address[1]}/v1"
+
+    yield start
+    done.set()
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def _silent(handler: BaseHTTPRequestHandler, done: threading.Event) -> None:
+    done.wait(30)  # reads the request, then never answers
+
+
+def _trickle(data: bytes, handler: BaseHTTPRequestHandler, done: threading.Event) -> None:
+    for i in range(len(data)):
+        if done.wait(0.05):
+            return
+        handler.wfile.write(data[i : i + 1])
+        handler.wfile.flush()
+
+
+def _trickled_headers(handler: BaseHTTPRequestHandler, done: threading.Event) -> None:
+    # Every byte arrives well within httpx's read timeout, so only a total deadline ends this.
+    _trickle(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + b"X-Slow: " + b"y" * 2000, handler, done)
+
+
+def _trickled_body(handler: BaseHTTPRequestHandler, done: threading.Event) -> None:
+    body = b'{"choices": [{"index": 0, "message": {"content": "' + b"z" * 2000 + b'"}}]}'
+    handler.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
+    handler.wfile.flush()
+    _trickle(body, handler, done)
+
+
+@pytest.mark.parametrize("behaviour", [_silent, _trickled_headers, _trickled_body], ids=["silent", "headers", "body"])
+def test_a_stalled_request_ends_at_its_deadline_with_one_clear_line(stalling_server, behaviour: Behaviour) -> None:
+    url = stalling_server(behaviour)
+    client = backend(url, timeout=30.0, request_deadline_s=0.6)
+    began = time.monotonic()
+    with pytest.raises(BackendDeadlineExceeded) as raised:
+        client.generate(["x"])
+    elapsed = time.monotonic() - began
+    assert 0.55 <= elapsed < 3.0  # far below the 30 s per-phase timeout
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith(f"no complete answer from {url}/chat/completions within request_deadline_s=0.6 s (1 try)")
+    assert isinstance(raised.value, BackendUnavailable)  # callers that catch "server unusable" catch it too
+
+
+def test_the_deadline_covers_the_retries_and_the_waits_between_them(stalling_server) -> None:
+    tries: list[float] = []
+
+    def busy(handler: BaseHTTPRequestHandler, done: threading.Event) -> None:
+        tries.append(time.monotonic())
+        handler.send_response(503)
+        handler.send_header("Retry-After", "0.3")
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    client = backend(stalling_server(busy), max_retries=50, request_deadline_s=1.0)
+    began = time.monotonic()
+    expected = r"within request_deadline_s=1 s \(\d+ tries, the last failure: HTTP 503\)"
+    with pytest.raises(BackendDeadlineExceeded, match=expected):
+        client.generate(["x"])
+    assert time.monotonic() - began < 3.0
+    assert 2 <= len(tries) <= 5  # it retried every 0.3 s, and stopped long before its 51 tries
+
+
+def test_a_request_that_finishes_in_time_is_unaffected(openai_stub: StubServer) -> None:  # noqa: F811
+    openai_stub.statuses = [503]
+    result = backend(openai_stub.base_url, request_deadline_s=5.0).generate(["x"], seed=1)
+    assert result[0][0].text == f"seed={sample_seed(1, 'x', 0)} sample=0" and len(openai_stub.requests) == 2
+
+
+def test_the_deadline_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="request_deadline_s must be positive"):
+        backend("http://127.0.0.1:9", request_deadline_s=0)
 
 
 # --- a real OpenAI-compatible server: llama-cpp-python's, over the bundled SmolLM2 GGUF -----------

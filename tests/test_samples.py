@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from lettingo.data.prepare import SampleSpec, make_samples, summarize_data
-from lettingo.data.samples import build_samples, older_history
-from lettingo.data.schema import DataFormatError, LabelThresholds, finalize_interactions
+from lettingo.data.samples import add_labels, build_samples, older_history, plain_item
+from lettingo.data.schema import DataFormatError, LabelThresholds, attribute_list, finalize_interactions
 from lettingo.data.splits import UNUSED, assign_splits
 
 
 def synthetic_interactions(n_users: int = 30, per_user: int = 20, seed: int = 0) -> pd.DataFrame:
     """Users with shuffled timestamps, so time order differs from file order."""
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     rows = []
     for u in range(n_users):
@@ -48,6 +47,46 @@ def test_labels_follow_thresholds() -> None:
     samples = build_samples(synthetic_interactions(), thresholds, recent=2, history=3)
     for target in samples["target"]:
         assert target["label"] == thresholds.label(target["rating"])
+
+
+def test_one_rule_labels_single_ratings_and_whole_columns() -> None:
+    thresholds = LabelThresholds(like_min=4.0, dislike_max=2.5)
+    ratings = [5, 4, 3.99, 3, 2.51, 2.5, 0.5, float("nan")]
+    expected = ["like", "like", "neutral", "neutral", "neutral", "dislike", "dislike", "neutral"]
+    assert thresholds.labels(ratings).tolist() == expected
+    assert [thresholds.label(r) for r in ratings] == expected
+    frame = pd.DataFrame({"rating": ratings[:4]}, index=[7, 3, 9, 1])  # labels follow the index, not positions
+    assert add_labels(frame, thresholds)["label"].to_dict() == {7: "like", 3: "like", 9: "neutral", 1: "neutral"}
+
+
+@pytest.mark.parametrize(
+    ("value", "kwargs", "expected"),
+    [
+        ("Action|Sci-Fi| Action |", {"sep": "|"}, ["Action", "Sci-Fi"]),
+        ("Coffee & Tea, Cafes,,Coffee & Tea", {"sep": ","}, ["Coffee & Tea", "Cafes"]),
+        ("Animation Children's unknown", {"sep": " ", "drop": {"unknown"}}, ["Animation", "Children's"]),
+        ("(no genres listed)", {"sep": "|", "drop": {"(no genres listed)"}}, []),
+        ("Literature & Fiction", {}, ["Literature & Fiction"]),  # no sep: a string is one attribute
+        ([["Books", "Fiction"], ["Books", "Mystery"]], {}, ["Books", "Fiction", "Mystery"]),  # Amazon 2014 nesting
+        (np.array(["Drama", "Comedy"], dtype=object), {}, ["Drama", "Comedy"]),  # read back from Parquet
+        (("a", 3), {}, ["a", "3"]),
+        (None, {}, []),
+        (float("nan"), {}, []),
+    ],
+)
+def test_attribute_lists_are_plain_distinct_stripped_strings(value: object, kwargs: dict, expected: list) -> None:
+    assert attribute_list(value, **kwargs) == expected
+
+
+def test_items_and_interactions_get_plain_attribute_lists() -> None:
+    item = plain_item({"item_id": "1", "attributes": np.array(["Drama", "Drama"], dtype=object)})
+    assert item == {"item_id": "1", "attributes": ["Drama"]} and type(item["attributes"]) is list
+    shared = ["Drama ", "Crime"]
+    frame = pd.DataFrame({"user_id": [1, 2], "item_id": [5, 5], "rating": [4, 2], "timestamp": [1, 2],
+                          "title": ["T", "T"], "attributes": [shared, shared], "text": ["", ""]})
+    common = finalize_interactions(frame, "test")
+    assert common["attributes"].tolist() == [["Drama", "Crime"], ["Drama", "Crime"]]
+    assert common["attributes"][0] is not common["attributes"][1]  # each row owns its list
 
 
 def test_overlapping_thresholds_are_refused() -> None:

@@ -23,6 +23,24 @@ def test_every_experiment_validates(compose_cfg, experiment: str) -> None:
     validate_config(cfg)
 
 
+def _options() -> list[tuple[str, str]]:
+    from pathlib import Path
+
+    from lettingo import CONFIG_DIR
+
+    skip = {"hydra", "sweep", "experiment"}
+    return [(g.name, o.stem) for g in sorted(Path(CONFIG_DIR).iterdir()) if g.is_dir() and g.name not in skip
+            for o in sorted(g.glob("*.yaml"))]
+
+
+@pytest.mark.parametrize(("group", "option"), _options())
+def test_every_group_option_validates(compose_cfg, group: str, option: str) -> None:
+    cfg = compose_cfg([f"{group}={option}"])
+    if OmegaConf.is_missing(cfg.dataset, "path"):
+        cfg = compose_cfg([f"{group}={option}", FILL_PATH])
+    validate_config(cfg)
+
+
 @pytest.mark.parametrize("extra", [[], ["experiment=quickstart"], ["experiment=paper_ml1m"], ["recommender=llm_lora"]])
 def test_debug_tiny_validates(compose_cfg, extra: list[str]) -> None:
     validate_config(compose_cfg(["debug=tiny", *extra]))
@@ -93,3 +111,13 @@ def test_every_schema_is_in_the_config_store() -> None:
 
     stored = ConfigStore.instance().repo["schema"]
     assert {f"{name}.yaml" for name in SCHEMAS} <= set(stored)
+
+
+def test_schemas_is_a_leaf_module() -> None:
+    """Importing it loads no other module of ours and no torch (it runs before anything heavy)."""
+    import subprocess
+    import sys
+
+    code = "import sys, lettingo.schemas; print(sorted(m for m in sys.modules if m.startswith(('lettingo', 'torch'))))"
+    loaded = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert loaded.strip() == "['lettingo', 'lettingo.schemas']"

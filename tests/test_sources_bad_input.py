@@ -247,6 +247,113 @@ def test_yelp_without_reviews(yelp_dir: Path) -> None:
         load_yelp(yelp_dir)
 
 
+# --- values outside the dataset's range ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "expected"),
+    [
+        ("3::1::7::10", "Rating must be between 0.5 and 5, got 7"),
+        ("3::1::0::10", "Rating must be between 0.5 and 5, got 0"),
+        ("3::1::5.5::10", "Rating must be between 0.5 and 5, got 5.5"),
+        ("3::1::4::-5", "Timestamp must be a non-negative Unix time in seconds, got -5"),
+    ],
+)
+def test_movielens_value_out_of_range_is_located(movielens: Path, bad_line: str, expected: str) -> None:
+    # Every line parses as numbers (the fast pandas path); line 3 is blank, numbers are physical.
+    path = write(movielens / "ratings.dat", ["1::1::4::10", "1::2::0.5::20", "", bad_line, "2::1::5::30"])
+    with pytest.raises(DataFormatError, match=where(path, 4) + ": " + re.escape(expected) + "$"):
+        load_movielens_dat(movielens)
+
+
+def test_movielens_scale_can_be_narrowed_to_whole_stars(movielens: Path) -> None:
+    path = write(movielens / "ratings.dat", ["1::1::4::10", "1::2::0.5::20"])
+    assert len(load_movielens_dat(movielens)) == 2  # ML-10M's half stars by default
+    with pytest.raises(DataFormatError, match=where(path, 2) + re.escape(": Rating must be between 1 and 5, got 0.5")):
+        load_movielens_dat(movielens, min_rating=1, max_rating=5)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("overall", 6, "overall must be between 1 and 5, got 6"),
+        ("overall", 0.5, "overall must be between 1 and 5, got 0.5"),
+        ("unixReviewTime", -1, "unixReviewTime must be a non-negative Unix time in seconds, got -1"),
+    ],
+)
+def test_amazon_value_out_of_range_is_located(amazon: Path, field: str, value: float, expected: str) -> None:
+    path = write(
+        amazon / "reviews_Books_5.json",
+        [json.dumps(REVIEW_2014), json.dumps({**REVIEW_2014, "asin": "A2", field: value})],
+    )
+    with pytest.raises(DataFormatError, match=where(path, 2) + ": " + re.escape(expected) + "$"):
+        load_amazon_books(amazon)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("rating", 5.5, "rating must be between 1 and 5, got 5.5"),
+        ("timestamp", -1000, "timestamp must be a non-negative Unix time in milliseconds, got -1000"),
+    ],
+)
+def test_amazon_2023_value_out_of_range_is_located(tmp_path: Path, field: str, value: float, expected: str) -> None:
+    record = {"user_id": "U", "parent_asin": "P", "rating": 5, "timestamp": 1600000000000}
+    path = write(tmp_path / "Books.jsonl", [json.dumps(record), "", json.dumps({**record, field: value})])
+    write(tmp_path / "meta_Books.jsonl", [json.dumps({"parent_asin": "P", "title": "T"})])
+    with pytest.raises(DataFormatError, match=where(path, 3) + ": " + re.escape(expected) + "$"):
+        load_amazon_books(tmp_path)
+
+
+def test_yelp_stars_out_of_range_is_located(yelp_dir: Path) -> None:
+    path = write(yelp_dir / yelp.REVIEW_FILE, [json.dumps(YELP_REVIEW), json.dumps({**YELP_REVIEW, "stars": 0})])
+    with pytest.raises(DataFormatError, match=where(path, 2) + ": stars must be between 1 and 5, got 0$"):
+        load_yelp(yelp_dir)
+
+
+def test_yelp_date_before_1970_in_a_later_chunk_is_located(yelp_dir: Path) -> None:
+    lines = [json.dumps({**YELP_REVIEW, "user_id": f"u{i}"}) for i in range(4)]
+    lines.insert(3, json.dumps({**YELP_REVIEW, "user_id": "early", "date": "1969-12-31 23:59:59"}))
+    path = write(yelp_dir / yelp.REVIEW_FILE, lines)
+    expected = "date must be 1970-01-01 or later (a non-negative Unix time), got '1969-12-31 23:59:59'"
+    with pytest.raises(DataFormatError, match=where(path, 4) + ": " + re.escape(expected) + "$"):
+        load_yelp(yelp_dir, chunk_size=2)
+
+
+@pytest.fixture
+def recbole_ml100k(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A stand-in for the recbole package's ML-100K files, which the loader then reads."""
+    folder = tmp_path / "dataset_example" / "ml-100k"
+    folder.mkdir(parents=True)
+    write(folder / "ml-100k.item", ["item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq",
+                                    "1\tToy Story\t1995\tAnimation Comedy"])
+    monkeypatch.setattr(recbole_movielens.importlib.resources, "files", lambda package: tmp_path)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "expected"),
+    [
+        ("2\t1\t6\t881250949", "rating must be between 1 and 5, got 6"),
+        ("2\t1\t3\t-3", "timestamp must be a non-negative Unix time in seconds, got -3"),
+    ],
+)
+def test_recbole_value_out_of_range_is_located(recbole_ml100k: Path, bad_line: str, expected: str) -> None:
+    header = "user_id:token\titem_id:token\trating:float\ttimestamp:float"
+    path = write(recbole_ml100k / "ml-100k.inter", [header, "1\t1\t3\t881250949", "", bad_line])
+    with pytest.raises(DataFormatError, match=where(path, 4) + ": " + re.escape(expected) + "$"):
+        recbole_movielens.load_ml100k()
+
+
+def test_recbole_stand_in_files_load_when_in_range(recbole_ml100k: Path) -> None:
+    # The fixture really is read: in range, the same files load (so the errors above come from the values).
+    write(recbole_ml100k / "ml-100k.inter", ["user_id:token\titem_id:token\trating:float\ttimestamp:float",
+                                             "1\t1\t3\t881250949"])
+    frame = recbole_movielens.load_ml100k()
+    assert frame[["user_id", "rating", "timestamp"]].values.tolist() == [["1", 3.0, 881250949]]
+    assert frame["attributes"].tolist() == [["Animation", "Comedy"]]
+
+
 # --- the packages that ship MovieLens ------------------------------------------------------------
 
 

@@ -3,19 +3,25 @@
 Uses ``httpx``. Requests run in a thread pool of ``concurrency`` workers; 429, 5xx and connection
 errors are retried with exponential backoff (honouring ``Retry-After``); the API key is read from
 the environment variable named in the config, so no secret is ever part of a saved config.
+
+httpx's timeouts bound each phase (connect, one read, one write), so a server that trickles bytes
+or keeps failing can hold a request for ever; ``request_deadline_s`` bounds the whole of it, all
+tries, waits and the reading of the answer included.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import httpx
 
@@ -33,6 +39,87 @@ class BackendUnavailable(RuntimeError):
 
 class BackendRequestError(RuntimeError):
     """The server refused a request in a way that retrying cannot fix (4xx other than 408/409/429)."""
+
+
+class BackendDeadlineExceeded(BackendUnavailable):
+    """A request got no complete answer within its total deadline (``request_deadline_s``)."""
+
+
+class _DeadlinePassed(Exception):
+    """Raised inside a request once its deadline has passed or its waiter has given up on it."""
+
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Deadline:
+    """The wall-clock limit of one request, shared by the thread that waits for it and the one that works on it.
+
+    ``tries`` and ``problem`` (the last failure) are kept for the error message.
+    """
+
+    seconds: float
+    at: float = field(init=False)
+    stop: threading.Event = field(default_factory=threading.Event)
+    tries: int = 0
+    problem: str = ""
+
+    def __post_init__(self) -> None:
+        self.at = time.monotonic() + self.seconds
+
+    def remaining(self) -> float:
+        """Seconds left, 0 once passed."""
+        return max(self.at - time.monotonic(), 0.0)
+
+    def check(self) -> None:
+        """Raise :class:`_DeadlinePassed` once the deadline has passed or the waiter gave up."""
+        if self.stop.is_set() or self.remaining() <= 0:
+            raise _DeadlinePassed
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds``, or raise :class:`_DeadlinePassed` where the deadline comes first."""
+        if self.stop.wait(min(seconds, self.remaining())) or self.remaining() <= 0:
+            raise _DeadlinePassed
+
+    def timeout(self, per_phase: float) -> httpx.Timeout:
+        """httpx's per-phase timeout, cut to the time left so that no single phase outlasts the deadline."""
+        return httpx.Timeout(max(min(per_phase, self.remaining()), 1e-3))
+
+    def error(self, url: str) -> BackendDeadlineExceeded:
+        """The one-line error for a request to ``url`` that ran out of time."""
+        tries = f"{self.tries} {'try' if self.tries == 1 else 'tries'}"
+        problem = " ".join(self.problem.split())  # an exception's text may hold line breaks
+        last = f", the last failure: {problem}" if problem else ""
+        return BackendDeadlineExceeded(
+            f"no complete answer from {url} within request_deadline_s={self.seconds:g} s ({tries}{last}); "
+            f"the server is stalled or overloaded, or the deadline is too short for max_tokens"
+        )
+
+
+def _within(deadline: _Deadline, work: Callable[[], T]) -> T:
+    """``work()`` run in a helper thread and given up on once ``deadline`` passes.
+
+    Then ``deadline.stop`` is set, so ``work`` ends at its next check, and :class:`_DeadlinePassed`
+    is raised here at once: a read that httpx would let wait for its whole timeout does not hold it.
+    """
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = work()
+        except BaseException as error:  # handed to the waiting thread, which raises it
+            outcome["error"] = error
+
+    helper = threading.Thread(target=run, name="openai-request", daemon=True)
+    helper.start()
+    helper.join(deadline.remaining())
+    if helper.is_alive():
+        deadline.stop.set()
+        raise _DeadlinePassed
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 @dataclass(frozen=True)
@@ -61,16 +148,21 @@ class OpenAIBackend(GenerationBackend):
         max_retries: int = 6,
         backoff: float = 1.0,
         max_backoff: float = 60.0,
+        request_deadline_s: float = 600.0,
     ) -> None:
         """Configure the client; nothing is sent until :meth:`generate`.
 
         ``native_n``: ask for all ``n`` samples in one request (the server must honour ``n``);
         otherwise one request per sample, each with its own ``seed`` (see :func:`sample_seed`).
         ``max_retries`` extra tries per request, waiting ``backoff * 2**k`` seconds (at most
-        ``max_backoff``) before try ``k + 1``.
+        ``max_backoff``) before try ``k + 1``. ``timeout`` bounds each phase of one try (connect,
+        one read, one write); ``request_deadline_s`` bounds a request as a whole, from its first try
+        to the last byte of its answer, and :class:`BackendDeadlineExceeded` says when it passed.
         """
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        if not request_deadline_s > 0:
+            raise ValueError(f"request_deadline_s must be positive, got {request_deadline_s}")
         self.name = name
         self.model = model
         self.chat = chat
@@ -80,6 +172,8 @@ class OpenAIBackend(GenerationBackend):
         self.max_retries = max_retries
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self.timeout = timeout
+        self.request_deadline_s = request_deadline_s
         self.api_key_env = api_key_env
         self.url = base_url.rstrip("/") + ("/chat/completions" if chat else "/completions")
         headers = {"Content-Type": "application/json"}
@@ -166,44 +260,71 @@ class OpenAIBackend(GenerationBackend):
         ]
 
     def _post(self, body: dict[str, object]) -> dict:
-        """POST ``body``, retrying 429/5xx/connection errors with exponential backoff."""
+        """POST ``body`` with retries, all within ``request_deadline_s``; the answer's JSON."""
+        deadline = _Deadline(self.request_deadline_s)
+        try:
+            return _within(deadline, lambda: self._post_with_retries(body, deadline))
+        except _DeadlinePassed:
+            raise deadline.error(self.url) from None
+
+    def _post_with_retries(self, body: dict[str, object], deadline: _Deadline) -> dict:
+        """POST ``body``, retrying 429/5xx/connection errors with exponential backoff until ``deadline``."""
         for attempt in range(self.max_retries + 1):
             last = attempt == self.max_retries
+            deadline.check()
+            deadline.tries += 1
             try:
-                response = self._client.post(self.url, json=body)
+                status, headers, content = self._send(body, deadline)
             except httpx.TransportError as error:
+                deadline.check()  # a phase cut short by the deadline is the deadline's failure
+                deadline.problem = f"{type(error).__name__}: {error}"
                 if last:
                     raise BackendUnavailable(
                         f"no OpenAI-compatible server answered at {self.url} after {attempt + 1} tries "
                         f"({type(error).__name__}: {error}); is it running, and is base_url right?"
                     ) from error
-                self._wait(attempt, None, f"{type(error).__name__}: {error}")
+                self._wait(attempt, None, deadline.problem, deadline)
                 continue
-            if response.status_code in RETRY_STATUS and not last:
-                self._wait(attempt, response.headers.get("Retry-After"), f"HTTP {response.status_code}")
+            if status in RETRY_STATUS and not last:
+                deadline.problem = f"HTTP {status}"
+                self._wait(attempt, headers.get("Retry-After"), deadline.problem, deadline)
                 continue
-            if response.status_code in (401, 403):
+            if status in (401, 403):
                 raise BackendRequestError(
-                    f"{self.url} refused the request (HTTP {response.status_code}); "
+                    f"{self.url} refused the request (HTTP {status}); "
                     f"put the API key in the environment variable {self.api_key_env!r}"
                 )
-            if response.status_code >= 400:
-                raise BackendRequestError(f"{self.url} answered HTTP {response.status_code}: {response.text[:500]}")
-            return response.json()
+            if status >= 400:
+                text = content[:500].decode("utf-8", errors="replace")
+                raise BackendRequestError(f"{self.url} answered HTTP {status}: {text}")
+            return json.loads(content)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def _wait(self, attempt: int, retry_after: str | None, reason: str) -> None:
-        """Sleep before the next try: ``Retry-After`` if the server gave seconds, else jittered backoff."""
+    def _send(self, body: dict[str, object], deadline: _Deadline) -> tuple[int, httpx.Headers, bytes]:
+        """One POST: status, headers and body, the body read chunk by chunk so the deadline also bounds it."""
+        content = bytearray()
+        with self._client.stream("POST", self.url, json=body, timeout=deadline.timeout(self.timeout)) as response:
+            for chunk in response.iter_bytes():
+                deadline.check()
+                content += chunk
+        return response.status_code, response.headers, bytes(content)
+
+    def _backoff_delay(self, attempt: int, retry_after: str | None) -> float:
+        """Seconds to wait before try ``attempt + 2``: ``Retry-After`` if the server gave seconds, else
+        ``backoff * 2**attempt`` with jitter (between half and all of it); never above ``max_backoff``."""
         if retry_after is not None and retry_after.replace(".", "", 1).isdigit():
-            delay = min(float(retry_after), self.max_backoff)
-        else:
-            with self._lock:
-                jitter = self._jitter.uniform(0.5, 1.0)
-            delay = min(self.backoff * 2**attempt, self.max_backoff) * jitter
+            return min(float(retry_after), self.max_backoff)
+        with self._lock:
+            jitter = self._jitter.uniform(0.5, 1.0)
+        return min(self.backoff * 2**attempt, self.max_backoff) * jitter
+
+    def _wait(self, attempt: int, retry_after: str | None, reason: str, deadline: _Deadline) -> None:
+        """Sleep before the next try (see :meth:`_backoff_delay`), unless the deadline comes first."""
+        delay = self._backoff_delay(attempt, retry_after)
         log.warning(
             "%s from %s; retrying in %.2f s (try %d of %d)", reason, self.url, delay, attempt + 2, self.max_retries + 1
         )
-        time.sleep(delay)
+        deadline.sleep(delay)
 
     def close(self) -> None:
         """Close the HTTP connections."""

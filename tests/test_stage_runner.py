@@ -1,0 +1,107 @@
+"""The stage runner on the tiny debug setup: stage by stage from the command line equals the pipeline,
+growing inputs computes only new rows, bad values fail before any model loads, one process per folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import lettingo.llm.pool
+import lettingo.recommender.loading
+import lettingo.stages.data
+from lettingo.artifacts import PROFILES, ArtifactStore
+from lettingo.pipeline import run
+from lettingo.schemas import ConfigError
+
+STAGES = ("data", "explore", "train_rec", "evaluate", "align", "test")
+
+
+def lettingo_cli(root: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """Run the console script (as `python -m lettingo`) with outputs under ``root``."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LETTINGO_ROOT": str(root),
+           "LETTINGO_MODEL_CACHE": str(root / "models")}
+    return subprocess.run([sys.executable, "-m", "lettingo", "debug=tiny", *overrides], capture_output=True,
+                          text=True, env=env, cwd=root)
+
+
+def comparison(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results" / "comparison.json").read_text())
+
+
+def test_stage_by_stage_continues_the_latest_folder_and_equals_the_pipeline(tmp_path) -> None:
+    for stage in STAGES:
+        done = lettingo_cli(tmp_path, f"stage={stage}", "experiment_name=steps")
+        assert done.returncode == 0, done.stderr[-2000:]
+    folders = [p for p in (tmp_path / "outputs" / "steps").iterdir() if p.name != "latest"]
+    assert len(folders) == 1, folders  # six invocations, one run folder, none named by the user
+    assert (tmp_path / "outputs" / "steps" / "latest").resolve() == folders[0].resolve()
+    assert sorted(p.stem for p in (folders[0] / "configs").glob("*.json")) == sorted(STAGES)
+
+    done = lettingo_cli(tmp_path, "stage=pipeline", "experiment_name=whole")
+    assert done.returncode == 0, done.stderr[-2000:]
+    steps, whole = comparison(folders[0]), comparison(tmp_path / "outputs" / "whole" / "latest")
+    assert steps["predictions"] == whole["predictions"] and steps["methods"] == whole["methods"]
+
+
+def test_a_missing_upstream_artifact_names_the_folder_and_the_command(tmp_path) -> None:
+    run_dir = tmp_path / "fresh"
+    done = lettingo_cli(tmp_path, "stage=explore", f"run_dir={run_dir}")
+    assert done.returncode == 1
+    line = done.stderr.strip().splitlines()[-1]
+    assert f"no finished 'samples' in {run_dir}" in line and "lettingo stage=data" in line
+    assert "Traceback" not in done.stderr and (run_dir / "cli.log").read_text().count("Traceback") == 1
+
+
+def test_a_second_process_on_a_run_folder_is_refused(tmp_path) -> None:
+    run_dir = tmp_path / "busy"
+    with ArtifactStore(run_dir).lock():
+        done = lettingo_cli(tmp_path, "stage=data", f"run_dir={run_dir}")
+    assert done.returncode == 1 and f"in use by pid {os.getpid()}" in done.stderr
+
+
+@pytest.fixture
+def tiny(compose_cfg, tiny_model_cache):
+    def _compose(*overrides: str):
+        return compose_cfg(["debug=tiny", f"paths.model_cache={tiny_model_cache}", *overrides])
+    return _compose
+
+
+def test_growing_max_users_generates_only_the_new_users(tiny) -> None:
+    run(tiny("stage=data"))
+    run(tiny("stage=explore", "sampling.max_users=2"))
+    store = ArtifactStore(tiny().paths.run_dir)
+    first = store.read_table(PROFILES)
+    assert first["user_id"].nunique() == 2 and len(store.chunk_paths(PROFILES)) == 1
+    run(tiny("stage=explore", "sampling.max_users=3"))
+    chunks = store.chunk_paths(PROFILES)
+    assert len(chunks) == 2  # the first chunk kept as written, one new chunk
+    import pandas as pd
+    new = pd.read_parquet(chunks[1])
+    assert set(new["user_id"]).isdisjoint(first["user_id"]) and new["user_id"].nunique() == 1
+
+
+BAD_VALUES = [
+    ("sampling.temperature=-1", "sampling.temperature"),
+    ("recommender.model.model=/nope/model", "recommender.model.model"),
+    ("bootstrap.confidence=1.5", "bootstrap.confidence"),
+    ("pairs.rule=best", "pairs.rule"),
+    ("align.methods=[orpo]", "align.methods"),
+]
+
+
+@pytest.mark.parametrize(("override", "key"), BAD_VALUES)
+def test_bad_values_fail_before_any_model_or_data_loads(tiny, monkeypatch, override, key) -> None:
+    def loader_called(*args, **kwargs):
+        raise AssertionError("a model or the dataset was loaded before the config was checked")
+
+    for module in (lettingo.llm.pool, lettingo.recommender.loading, lettingo.stages.data):
+        monkeypatch.setattr(module, "instantiate", loader_called)
+    with pytest.raises(ConfigError) as error:
+        run(tiny("stage=pipeline", override))
+    message = str(error.value)
+    assert key in message and "\n" not in message
