@@ -83,7 +83,8 @@ def fit_lightning(acfg: DictConfig, method_cfg: DictConfig, model: Any, tokenize
     accumulate = accumulation_steps(int(acfg.batch.global_size), micro, devices)
     data = AlignDataModule(train_examples, val_examples, micro, tokenizer.pad_token_id, seed)
     module: AdapterModule = instantiate(method_cfg.module)(model)
-    checkpoint = ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=0, every_n_epochs=1,
+    # save_top_k=1 without a monitor keeps the newest epoch; Lightning writes last.ckpt only beside a save.
+    checkpoint = ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=1, every_n_epochs=1,
                                  save_on_train_epoch_end=True)
     trainer = make_trainer(
         max_epochs=int(acfg.epochs), max_steps=int(acfg.max_steps), accumulate_grad_batches=accumulate,
@@ -91,7 +92,8 @@ def fit_lightning(acfg: DictConfig, method_cfg: DictConfig, model: Any, tokenize
         num_sanity_val_steps=0, callbacks=[checkpoint], default_root_dir=str(folder), enable_checkpointing=True,
     )
     last = folder / LAST_CHECKPOINT
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume and last.exists() else None)
+    resume = resume and last.exists()
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
     if trainer.interrupted:
         raise KeyboardInterrupt("align interrupted; rerun the same command to resume from the last epoch")
     summary = {
@@ -99,7 +101,7 @@ def fit_lightning(acfg: DictConfig, method_cfg: DictConfig, model: Any, tokenize
         "prompts_cut": train_cut.prompts_cut + val_cut.prompts_cut,
         "completions_cut": train_cut.completions_cut + val_cut.completions_cut,
         "accumulate_grad_batches": accumulate, "steps": int(trainer.global_step),
-        "resumed": bool(resume and last.exists()), "val_history": module.history,
+        "resumed": resume, "val_history": module.history,
     }
     return module.model, summary
 
