@@ -34,5 +34,7 @@ run: $(STAMP)
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest
 
+# Style and the layering contracts of DESIGN.md (pyproject.toml [tool.importlinter]); CI runs it after the tests.
 lint: $(STAMP)
 	$(BIN)/ruff check lettingo tests experiments sweeps benchmarks
+	$(BIN)/lint-imports

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, ListConfig
 from lettingo.align.adapters import lora_config
 from lettingo.align.data import AlignDataModule, check_pairs, positive_examples, preference_examples
 from lettingo.align.module import AdapterModule
+from lettingo.llm.models import training_device
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def device_count(trainer_cfg: DictConfig) -> int:
     if isinstance(devices, ListConfig | list):
         count = len(devices)
     elif str(devices) in ("-1", "auto"):
-        on_gpu = str(trainer_cfg.get("accelerator", "cpu")) in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+        on_gpu = training_device(str(trainer_cfg.get("accelerator", "cpu"))).type == "cuda"
         count = torch.cuda.device_count() if on_gpu else 1
     else:
         count = int(devices)

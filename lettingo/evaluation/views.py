@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from lettingo.tracking import Tracker
+if TYPE_CHECKING:  # only the interface; importing tracking would pull lightning into report scripts
+    from lettingo.tracking import Tracker
 
 SAMPLE_USERS = 5  # users whose every profile is shown in a samples table
 
