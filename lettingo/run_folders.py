@@ -6,12 +6,14 @@ The Hydra config sets ``hydra.run.dir`` to ``${lettingo_run_dir:<experiment root
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 RESOLVER = "lettingo_run_dir"
+JOB_HASH = "lettingo_job_hash"
 #: The symlink, inside an experiment's folder, to the run folder a single stage continues.
 LATEST = "latest"
 #: Name of a new run folder (local time when the config is first resolved).
@@ -34,7 +36,14 @@ def run_folder(root: str, stage: str, run_dir: str | None = None) -> str:
     return str(Path(root) / time.strftime(FOLDER_FORMAT))
 
 
+def job_hash(overrides: str) -> str:
+    """A short stable hash of a sweep job's overrides: job folders stay short however long the sweep line."""
+    return hashlib.blake2b(str(overrides).encode(), digest_size=3).hexdigest()
+
+
 def register_resolvers() -> None:
-    """Register ``lettingo_run_dir`` (once; cached, so one run resolves its folder once)."""
+    """Register ``lettingo_run_dir`` (cached, so one run resolves its folder once) and ``lettingo_job_hash``."""
     if not OmegaConf.has_resolver(RESOLVER):
         OmegaConf.register_new_resolver(RESOLVER, run_folder, use_cache=True)
+    if not OmegaConf.has_resolver(JOB_HASH):
+        OmegaConf.register_new_resolver(JOB_HASH, job_hash)

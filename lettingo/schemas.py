@@ -325,23 +325,32 @@ register_schemas()
 # --- model specs -----------------------------------------------------------------------------------------
 
 BUNDLED_PREFIX = "bundled:"
+#: The bundled models of every slot: lettingo.llm.bundled.BUNDLED_GGUF (generators, LLM f_Rec, DPO policy)
+#: and lettingo.recommender.cross_encoder.BUNDLED_MINILM; a leaf cannot import them (tests/test_hub_models.py
+#: checks the copy).
+BUNDLED_MODELS = ("smollm2_135m", "gemma3_270m", "all_minilm_l6_v2")
 TINY_RANDOM = re.compile(r"tiny_random(:\d+)?")
-BUNDLED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+#: ``org/name`` with an optional ``@revision`` (branch, tag or commit), as lettingo.llm.hub.HUB_ID.
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*(@[^\s@]+)?")
 #: Backends whose `model` is a name a server knows, not something loaded here.
 REMOTE_BACKENDS = frozenset({"lettingo.llm.openai_http.OpenAIBackend"})
-MODEL_SPECS = "must be bundled:<name>, tiny_random[:seed], an existing local folder or a Hub id org/name"
+MODEL_SPECS = ("must be bundled:<name>, tiny_random[:seed], an existing local folder or a Hugging Face Hub id "
+               "org/name[@revision]")
 
 
 def check_model_spec(key: str, spec: Any) -> None:
-    """Check a model spec without loading anything: bundled, tiny_random, a folder or a Hub id."""
+    """Check a model spec without loading anything: bundled, tiny_random, a folder or a Hub id.
+
+    A Hub id is only checked for its form: whether it is in the HF cache is seen when it is loaded.
+    """
     text = str(spec)
     if text.startswith(BUNDLED_PREFIX):
-        require(BUNDLED_NAME.fullmatch(text.removeprefix(BUNDLED_PREFIX)) is not None, key, spec, MODEL_SPECS)
+        known = ", ".join(BUNDLED_PREFIX + name for name in BUNDLED_MODELS)
+        require(text.removeprefix(BUNDLED_PREFIX) in BUNDLED_MODELS, key, spec, f"unknown bundled model; known: {known}")
         return
     if TINY_RANDOM.fullmatch(text) or Path(text).expanduser().is_dir():
         return
-    require(HUB_ID.fullmatch(text) is not None and not text.startswith("."), key, spec, MODEL_SPECS)
+    require(HUB_ID.fullmatch(text) is not None, key, spec, MODEL_SPECS)
 
 
 def model_specs(cfg: DictConfig) -> Iterator[tuple[str, Any]]:

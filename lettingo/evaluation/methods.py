@@ -22,8 +22,11 @@ SFT = "SFT"
 DPO = "DPO"
 MAJORITY = "majority class"
 USER_MEAN = "user mean rating"
-SHUFFLED = "shuffled"  # profiles given to the wrong users
-ORACLE_FACTS = "oracle facts"
+SHUFFLED = "shuffled"  # profiles given to the wrong users: the floor of a profile method
+ORACLE_FACTS = "oracle facts"  # the user facts of the older history as the profile, no LLM: the ceiling
+SHUFFLED_ORACLE = "shuffled oracle facts"  # the oracle facts of another user: the ceiling's floor
+TABULAR = "tabular"  # gradient-boosted trees over the recent window and item statistics
+TABULAR_ORACLE = "tabular + oracle facts"  # the same with the older history's facts as numbers
 
 _NOT_SLUG = re.compile(r"[^a-z0-9]+")
 

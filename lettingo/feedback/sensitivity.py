@@ -11,7 +11,7 @@ profile; well above 0 with no accuracy change, it reads the profiles but they ca
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -47,16 +47,27 @@ class Sensitivity:
         return asdict(self)
 
 
+def donors(users: Sequence[str], seed: int) -> dict[str, str]:
+    """User -> the other user whose profile it gets: a seeded derangement (one cycle, nobody keeps their own)."""
+    if len(users) < 2:
+        raise ValueError("shuffling profiles among users needs at least 2 users")
+    order = [users[i] for i in np.random.default_rng(seed).permutation(len(users))]
+    return {u: order[(i + 1) % len(order)] for i, u in enumerate(order)}
+
+
+def shuffled_texts(texts: Mapping[str, str], seed: int) -> dict[str, str]:
+    """Each user's profile text replaced by another user's (the floor of a profile method)."""
+    donor = donors(list(texts), seed)
+    return {user: texts[donor[user]] for user in texts}
+
+
 def shuffle_profiles(cases: Sequence[RecCase], seed: int) -> list[RecCase]:
     """The cases with every user's profiles taken from another user (a seeded derangement).
 
     The i-th case of user u gets the profile of the i-th case (cyclically) of the user u maps to.
     """
     users = list(dict.fromkeys(c.user_id for c in cases))
-    if len(users) < 2:
-        raise ValueError("shuffling profiles among users needs at least 2 users")
-    order = [users[i] for i in np.random.default_rng(seed).permutation(len(users))]
-    donor = {u: order[(i + 1) % len(order)] for i, u in enumerate(order)}  # a cycle: nobody keeps their own
+    donor = donors(users, seed)
     profiles: dict[str, list[str]] = {u: [] for u in users}
     for case in cases:
         profiles[case.user_id].append(case.profile)

@@ -59,8 +59,9 @@ def bundled_model_dir(name: str, cache_dir: str | Path) -> Path:
         from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
         quantization = GgufConfig(dequantize=True)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, quantization_config=quantization)
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        local = {"gguf_file": gguf.name, "local_files_only": True, "trust_remote_code": False}
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, quantization_config=quantization, **local)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **local)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 

@@ -1,12 +1,12 @@
-"""Load a causal LM and its tokenizer by name: bundled, ``tiny_random`` or a local HF folder."""
+"""Load a causal LM and its tokenizer by name: bundled, ``tiny_random``, a local HF folder or a Hub id."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lettingo.llm.bundled import BUNDLED_GGUF, bundled_model_dir
+from lettingo.llm.hub import resolve_pretrained
 from lettingo.llm.tiny import tiny_random_dir
 
 if TYPE_CHECKING:
@@ -21,7 +21,9 @@ def resolve_model_path(model: str, cache_dir: str | Path) -> Path:
     """HF model folder for ``model``, converting or building it under ``cache_dir`` on first use.
 
     ``model`` is ``bundled:<name>`` (``smollm2_135m``, ``gemma3_270m``), ``tiny_random`` or
-    ``tiny_random:<seed>``, or the path of a local folder that ``from_pretrained`` can read.
+    ``tiny_random:<seed>``, the path of a local folder that ``from_pretrained`` can read, or a
+    Hugging Face Hub id ``org/name[@revision]`` found in (or, online, fetched into) the HF cache
+    (see :func:`lettingo.llm.hub.resolve_pretrained`; ``cache_dir`` is not used for it).
     """
     if model.startswith(BUNDLED_PREFIX):
         name = model.removeprefix(BUNDLED_PREFIX)
@@ -33,12 +35,7 @@ def resolve_model_path(model: str, cache_dir: str | Path) -> Path:
         if not seed.isdigit():
             raise ValueError(f"tiny_random seed must be a non-negative integer, got {model!r}")
         return tiny_random_dir(cache_dir, int(seed))
-    path = Path(model).expanduser()
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"model {model!r} is neither bundled:<name>, tiny_random[:seed] nor a folder with a config.json"
-        )
-    return path
+    return resolve_pretrained(model, "model", f"{BUNDLED_PREFIX}<name>, {TINY_RANDOM}[:seed], ")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -99,14 +96,15 @@ def load_causal_lm(
     the device computes it natively, else float32), in eval mode; the tokenizer pads on the left
     and has a pad token (the EOS token if it had none).
     """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never wait on a hub
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = resolve_model_path(model, cache_dir)
+    path = resolve_model_path(model, cache_dir)  # always a local folder: nothing below contacts a hub
     torch_device = resolve_device(device)
-    lm = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, torch_device))
+    lm = AutoModelForCausalLM.from_pretrained(
+        path, dtype=resolve_dtype(dtype, torch_device), local_files_only=True, trust_remote_code=False
+    )
     lm.to(torch_device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -12,7 +12,8 @@ from lettingo.llm.prompting import TokenizerPrompts
 
 
 class VLLMBackend(TokenizerPrompts, GenerationBackend):
-    """``vllm.LLM`` over a local HF folder (bundled names are converted first, as for the local backend).
+    """``vllm.LLM`` over a local HF folder: bundled names are converted and Hub ids resolved through the HF cache
+    first (:func:`lettingo.llm.models.resolve_model_path`, as for the local backend), so vLLM reads the same files.
 
     Every sample is its own request with its own seed (see :func:`sample_seed`), so results match
     the contract of the other backends; vLLM's prefix caching shares the prompt's prefill among
@@ -45,10 +46,11 @@ class VLLMBackend(TokenizerPrompts, GenerationBackend):
         self.lead_in = lead_in
         self.chunk_size = chunk_size
         self.adapter = None if adapter is None else str(adapter)
-        path = str(resolve_model_path(model, cache_dir))
+        path = str(resolve_model_path(model, cache_dir))  # a local folder, also for a Hub id
         self.engine = LLM(
             model=path,
             tokenizer=path,
+            trust_remote_code=False,
             dtype=dtype,
             enable_lora=self.adapter is not None,
             max_lora_rank=max_lora_rank,

