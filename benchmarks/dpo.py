@@ -60,17 +60,23 @@ def synthetic_pairs(n: int, cache_dir: str, per_user: int = 4, seed: int = 0):
     """
     import numpy as np
     import pandas as pd
+    import torch
     from hydra import compose, initialize_config_dir
 
-    from lettingo.artifacts import ArtifactStore
     from lettingo import CONFIG_DIR
-    from lettingo.data.stage import load_or_build_samples
+    from lettingo.artifacts import SAMPLES, ArtifactStore
     from lettingo.llm.models import load_causal_lm
+    from lettingo.pipeline import run
     from lettingo.profiles.prompts import build_instruction, history_items
+    from lettingo.run_folders import register_resolvers
 
+    register_resolvers()
     with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"paths.run_dir={tmp}"])
-        samples, _ = load_or_build_samples(cfg, ArtifactStore(tmp))
+        # The data stage makes the samples (it keeps the torch thread count this worker was given).
+        cfg = compose(config_name="config", overrides=[f"paths.run_dir={tmp}", "stage=data", "logger=none",
+                                                       f"num_threads={torch.get_num_threads()}"])
+        run(cfg)
+        samples = ArtifactStore(tmp).read_table(SAMPLES)
     _, tokenizer = load_causal_lm(MODEL, cache_dir)
     rng = np.random.default_rng(seed)
     users = samples[samples["split"] == "profile_train_h30"].head((n + per_user - 1) // per_user)

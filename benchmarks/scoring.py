@@ -21,12 +21,13 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from lettingo.artifacts import ArtifactStore
 from lettingo import CONFIG_DIR
-from lettingo.data.stage import load_or_build_samples
+from lettingo.artifacts import SAMPLES, ArtifactStore
+from lettingo.pipeline import run
 from lettingo.profiles.prompts import history_items
 from lettingo.profiles.user_facts import user_facts
 from lettingo.recommender.cases import RecCase, case_from_sample, shifted_cases
+from lettingo.run_folders import register_resolvers
 
 
 def profile_cases(samples, users: int, profiles: int, facts_cfg) -> list[RecCase]:
@@ -53,11 +54,14 @@ def main() -> None:
     parser.add_argument("--run-dir", default="outputs/benchmarks/scoring")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    register_resolvers()
+    common = [f"paths.run_dir={args.run_dir}", f"num_threads={args.threads}"]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=[f"paths.run_dir={args.run_dir}"])
-        lora_cfg = compose("config", overrides=[f"paths.run_dir={args.run_dir}", "recommender=llm_lora"])
-        ce_cfg = compose("config", overrides=[f"paths.run_dir={args.run_dir}", "recommender=cross_encoder"])
-    samples, _ = load_or_build_samples(cfg, ArtifactStore(args.run_dir))
+        cfg = compose("config", overrides=[*common, "stage=data", "logger=none"])
+        lora_cfg = compose("config", overrides=[*common, "recommender=llm_lora"])
+        ce_cfg = compose("config", overrides=[*common, "recommender=cross_encoder"])
+    run(cfg)  # the data stage: makes the samples in the run folder, or reuses them
+    samples = ArtifactStore(args.run_dir).read_table(SAMPLES)
     samples = samples[samples["split"] == "test"]
     cases = profile_cases(samples, args.users, args.profiles, cfg.prompt.facts)
     train = [c for s in samples.head(8).to_dict("records") for c in shifted_cases(s, cases[0].profile, 2)][:8]

@@ -112,11 +112,24 @@ class MissingArtifact(RuntimeError):
     """A stage needs an artifact that the run folder does not hold (finished)."""
 
 
-class ArtifactStore:
-    """The artifacts of one run folder, each a sub-folder `<root>/<name>/` with a `_meta.json`."""
+class ReadOnlyStore(RuntimeError):
+    """A write to a read-only store: a process that is not rank 0 tried to change the run folder."""
 
-    def __init__(self, root: str | Path) -> None:
+
+class ArtifactStore:
+    """The artifacts of one run folder, each a sub-folder `<root>/<name>/` with a `_meta.json`.
+
+    A ``read_only`` store (the non-zero ranks of a multi-process trainer) reads as usual and answers
+    :meth:`prepare` and :meth:`begin` without changing anything; every write raises ReadOnlyStore.
+    """
+
+    def __init__(self, root: str | Path, read_only: bool = False) -> None:
         self.root = Path(root)
+        self.read_only = read_only
+
+    def _writable(self, what: str) -> None:
+        if self.read_only:
+            raise ReadOnlyStore(f"{what} in {self.root}: this store is read-only (only rank 0 writes artifacts)")
 
     def path(self, name: str) -> Path:
         """The folder of artifact `name`."""
@@ -149,7 +162,8 @@ class ArtifactStore:
             return "done"
         if (_read_json(self.path(name) / PROGRESS_FILE) or {}).get("fingerprint") == fp:
             return "partial"
-        self.move_aside(name)
+        if not self.read_only:
+            self.move_aside(name)
         return "new"
 
     def move_aside(self, name: str) -> Path | None:
@@ -157,6 +171,7 @@ class ArtifactStore:
         folder = self.path(name)
         if not folder.exists():
             return None
+        self._writable(f"moving {name} aside")
         stale = folder.with_name(f"{name}.stale-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
         folder.rename(stale)
         log.warning("%s was made from other inputs than this config: moved aside to %s", name, stale)
@@ -164,10 +179,12 @@ class ArtifactStore:
 
     def finish(self, name: str, fp: str, **info: Any) -> None:
         """Mark artifact `name` finished for fingerprint `fp` (written last, atomically)."""
+        self._writable(f"finishing {name}")
         write_json_atomic(self.path(name) / META_FILE, {"fingerprint": fp, **info})
 
     def write_table(self, name: str, frame: pd.DataFrame, fp: str, **info: Any) -> Path:
         """Write a whole table artifact (`data.parquet`) and mark it finished."""
+        self._writable(f"writing {name}")
         self.prepare(name, fp)
         (self.path(name) / META_FILE).unlink(missing_ok=True)
         target = write_parquet_atomic(self.path(name) / "data.parquet", frame)
@@ -195,7 +212,7 @@ class ArtifactStore:
     def begin(self, name: str, fp: str) -> State:
         """Like :meth:`prepare`, and record `fp` as the inputs of the work now starting (so a kill resumes it)."""
         state = self.prepare(name, fp)
-        if state == "new":
+        if state == "new" and not self.read_only:
             write_json_atomic(self.path(name) / PROGRESS_FILE, {"fingerprint": fp})
         return state
 
@@ -208,12 +225,14 @@ class ArtifactStore:
 
     def append_chunk(self, name: str, frame: pd.DataFrame) -> Path:
         """Atomically add one chunk of rows to a chunked artifact (it is unfinished until `finish`)."""
+        self._writable(f"adding a chunk to {name}")
         (self.path(name) / META_FILE).unlink(missing_ok=True)
         index = len(self.chunk_paths(name))
         return write_parquet_atomic(self.path(name) / CHUNKS_DIR / f"part-{index:06d}.parquet", frame)
 
     def write_json(self, name: str, obj: Any, fp: str, **info: Any) -> Path:
         """Write a JSON artifact (`<name>/data.json`) and mark it finished."""
+        self._writable(f"writing {name}")
         self.prepare(name, fp)
         (self.path(name) / META_FILE).unlink(missing_ok=True)
         target = write_json_atomic(self.path(name) / "data.json", obj)
@@ -227,6 +246,7 @@ class ArtifactStore:
     @contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the run folder for this process; another process gets RunFolderInUse naming our pid."""
+        self._writable("locking the run folder")
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / LOCK_FILE
         handle = path.open("a+")

@@ -11,6 +11,7 @@ import os
 import sys
 
 import hydra
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from lettingo import CONFIG_DIR
@@ -30,7 +31,13 @@ def log_file() -> str | None:
 
 
 def one_line(error: BaseException) -> str:
-    """An error as one line: its type (unless it is a plain ValueError/RuntimeError) and first message line."""
+    """An error as one line: its type (unless it is a plain ValueError/RuntimeError) and first message line.
+
+    Hydra wraps an error raised while building an object (a backbone, an f_Rec) in InstantiationException;
+    the line is the wrapped error's.
+    """
+    while isinstance(error, InstantiationException) and error.__cause__ is not None:
+        error = error.__cause__
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     plain = type(error) in (ValueError, RuntimeError)
     return text if plain else f"{type(error).__name__}: {text}"

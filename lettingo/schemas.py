@@ -345,8 +345,8 @@ def check_model_spec(key: str, spec: Any) -> None:
     """
     text = str(spec)
     if text.startswith(BUNDLED_PREFIX):
-        known = ", ".join(BUNDLED_PREFIX + name for name in BUNDLED_MODELS)
-        require(text.removeprefix(BUNDLED_PREFIX) in BUNDLED_MODELS, key, spec, f"unknown bundled model; known: {known}")
+        known = "unknown bundled model; known: " + ", ".join(BUNDLED_PREFIX + name for name in BUNDLED_MODELS)
+        require(text.removeprefix(BUNDLED_PREFIX) in BUNDLED_MODELS, key, spec, known)
         return
     if TINY_RANDOM.fullmatch(text) or Path(text).expanduser().is_dir():
         return

@@ -22,8 +22,11 @@ from lettingo.align.data import (
     tokenize_examples,
 )
 from lettingo.align.logprobs import completion_logps, completion_token_logps
-from lettingo.align.stage import accumulation_steps, device_count, generator_pairs, methods_to_train
+from lettingo.align.training import accumulation_steps, device_count, generator_pairs
+from lettingo.artifacts import adapter_artifact
 from lettingo.llm.models import load_causal_lm
+from lettingo.schemas import ConfigError, validate_config
+from lettingo.stages import BY_NAME
 
 
 @pytest.fixture
@@ -140,11 +143,14 @@ def test_accumulation_from_the_global_batch() -> None:
     assert device_count(OmegaConf.create({"accelerator": "gpu", "devices": [0, 1], "num_nodes": 2})) == 4
 
 
-def test_methods_and_bad_pairs() -> None:
-    assert methods_to_train(OmegaConf.create({"method": "dpo", "sft_baseline": True})) == ["dpo", "sft"]
-    assert methods_to_train(OmegaConf.create({"method": "sft", "sft_baseline": True})) == ["sft"]
-    with pytest.raises(ValueError, match="align.method"):
-        methods_to_train(OmegaConf.create({"method": "ppo", "sft_baseline": False}))
+def test_methods_and_bad_pairs(compose_cfg) -> None:
+    def adapters(*overrides: str) -> list[str]:
+        return BY_NAME["align"].makes(compose_cfg(list(overrides)))
+
+    assert adapters() == [adapter_artifact("dpo"), adapter_artifact("sft")]  # DPO, then the paper's SFT baseline
+    assert adapters("align.methods=[sft]") == [adapter_artifact("sft")]
+    with pytest.raises(ConfigError, match="align.methods"):
+        validate_config(compose_cfg(["align.methods=[ppo]"]))
     with pytest.raises(ValueError, match="lacks the columns"):
         check_pairs(pd.DataFrame({"user_id": ["1"], "prompt": ["p"]}))
     with pytest.raises(ValueError, match="empty 'chosen'"):

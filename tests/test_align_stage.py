@@ -1,5 +1,6 @@
-"""Stages align and test end to end on tiny models through the real config: adapters written in PEFT
-format, reuse and resume, the TRL engine, and the held-out comparison with results.json."""
+"""Stages align and test end to end on tiny models through the real config and the stage runner:
+adapters written in PEFT format, reuse and resume, the TRL engine, `align.methods`, and the held-out
+comparison in the `results` artifact."""
 
 from __future__ import annotations
 
@@ -8,28 +9,36 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from lettingo.align import dpo as dpo_module
-from lettingo.align.stage import adapter_artifact, run_align
-from lettingo.artifacts import ArtifactStore, fingerprint
-from lettingo.held_out import DPO, NO_DPO, NO_PROFILE, SFT, run_test
+from lettingo.artifacts import PAIRS, PREDICTIONS, RESULTS, ArtifactStore, adapter_artifact
+from lettingo.evaluation.comparison import read_comparison
+from lettingo.evaluation.methods import DPO, NO_DPO, NO_PROFILE, SFT
 from lettingo.llm.models import load_causal_lm
-from lettingo.runtime import RunContext, seed_everything
-from lettingo.tracking import CsvTracker
+from lettingo.pipeline import run
+from lettingo.stages import BY_NAME, declarations
+from lettingo.stages.base import StageContext
+from lettingo.tracking import NullTracker
 
-TINY = ["backbone=tiny_random", "num_threads=1", "logger=none", "trainer.enable_progress_bar=false",
-        "align.data.max_pairs=8", "align.data.val_fraction=0.25", "align.batch.global_size=4",
-        "align.batch.micro_size=2", "align.epochs=1", "align.val_checks_per_epoch=2",
-        "align.dpo.optimizer.lr=0.05"]
-
-
-def context(cfg, run_dir: Path) -> RunContext:
-    seed_everything(int(cfg.seed), 1)
-    return RunContext(cfg, run_dir, ArtifactStore(run_dir), CsvTracker(run_dir / "logs"))
+#: On top of `debug=tiny`: 8 hand-made pairs of 4 users, 2 micro-batches of 2 per step, a high DPO rate.
+ALIGN = ["align.data.max_pairs=8", "align.data.val_fraction=0.25", "align.batch.global_size=4",
+         "align.batch.micro_size=2", "align.val_checks_per_epoch=2", "align.method.dpo.module.optimizer.lr=0.05"]
 
 
-def write_pairs(run_dir: Path, cache: Path) -> pd.DataFrame:
-    """A finished `pairs` artifact: 4 users x 3 pairs, prompts rendered by tiny_random's chat template."""
+@pytest.fixture
+def tiny(compose_cfg, tiny_model_cache, tmp_path):
+    """Compose the tiny setup with the align settings above, in one run folder (``run_dir`` to pick another)."""
+
+    def _compose(*overrides: str, run_dir: Path | None = None):
+        return compose_cfg(["debug=tiny", f"paths.model_cache={tiny_model_cache}", *ALIGN, *overrides],
+                           run_dir or tmp_path / "run")
+
+    return _compose
+
+
+def hand_made_pairs(cache: Path) -> pd.DataFrame:
+    """4 users x 3 pairs, prompts rendered by tiny_random's chat template."""
     _, tokenizer = load_causal_lm("tiny_random", cache)
     rows = []
     for user, title in enumerate(["Toy Story (1995)", "Alien (1979)", "Fargo (1996)", "Titanic (1997)"]):
@@ -38,17 +47,24 @@ def write_pairs(run_dir: Path, cache: Path) -> pd.DataFrame:
         good, bad = [f"Likes {title} and dramas.", "Rates crime movies high."], [f"Dislikes {title}.", "Star Wars"]
         rows += [{"user_id": str(user), "prompt_name": "lettingo", "history_len": 30, "prompt": prompt, "chosen": c,
                   "rejected": r} for c in good for r in bad][:3]
-    pairs = pd.DataFrame(rows)
-    ArtifactStore(run_dir).write_table("pairs", pairs, fingerprint({"hand-made": True}))
+    return pd.DataFrame(rows)
+
+
+def write_pairs(cfg, pairs: pd.DataFrame) -> pd.DataFrame:
+    """``pairs`` as the finished `pairs` artifact the evaluate stage would make under ``cfg``."""
+    run_dir = Path(cfg.paths.run_dir)
+    store = ArtifactStore(run_dir)
+    ctx = StageContext(cfg=cfg, run_dir=run_dir, store=store, tracker=NullTracker(), stage=BY_NAME["evaluate"],
+                       declared=declarations(cfg))
+    store.write_table(PAIRS, pairs, ctx.fingerprint(PAIRS))
     return pairs
 
 
 @pytest.fixture
-def aligned(compose_cfg, tmp_path):
-    run_dir, cache = tmp_path / "run", tmp_path / "models"
-    write_pairs(run_dir, cache)
-    cfg = compose_cfg(["stage=align", *TINY, f"paths.model_cache={cache}"], run_dir)
-    return cfg, run_dir, run_align(context(cfg, run_dir))
+def aligned(tiny, tiny_model_cache):
+    cfg = tiny("stage=align")
+    write_pairs(cfg, hand_made_pairs(tiny_model_cache))
+    return cfg, Path(cfg.paths.run_dir), run(cfg)
 
 
 def test_align_writes_dpo_and_sft_adapters(aligned) -> None:
@@ -58,6 +74,7 @@ def test_align_writes_dpo_and_sft_adapters(aligned) -> None:
         folder = run_dir / adapter_artifact(method)
         assert (folder / "adapter_config.json").is_file() and (folder / "adapter_model.safetensors").is_file()
         assert json.loads((folder / "_meta.json").read_text())["method"] == method
+        assert results[method]["adapter"] == str(folder)
     dpo = results["dpo"]
     assert dpo["pairs_train"] == 6 and dpo["pairs_val"] == 2 and dpo["users_val"] == 1
     assert dpo["accumulate_grad_batches"] == 2 and dpo["steps"] == 2
@@ -65,8 +82,6 @@ def test_align_writes_dpo_and_sft_adapters(aligned) -> None:
     assert len(history) >= 2 and all("align/val/rewards/margins" in row for row in history)
     assert "align/val/sft_loss" in results["sft"]["val_history"][-1]
     # Checkpoints hold the adapter only.
-    import torch
-
     state = torch.load(run_dir / "align" / "dpo" / "last.ckpt", weights_only=False)["state_dict"]
     assert state and all("lora_" in k for k in state)
 
@@ -74,16 +89,25 @@ def test_align_writes_dpo_and_sft_adapters(aligned) -> None:
 def test_align_is_reused_for_the_same_inputs(aligned) -> None:
     cfg, run_dir, _ = aligned
     mtime = (run_dir / adapter_artifact("dpo") / "_meta.json").stat().st_mtime_ns
-    again = run_align(context(cfg, run_dir))
+    again = run(cfg)
     assert (run_dir / adapter_artifact("dpo") / "_meta.json").stat().st_mtime_ns == mtime
     assert again["dpo"]["steps"] == 2
 
 
-def test_a_killed_run_resumes_from_its_last_checkpoint(compose_cfg, tmp_path, monkeypatch) -> None:
-    run_dir, cache = tmp_path / "run", tmp_path / "models"
-    write_pairs(run_dir, cache)
-    cfg = compose_cfg(["stage=align", *TINY, "align.sft_baseline=false", "align.epochs=2",
-                       f"paths.model_cache={cache}"], run_dir)
+def test_align_methods_dpo_trains_only_the_dpo_adapter(tiny, tiny_model_cache) -> None:
+    cfg = tiny("stage=align", "align.methods=[dpo]")
+    write_pairs(cfg, hand_made_pairs(tiny_model_cache))
+    results = run(cfg)
+    run_dir = Path(cfg.paths.run_dir)
+    assert list(results) == ["dpo"] and results["dpo"]["method"] == "dpo"
+    assert (run_dir / adapter_artifact("dpo") / "adapter_model.safetensors").is_file()
+    assert not (run_dir / adapter_artifact("sft")).exists() and not (run_dir / "align" / "sft").exists()
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(tiny, tiny_model_cache, monkeypatch) -> None:
+    cfg = tiny("stage=align", "align.methods=[dpo]", "align.epochs=2")
+    write_pairs(cfg, hand_made_pairs(tiny_model_cache))
+    run_dir = Path(cfg.paths.run_dir)
     original = dpo_module.DpoModule.training_step
 
     def crash_after_two_steps(self, batch, batch_idx):
@@ -93,61 +117,61 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(compose_cfg, tmp_path, mo
 
     monkeypatch.setattr(dpo_module.DpoModule, "training_step", crash_after_two_steps)
     with pytest.raises(RuntimeError, match="killed"):
-        run_align(context(cfg, run_dir))
+        run(cfg)
     assert (run_dir / "align" / "dpo" / "last.ckpt").exists() and not (run_dir / "adapter_dpo" / "_meta.json").exists()
     monkeypatch.setattr(dpo_module.DpoModule, "training_step", original)
-    summary = run_align(context(cfg, run_dir))["dpo"]
+    summary = run(cfg)["dpo"]
     assert summary["resumed"] and summary["steps"] == 4
 
 
-def test_trl_engine_trains_dpo_on_the_same_pairs(compose_cfg, tmp_path) -> None:
-    run_dir, cache = tmp_path / "run", tmp_path / "models"
-    write_pairs(run_dir, cache)
-    cfg = compose_cfg(["stage=align", *TINY, "align.engine=trl", "align.sft_baseline=false",
-                       f"paths.model_cache={cache}"], run_dir)
-    summary = run_align(context(cfg, run_dir))["dpo"]
+def test_trl_engine_trains_dpo_on_the_same_pairs(tiny, tiny_model_cache) -> None:
+    cfg = tiny("stage=align", "align.engine=trl", "align.methods=[dpo]")
+    write_pairs(cfg, hand_made_pairs(tiny_model_cache))
+    summary = run(cfg)["dpo"]
     assert summary["engine"] == "trl" and summary["steps"] == 2
-    assert (run_dir / adapter_artifact("dpo") / "adapter_model.safetensors").is_file()
+    assert (Path(cfg.paths.run_dir) / adapter_artifact("dpo") / "adapter_model.safetensors").is_file()
 
 
-def test_test_stage_compares_every_method_on_the_same_users(compose_cfg, aligned, capsys) -> None:
+#: The held-out users of the test stage: 10 of them (the tiny setup has 4).
+TEST_USERS = ["dataset.splits.test=10", "test.max_users=10"]
+
+
+def test_test_stage_compares_every_method_on_the_same_users(tiny, aligned, capsys) -> None:
     _, run_dir, _ = aligned
-    cfg = compose_cfg(["stage=test", *TINY, f"paths.model_cache={Path(run_dir).parent / 'models'}",
-                       "recommender.model.model=tiny_random", "dataset.splits.test=10", "align.test.max_new_tokens=6",
-                       "align.test.bootstrap.n_resamples=50"], run_dir)
-    results = run_test(context(cfg, run_dir))
+    run(tiny("stage=data", *TEST_USERS, run_dir=run_dir))
+    results = run(tiny("stage=test", *TEST_USERS, run_dir=run_dir))
     out = capsys.readouterr().out
     methods = set(results["methods"])
     assert {NO_PROFILE, NO_DPO, SFT, DPO, "palr (tiny_random)", "rlmrec (tiny_random)", "kar (tiny_random)"} == methods
-    assert results["users"] == 10
+    assert len(results["users"]) == 10
     assert all(row["accuracy"]["n"] == 10 and row["macro_f1"]["low"] <= row["macro_f1"]["value"] <= row["macro_f1"]
                ["high"] for row in results["methods"].values())
-    assert set(results["versus_dpo"]) == methods - {DPO}
-    saved = json.loads((run_dir / "results.json").read_text())
-    assert saved["users"] == 10 and saved["details"][DPO]["confusion_matrix"] and saved["details"][DPO]["n"] == 10
-    predictions = ArtifactStore(run_dir).read_table("predictions")
+    assert set(results["paired"][DPO]) == methods - {DPO}
+    saved = read_comparison(run_dir / RESULTS / "comparison.json")
+    assert len(saved.users) == 10 and saved.details[DPO]["confusion_matrix"] and saved.details[DPO]["n"] == 10
+    assert saved.to_json() == results
+    predictions = ArtifactStore(run_dir).read_table(PREDICTIONS)
     assert len(predictions) == 10 * len(methods) and predictions.groupby("method").size().eq(10).all()
     assert "## Table 3" in out and "| DPO" in out and "| SFT" in out and "| no DPO" in out
 
 
-def test_one_user_trains_without_validation(compose_cfg, tmp_path) -> None:
-    run_dir, cache = tmp_path / "run", tmp_path / "models"
-    pairs = write_pairs(run_dir, cache)
-    ArtifactStore(run_dir).write_table("pairs", pairs[pairs["user_id"] == "0"], fingerprint({"one user": True}))
-    cfg = compose_cfg(["stage=align", *TINY, "align.sft_baseline=false", f"paths.model_cache={cache}"], run_dir)
-    summary = run_align(context(cfg, run_dir))["dpo"]
+def test_one_user_trains_without_validation(tiny, tiny_model_cache) -> None:
+    cfg = tiny("stage=align", "align.methods=[dpo]")
+    pairs = hand_made_pairs(tiny_model_cache)
+    write_pairs(cfg, pairs[pairs["user_id"] == "0"])
+    summary = run(cfg)["dpo"]
     assert summary["pairs_val"] == 0 and summary["val_history"] == [] and summary["steps"] == 1
 
 
-def test_no_pairs_skips_alignment_and_the_test_stage_compares_the_base_methods(compose_cfg, aligned) -> None:
+def test_no_pairs_skips_alignment_and_the_test_stage_compares_the_base_methods(tiny, aligned) -> None:
     cfg, run_dir, _ = aligned
-    pairs = ArtifactStore(run_dir).read_table("pairs")
-    ArtifactStore(run_dir).write_table("pairs", pairs.iloc[:0], fingerprint({"no pairs": True}))
-    assert run_align(context(cfg, run_dir)) == {"skipped": "no preference pairs"}
+    pairs = ArtifactStore(run_dir).read_table(PAIRS)
+    write_pairs(cfg, pairs.iloc[:0])
+    assert run(cfg) == {"skipped": "no preference pairs"}
     assert not (run_dir / adapter_artifact("dpo")).exists() and not (run_dir / adapter_artifact("sft")).exists()
-    test_cfg = compose_cfg(["stage=test", *TINY, f"paths.model_cache={Path(run_dir).parent / 'models'}",
-                            "recommender.model.model=tiny_random", "dataset.splits.test=6",
-                            "align.test.max_new_tokens=4", "align.test.bootstrap.n_resamples=20"], run_dir)
-    results = run_test(context(test_cfg, run_dir))
+    assert len(list(run_dir.glob(f"{adapter_artifact('dpo')}.stale-*"))) == 1  # moved aside, not deleted
+    test_users = ["dataset.splits.test=6", "test.max_users=6", "test.max_new_tokens=4", "bootstrap.n_resamples=20"]
+    run(tiny("stage=data", *test_users, run_dir=run_dir))
+    results = run(tiny("stage=test", *test_users, run_dir=run_dir))
     assert {NO_PROFILE, NO_DPO} <= set(results["methods"]) and not {SFT, DPO} & set(results["methods"])
-    assert results["versus_dpo"] == {}
+    assert DPO not in results["paired"] and len(results["users"]) == 6

@@ -232,4 +232,12 @@ def test_run_folder_is_given_latest_or_new(tmp_path) -> None:
     assert hydra_cfg([*base, "stage=explore"]).hydra.run.dir == str(experiment / "2020-01-01_00-00-00")
     assert hydra_cfg([*base, "stage=pipeline"]).hydra.run.dir != str(experiment / "2020-01-01_00-00-00")
     sweep = hydra_cfg(base).hydra.sweep
-    assert OmegaConf.to_container(sweep)["subdir"] == "${hydra.job.num}"
+    assert OmegaConf.to_container(sweep)["subdir"] == "${hydra.job.num}_${lettingo_job_hash:${hydra.job.override_dirname}}"
+
+
+def test_sweep_job_folders_are_short_whatever_the_overrides() -> None:
+    from lettingo.run_folders import job_hash
+
+    long_line = ",".join(f"some.deeply.nested.key_{i}=value_{i}" for i in range(200))
+    assert len(job_hash(long_line)) == 6 and job_hash(long_line) == job_hash(long_line)
+    assert job_hash("seed=0") != job_hash("seed=1")

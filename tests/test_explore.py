@@ -8,15 +8,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lettingo.artifacts import ArtifactStore
+from lettingo import pipeline
+from lettingo.artifacts import PROFILES, SAMPLES, ArtifactStore, MissingArtifact, fingerprint
 from lettingo.llm.base import Generation, GenerationBackend
 from lettingo.llm.local import LocalBackend
 from lettingo.profiles.explore import KEY, PROFILE_COLUMNS, explore
 from lettingo.profiles.prompts import build_instruction
 from lettingo.profiles.quality import degenerate_reason, distinct_n, summarize_profiles
-from lettingo.profiles.stage import run_explore
-from lettingo.runtime import RunContext
-from lettingo.tracking import Tracker
 
 H = 4
 PROMPT_CFG = {
@@ -103,8 +101,10 @@ def tiny(tmp_path_factory) -> dict[str, LocalBackend]:
 
 def run(samples, backends, store_dir: Path, seed: int = 0, **kwargs) -> pd.DataFrame:
     settings = {"n": 3, "temperature": 1.0, "max_new_tokens": 6, "seed": seed, "users_per_chunk": 2} | kwargs
+    # The artifact's identity: what a row depends on, not how many users and samples are asked for.
+    identity = {k: v for k, v in settings.items() if k not in ("n", "max_users", "users_per_chunk")}
     return explore(samples, backends, PROMPT_CFG, ITEM_TEXT, H, store=ArtifactStore(store_dir),
-                   artifact_name="profiles", **settings)
+                   artifact_name="profiles", fp=fingerprint(identity | {"history_len": H}), **settings)
 
 
 def test_rows_line_up_with_their_users(tiny, tmp_path) -> None:
@@ -217,51 +217,57 @@ def test_summary_values() -> None:
     assert summary["degenerate_reasons"] == {"empty": 1} and summary["profiles"] == 4
 
 
-class Recorder(Tracker):
-    def __init__(self) -> None:
-        self.metrics: dict[str, float] = {}
-        self.tables: dict[str, pd.DataFrame] = {}
-
-    def log_metrics(self, metrics, step=None) -> None:
-        self.metrics.update(metrics)
-
-    def log_table(self, key, frame) -> None:
-        self.tables[key] = frame
+def metrics(run_dir: Path) -> dict[str, float]:
+    """The last value of every metric the csv logger wrote."""
+    frame = pd.read_csv(run_dir / "logs" / "metrics.csv")
+    return dict(zip(frame["key"], frame["value"], strict=True))
 
 
-def run_stage(cfg, tracker: Tracker) -> dict:
-    return run_explore(RunContext(cfg=cfg, run_dir=Path(cfg.paths.run_dir), store=ArtifactStore(cfg.paths.run_dir),
-                                  tracker=tracker))
+def test_stage_on_ml100k_with_tiny_random(compose_cfg, tiny_model_cache) -> None:
+    def compose(*overrides: str):
+        return compose_cfg(["debug=tiny", "logger=csv", f"paths.model_cache={tiny_model_cache}",
+                            "sampling.max_users=2", "sampling.n=2", "sampling.max_new_tokens=4", *overrides])
 
-
-def test_stage_on_ml100k_with_tiny_random(compose_cfg, tmp_path) -> None:
-    cfg = compose_cfg(["stage=explore", "backbone=tiny_random", f"paths.model_cache={tmp_path}/models",
-                       "sampling.max_users=2", "sampling.n=2", "sampling.max_new_tokens=4", "num_threads=1"])
-    tracker = Recorder()
-    result = run_stage(cfg, tracker)
+    pipeline.run(compose("stage=data"))
+    cfg = compose("stage=explore")
+    result = pipeline.run(cfg)
     summary = result["splits"]["profile_train_h30"]
     assert summary["profiles"] == 4 and summary["per_backbone"]["tiny_random"]["users"] == 2
-    frame = ArtifactStore(cfg.paths.run_dir).read_table("profiles")
+    run_dir = Path(cfg.paths.run_dir)
+    assert result["artifact"] == str(run_dir / PROFILES)
+    frame = ArtifactStore(run_dir).read_table(PROFILES)
     assert set(frame["split"]) == {"profile_train_h30"} and set(frame["history_len"]) == {30}
     assert frame["prompt"].str.contains("30. ").all()
-    assert tracker.metrics["explore/profile_train_h30/profiles"] == 4
-    assert "explore/profile_train_h30/tiny_random/distinct2" in tracker.metrics
-    assert list(tracker.tables["explore/samples"].columns) == ["user_id", "backbone", "text", "degenerate"]
+    logged = metrics(run_dir)
+    assert logged["explore/profile_train_h30/profiles"] == 4
+    assert "explore/profile_train_h30/tiny_random/distinct2" in logged
+    shown = pd.read_csv(run_dir / "logs" / "tables" / "explore__samples.csv")
+    assert list(shown.columns) == ["user_id", "backbone", "text", "degenerate"]
 
 
-def test_stage_rejects_unknown_split(compose_cfg, tmp_path) -> None:
-    cfg = compose_cfg(["backbone=tiny_random", "sampling.splits=[nope]"])
+def test_stage_rejects_unknown_split(compose_cfg, tiny_model_cache) -> None:
+    def compose(*overrides: str):
+        return compose_cfg(["debug=tiny", f"paths.model_cache={tiny_model_cache}", *overrides])
+
+    pipeline.run(compose("stage=data"))
     with pytest.raises(ValueError, match="unknown splits"):
-        run_stage(cfg, Tracker())
+        pipeline.run(compose("stage=explore", "sampling.splits=[nope]"))
+
+
+def test_stage_without_samples_names_the_data_stage(compose_cfg, tiny_model_cache) -> None:
+    cfg = compose_cfg(["stage=explore", "debug=tiny", f"paths.model_cache={tiny_model_cache}"])
+    with pytest.raises(MissingArtifact, match=f"no finished '{SAMPLES}'.*stage=data"):
+        pipeline.run(cfg)
 
 
 @pytest.mark.slow
 def test_stage_multi_with_bundled_models(compose_cfg) -> None:
-    cfg = compose_cfg(["stage=explore", "sampling=multi", "sampling.max_users=2", "sampling.n=2",
-                       "sampling.max_new_tokens=12"])
-    summary = run_stage(cfg, Tracker())["splits"]["profile_train_h30"]
+    overrides = ["logger=none", "sampling=multi", "sampling.max_users=2", "sampling.n=2", "sampling.max_new_tokens=12"]
+    pipeline.run(compose_cfg(["stage=data", *overrides]))
+    cfg = compose_cfg(["stage=explore", *overrides])
+    summary = pipeline.run(cfg)["splits"]["profile_train_h30"]
     assert summary["profiles"] == 2 * 2 * 2
     assert set(summary["per_backbone"]) == {"smollm2_135m", "gemma3_270m"}
-    frame = ArtifactStore(cfg.paths.run_dir).read_table("profiles")
+    frame = ArtifactStore(cfg.paths.run_dir).read_table(PROFILES)
     assert frame["prompt"][frame["backbone"] == "smollm2_135m"].str.contains("<|im_start|>assistant", regex=False).all()
     assert frame["prompt"][frame["backbone"] == "gemma3_270m"].str.endswith("User profile:\n").all()

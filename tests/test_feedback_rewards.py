@@ -60,7 +60,8 @@ def test_a_killed_run_resumes_with_only_the_missing_rows(tmp_path) -> None:
     store = ArtifactStore(tmp_path)
     with pytest.raises(RuntimeError, match="killed"):
         score_profiles(NamesLabel(fail_after=6), PROFILES, SAMPLES, store, "rewards", "fp", users_per_chunk=2)
-    assert len(store.read_table("rewards")) == 6 and not store.is_done("rewards", "fp")
+    assert len(store.read_table("rewards")) == 6 and store.meta("rewards") is None
+    assert store.prepare("rewards", "fp") == "partial"  # the rows written so far are kept for these inputs
     resumed = NamesLabel()
     rewards = score_profiles(resumed, PROFILES, SAMPLES, store, "rewards", "fp", users_per_chunk=2)
     assert resumed.scored == 9 and len(rewards) == 15
@@ -71,6 +72,7 @@ def test_a_killed_run_resumes_with_only_the_missing_rows(tmp_path) -> None:
     other = NamesLabel()
     score_profiles(other, PROFILES, SAMPLES, store, "rewards", "other-fp", users_per_chunk=2)
     assert other.scored == 15  # other inputs: rescored from scratch
+    assert len(list(tmp_path.glob("rewards.stale-*"))) == 1  # the old verdicts moved aside, not deleted
 
 
 def test_profiles_of_unknown_users_are_an_error(tmp_path) -> None:

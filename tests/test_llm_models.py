@@ -88,6 +88,7 @@ def test_training_device_follows_the_accelerator(monkeypatch, accelerator: str, 
         ("bundled:nope", ValueError, "unknown bundled model"),
         ("tiny_random:x", ValueError, "seed"),
         ("/no/such/folder", FileNotFoundError, "config.json"),
+        ("a/b/c", FileNotFoundError, "nor a Hub id org/name"),  # Hub ids: tests/test_hub_models.py
     ],
 )
 def test_bad_model_names_fail_clearly(tmp_path: Path, model: str, error: type, match: str) -> None:

@@ -1,11 +1,13 @@
 """OpenAIBackend against a scripted local stub (fast): retries with backoff, errors, seeds, ordering,
-the API key from the environment, the total deadline against servers that stall. Against a real
+the API key from the environment, the total deadline against servers that stall, the rate limits
+(on a fake clock), Retry-After dates, x-ratelimit pauses, usage and cost. Against a real
 llama.cpp server (slow): a request, a request that succeeds after the server is stopped and started
 again, and the message when nothing listens."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 import threading
@@ -17,11 +19,19 @@ from pathlib import Path
 import httpx
 import pytest
 from fixtures_llm import StubServer, free_port
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from lettingo import CONFIG_DIR
 from lettingo.llm.base import sample_seed
-from lettingo.llm.openai_http import BackendDeadlineExceeded, BackendRequestError, BackendUnavailable, OpenAIBackend
+from lettingo.llm.openai_http import (
+    BackendDeadlineExceeded,
+    BackendRequestError,
+    BackendUnavailable,
+    OpenAIBackend,
+    split_total,
+)
+from lettingo.llm.rate_limit import RateLimiter, parse_duration, reset_seconds, retry_after_seconds
 
 CONFIG = Path(CONFIG_DIR) / "backbone" / "openai.yaml"
 
@@ -44,16 +54,16 @@ def test_retries_5xx_with_exponential_backoff(openai_stub: StubServer) -> None: 
     openai_stub.statuses = [503, 500, 502]
     client = backend(openai_stub.base_url, backoff=0.05)
     waits: list[float] = []
-    client._wait = lambda attempt, retry_after, reason, deadline: waits.append(attempt)  # type: ignore[method-assign]
+    client.http._wait = lambda url, attempt, retry_after, reason, deadline: waits.append(attempt)  # type: ignore
     assert client.generate(["x"])[0][0].completion_tokens == 3
     assert waits == [0, 1, 2]  # three retries, each one step further along the backoff
 
 
 def test_backoff_doubles_is_capped_and_honours_retry_after() -> None:
     client = backend("http://127.0.0.1:9", backoff=0.02, max_backoff=0.05)
-    sleeps = [client._backoff_delay(attempt, None) for attempt in range(4)]
-    sleeps.append(client._backoff_delay(0, "0.03"))  # the server's Retry-After wins over the backoff
-    sleeps.append(client._backoff_delay(0, "600"))  # but never beyond max_backoff
+    sleeps = [client.http._backoff_delay(attempt, None) for attempt in range(4)]
+    sleeps.append(client.http._backoff_delay(0, "0.03"))  # the server's Retry-After wins over the backoff
+    sleeps.append(client.http._backoff_delay(0, "600"))  # but never beyond max_backoff
     assert 0.01 <= sleeps[0] <= 0.02 and 0.02 <= sleeps[1] <= 0.04  # jittered between half and full
     assert all(0.025 <= s <= 0.05 for s in sleeps[2:4])  # 0.08 and 0.16 capped at 0.05
     assert sleeps[4:] == [0.03, 0.05]
@@ -227,6 +237,243 @@ def test_a_request_that_finishes_in_time_is_unaffected(openai_stub: StubServer) 
 def test_the_deadline_must_be_positive() -> None:
     with pytest.raises(ValueError, match="request_deadline_s must be positive"):
         backend("http://127.0.0.1:9", request_deadline_s=0)
+
+
+# --- rate limits, the server's rate-limit headers, usage and cost -----------------------------------
+
+
+class FakeClock:
+    """A monotonic clock and a sleep that advances it: ``sleeps`` records every wait, nothing really waits."""
+
+    def __init__(self, start: float = 1000.0, wall: float = 1_700_000_000.0) -> None:
+        self.now = start
+        self.wall_offset = wall - start
+        self.sleeps: list[float] = []
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def wall(self) -> float:
+        return self.now + self.wall_offset
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.sleeps.append(seconds)
+            self.now += seconds
+
+
+def fake_limiter(clock: FakeClock, **limits) -> RateLimiter:
+    return RateLimiter(**limits, clock=clock, wall_clock=clock.wall, sleep=clock.sleep)
+
+
+def test_requests_per_minute_spaces_requests_evenly() -> None:
+    clock = FakeClock()
+    limiter = fake_limiter(clock, requests_per_minute=60)  # one a second, none saved up beyond one
+    sent = []
+    for _ in range(4):
+        limiter.acquire()
+        sent.append(clock.now - 1000.0)
+    assert sent == [0.0, 1.0, 2.0, 3.0]
+    clock.now += 10.0  # idle: a second's budget is saved up, not ten
+    limiter.acquire()
+    limiter.acquire()
+    assert clock.sleeps[-1] == pytest.approx(1.0) and limiter.waited == pytest.approx(4.0)
+
+
+def test_tokens_per_minute_reserves_the_estimate_and_is_corrected_by_usage() -> None:
+    clock = FakeClock()
+    limiter = fake_limiter(clock, tokens_per_minute=6000)  # 100 tokens a second, 100 saved up at most
+    limiter.acquire(100)  # the full bucket pays at once
+    big = limiter.acquire(300)  # bigger than the bucket: goes once it is full again, then owes 200
+    assert clock.sleeps == [pytest.approx(1.0)]
+    limiter.acquire(50)  # waits until the 200 owed and its own 50 are earned: 2.5 s
+    assert clock.sleeps[-1] == pytest.approx(2.5)
+    limiter.settle(big, 250)  # usage said 250, not 300: 50 refunded
+    limiter.settle(big, 0)  # settling twice changes nothing
+    limiter.acquire(100)  # the bucket is back at 0 + 50 refunded: 0.5 s more to earn
+    assert clock.sleeps[-1] == pytest.approx(0.5)  # without the refund: 1.0 s
+    over = limiter.acquire(10)
+    limiter.settle(over, 110)  # usage said more than reserved: the difference is owed
+    limiter.acquire(10)
+    assert clock.sleeps[-1] == pytest.approx(1.1)
+
+
+def test_both_limits_hold_at_once() -> None:
+    clock = FakeClock()
+    limiter = fake_limiter(clock, requests_per_minute=600, tokens_per_minute=600)  # 10 req/s but 10 tokens/s
+    for _ in range(3):
+        limiter.acquire(10)
+    assert clock.now - 1000.0 == pytest.approx(2.0)  # the tokens, not the requests, set the pace
+
+
+def test_limiter_spacing_through_the_backend(openai_stub: StubServer) -> None:  # noqa: F811
+    clock = FakeClock()
+    client = backend(openai_stub.base_url, concurrency=1, rate_limiter=fake_limiter(clock, requests_per_minute=30))
+    client.generate(["a", "b", "c"])
+    assert clock.sleeps == [pytest.approx(2.0)] * 2 and len(openai_stub.requests) == 3
+    assert client.usage()["rate_limit_wait_s"] == pytest.approx(4.0)
+
+
+def test_backend_tokens_per_minute_uses_the_exact_usage(openai_stub: StubServer) -> None:  # noqa: F811
+    clock = FakeClock()
+    limiter = fake_limiter(clock, tokens_per_minute=600)  # 10 tokens a second
+    client = backend(openai_stub.base_url, concurrency=1, rate_limiter=limiter)
+    client.generate(["abcd", "efgh"], max_new_tokens=99)  # each reserves 1 + 99 tokens; usage says 11 + 3
+    # The first goes at once and owes 90, corrected to 4 once its usage (14) is known: the second waits
+    # (10 + 4) / 10 s, not (10 + 90) / 10 s.
+    assert clock.sleeps == [pytest.approx(1.4)]
+
+
+def test_retry_after_as_seconds_or_http_date() -> None:
+    now = 1_445_412_475.0  # Wed, 21 Oct 2015 07:27:55 GMT
+    assert retry_after_seconds("120", now) == 120.0
+    assert retry_after_seconds("0.5", now) == 0.5
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now) == pytest.approx(5.0)
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:27:00 GMT", now) == 0.0  # already past: go now
+    assert retry_after_seconds("soon", now) is None and retry_after_seconds(None, now) is None
+    assert retry_after_seconds("-3", now) is None
+
+
+def test_backoff_honours_a_retry_after_date() -> None:
+    clock = FakeClock(wall=1_445_412_475.0)
+    client = backend("http://127.0.0.1:9", max_backoff=60.0, rate_limiter=fake_limiter(clock))
+    assert client.http._backoff_delay(0, "Wed, 21 Oct 2015 07:28:00 GMT") == pytest.approx(5.0)
+    assert client.http._backoff_delay(0, "Wed, 21 Oct 2015 08:00:00 GMT") == 60.0  # capped at max_backoff
+    assert 0.005 <= client.http._backoff_delay(0, "garbage") <= 0.01  # unreadable: the backoff
+
+
+def test_reset_durations_as_openai_writes_them() -> None:
+    assert parse_duration("1s") == 1.0 and parse_duration("6m0s") == 360.0 and parse_duration("20ms") == 0.02
+    assert parse_duration("1h2m3.5s") == pytest.approx(3723.5) and parse_duration("0.25") == 0.25
+    assert parse_duration("") is None and parse_duration("5 minutes") is None
+    now = 1_445_412_475.0
+    assert reset_seconds("2015-10-21T07:28:05Z", now) == pytest.approx(10.0)  # Anthropic-style: a time
+
+
+def answer(handler: BaseHTTPRequestHandler, payload: dict, headers: dict[str, str] | None = None,
+           status: int = 200) -> None:
+    data = json.dumps(payload).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    for key, value in (headers or {}).items():
+        handler.send_header(key, value)
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+def reply(text: str = "ok", usage: dict | None = None) -> dict:
+    payload: dict = {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}
+    if usage is not None:
+        payload["usage"] = usage
+    return payload
+
+
+@pytest.mark.parametrize("kind,reset,pause", [("requests", "2.5s", 2.5), ("tokens", "1m30s", 90.0)])
+def test_x_ratelimit_remaining_zero_pauses_until_the_reset(stalling_server, kind: str, reset: str,
+                                                           pause: float) -> None:
+    seen: list[float] = []
+    clock = FakeClock()
+
+    def server(handler: BaseHTTPRequestHandler, done: threading.Event) -> None:
+        seen.append(clock.now)
+        spent = {f"x-ratelimit-remaining-{kind}": "0", f"x-ratelimit-reset-{kind}": reset} if len(seen) == 1 else {}
+        answer(handler, reply(usage={"prompt_tokens": 5, "completion_tokens": 2}),
+               {"x-ratelimit-remaining-requests": "7", **spent})
+
+    client = backend(stalling_server(server), concurrency=1, max_backoff=120.0, rate_limiter=fake_limiter(clock))
+    client.generate(["a", "b", "c"])
+    assert clock.sleeps == [pytest.approx(pause)]  # once, before the second request; the third went at once
+    assert [t - seen[0] for t in seen] == [0.0, pytest.approx(pause), pytest.approx(pause)]
+
+
+def test_a_429_with_retry_after_pauses_every_request(stalling_server) -> None:
+    clock = FakeClock()
+    tries: list[float] = []
+
+    def server(handler: BaseHTTPRequestHandler, done: threading.Event) -> None:
+        tries.append(clock.now)
+        if len(tries) == 1:
+            answer(handler, {"error": {"message": "slow down"}}, {"Retry-After": "3"}, status=429)
+        else:
+            answer(handler, reply(usage={"prompt_tokens": 5, "completion_tokens": 2}))
+
+    limiter = fake_limiter(clock)
+    client = backend(stalling_server(server), concurrency=1, rate_limiter=limiter)
+    client.http._wait = lambda url, attempt, retry_after, reason, deadline: None  # type: ignore
+    client.generate(["a"])
+    assert limiter.pause_reason == "HTTP 429 with Retry-After" and clock.sleeps == [pytest.approx(3.0)]
+    assert client.usage()["retries"] == 1.0 and client.usage()["requests"] == 1.0
+
+
+def test_usage_with_native_n_counts_the_prompt_once_and_splits_the_completions(openai_stub: StubServer) -> None:  # noqa: F811
+    client = backend(openai_stub.base_url, native_n=True, price_per_million_input=2.5, price_per_million_output=10.0)
+    result = client.generate(["a", "b"], n=4)  # the stub: usage 11 prompt tokens, 3 per choice
+    assert all(sum(g.completion_tokens for g in row) == 12 for row in result)  # usage's 12, split over 4 choices
+    assert all(g.prompt_tokens == 11 for row in result for g in row)  # each sample's prompt is 11 tokens long
+    usage = client.usage()
+    assert usage["requests"] == 2 and usage["prompt_tokens"] == 22 and usage["completion_tokens"] == 24
+    # 22 prompt tokens at $2.50 per million + 24 completion tokens at $10 per million = $0.000055 + $0.00024
+    assert usage["cost_usd"] == pytest.approx(0.000295, abs=1e-12)
+    assert usage["estimated_requests"] == 0 and usage["total_tokens"] == 46
+
+
+def test_usage_without_native_n_counts_every_request(openai_stub: StubServer) -> None:  # noqa: F811
+    client = backend(openai_stub.base_url, price_per_million_input=0.15, price_per_million_output=0.6)
+    client.generate(["a", "b"], n=3)
+    usage = client.usage()
+    assert (usage["requests"], usage["prompt_tokens"], usage["completion_tokens"]) == (6, 66, 18)
+    assert usage["cost_usd"] == pytest.approx((66 * 0.15 + 18 * 0.6) / 1e6)  # $0.0000207
+    client.close()
+    assert client.usage() == usage  # still readable once closed
+
+
+def test_an_answer_without_usage_is_estimated_and_flagged(stalling_server) -> None:
+    def server(handler: BaseHTTPRequestHandler, done: threading.Event) -> None:
+        answer(handler, reply("x" * 40))
+
+    client = backend(stalling_server(server))
+    generation = client.generate(["y" * 20])[0][0]
+    assert (generation.prompt_tokens, generation.completion_tokens) == (5, 10)  # characters / 4
+    assert client.usage()["estimated_requests"] == 1 and client.usage()["completion_tokens"] == 10
+
+
+def test_split_total_adds_up() -> None:
+    assert split_total(12, [3, 3, 3, 3]) == [3, 3, 3, 3]
+    assert split_total(10, [1, 1, 1]) == [4, 3, 3]
+    assert split_total(7, [10, 0, 30]) == [2, 0, 5]
+    assert split_total(5, [0, 0]) == [3, 2] and split_total(0, [4]) == [0] and split_total(3, []) == []
+
+
+def test_the_pool_stays_full_and_lives_as_long_as_the_backend(stalling_server) -> None:
+    lock, in_flight, peak = threading.Lock(), [0], [0]
+
+    def server(handler: BaseHTTPRequestHandler, done: threading.Event) -> None:
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        done.wait(0.03)
+        with lock:
+            in_flight[0] -= 1
+        answer(handler, reply(usage={"prompt_tokens": 1, "completion_tokens": 1}))
+
+    client = backend(stalling_server(server), concurrency=6)
+    client.generate([f"p{i}" for i in range(30)])
+    pool = client._pool
+    client.generate(["again"])
+    assert peak[0] == 6 and client._pool is pool  # as many in flight as allowed; one pool for every call
+    client.close()
+    assert client._pool is None
+
+
+def test_the_shipped_config_defaults() -> None:
+    cfg = OmegaConf.load(CONFIG)
+    assert cfg.concurrency == 32 and cfg.requests_per_minute is None and cfg.tokens_per_minute is None
+    assert cfg.price_per_million_input >= 0 and cfg.price_per_million_output >= 0
+    built = instantiate(cfg)
+    assert built.concurrency == 32 and built.http.meter.price_in == cfg.price_per_million_input
+    assert built.usage()["cost_usd"] == 0.0
 
 
 # --- a real OpenAI-compatible server: llama-cpp-python's, over the bundled SmolLM2 GGUF -----------

@@ -1,4 +1,4 @@
-"""A Hydra multirun of two tiny jobs writes two complete run folders, one per swept value."""
+"""A Hydra multirun of two tiny pipelines writes two complete run folders, one per swept value."""
 
 from __future__ import annotations
 
@@ -7,20 +7,28 @@ import os
 import subprocess
 import sys
 
+import yaml
 
-def test_multirun_of_two_tiny_jobs(tmp_path) -> None:
+
+def test_multirun_of_two_tiny_jobs(tmp_path, tiny_model_cache) -> None:
     sweep_dir = tmp_path / "sweep"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LETTINGO_MODEL_CACHE": str(tmp_path / "models")}
-    subprocess.run(
-        [sys.executable, "-m", "lettingo", "-m", "stage=explore", "backbone=tiny_random", "logger=csv",
-         "sampling.max_users=2", "sampling.n=2", "sampling.max_new_tokens=4", "num_threads=1", "seed=0,1",
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LETTINGO_ROOT": str(tmp_path),
+           "LETTINGO_MODEL_CACHE": str(tiny_model_cache)}
+    done = subprocess.run(
+        [sys.executable, "-m", "lettingo", "-m", "stage=pipeline", "debug=tiny", "logger=csv", "seed=0,1",
          f"hydra.sweep.dir={sweep_dir}"],
-        check=True, capture_output=True, text=True, env=env,
+        capture_output=True, text=True, env=env, cwd=tmp_path, check=False,
     )
-    jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert len(jobs) == 2 and ["seed=0" in jobs[0].name, "seed=1" in jobs[1].name] == [True, True]
-    for job, seed in zip(jobs, (0, 1), strict=True):
+    assert done.returncode == 0, done.stderr[-3000:]
+    jobs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                  key=lambda p: int(p.name.split("_")[0]))
+    assert len(jobs) == 2, jobs
+    for number, (job, seed) in enumerate(zip(jobs, (0, 1), strict=True)):
+        assert job.name.split("_")[0] == str(number)  # named by the job number
+        assert f"seed={seed}" in yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
         config = json.loads((job / "run_config.json").read_text())["config"]
-        assert config["seed"] == seed
+        assert config["seed"] == seed and config["paths"]["run_dir"] == str(job)
+        comparison = json.loads((job / "results" / "comparison.json").read_text())
+        assert comparison["meta"]["seed"] == seed and comparison["users"]
         assert (job / "profiles" / "_meta.json").exists()
         assert (job / "logs" / "metrics.csv").exists()

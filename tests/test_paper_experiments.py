@@ -9,7 +9,6 @@ Yelp are small synthetic files in their published formats (tests/published_forma
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,9 +16,20 @@ import pytest
 from omegaconf import DictConfig
 from published_formats import write_amazon_books, write_ml10m, write_yelp
 
-from lettingo.align.stage import adapter_artifact
+from lettingo.artifacts import (
+    BASELINES,
+    PAIRS,
+    PREDICTIONS,
+    PROFILES,
+    RESULTS,
+    REWARDS,
+    SAMPLES,
+    SENSITIVITY,
+    adapter_artifact,
+)
 from lettingo.data.schema import LABELS
-from lettingo.held_out import DPO, NO_DPO, NO_PROFILE, RESULTS_FILE, SFT
+from lettingo.evaluation.comparison import read_comparison
+from lettingo.evaluation.methods import DPO, NO_DPO, NO_PROFILE, SFT
 from lettingo.pipeline import run
 
 TEST_USERS, PROFILE_USERS = 4, 6
@@ -63,7 +73,7 @@ def test_paper_experiment_runs_the_whole_pipeline(
     assert data_summary["split_sizes"]["profile_train_h70"] == PROFILE_USERS
     assert set(data_summary["label_distribution_all"]) == set(LABELS)
     assert all(data_summary["label_distribution_all"][label] > 0 for label in LABELS)
-    for artifact in ("samples", "profiles", "rewards", "pairs", "baselines", "predictions"):
+    for artifact in (SAMPLES, PROFILES, REWARDS, PAIRS, SENSITIVITY, BASELINES, PREDICTIONS, RESULTS):
         assert (run_dir / artifact / "_meta.json").is_file(), artifact
     assert results["explore"]["splits"]["profile_train_h70"]["profiles"] == PROFILE_USERS * 3
 
@@ -76,14 +86,14 @@ def test_paper_experiment_runs_the_whole_pipeline(
         assert (folder / "_meta.json").is_file() and (folder / "adapter_model.safetensors").is_file()
         assert results["align"][method]["steps"] >= 1
 
-    saved = json.loads((run_dir / RESULTS_FILE).read_text())
-    assert saved["users"] == TEST_USERS
-    methods = saved["methods"]
-    assert {NO_PROFILE, NO_DPO, SFT, DPO} <= set(methods)
-    assert {"palr (tiny_random)", "rlmrec (tiny_random)", "kar (tiny_random)"} <= set(methods)
-    for method, metrics in methods.items():
+    saved = read_comparison(run_dir / RESULTS / "comparison.json")
+    assert len(saved.users) == TEST_USERS and saved.to_json() == results["test"]
+    methods = set(saved.methods)
+    assert {NO_PROFILE, NO_DPO, SFT, DPO} <= methods
+    assert {"palr (tiny_random)", "rlmrec (tiny_random)", "kar (tiny_random)"} <= methods
+    for method, metrics in saved.intervals.items():
         for metric, interval in metrics.items():
-            assert interval["low"] <= interval["value"] <= interval["high"], (method, metric, interval)
-    assert set(saved["versus_dpo"]) == set(methods) - {DPO}
-    assert (run_dir / "test" / "results.md").is_file()
+            assert interval.low <= interval.value <= interval.high, (method, metric, interval)
+    assert set(saved.paired[DPO]) == methods - {DPO}
+    assert (run_dir / RESULTS / "comparison.md").is_file()
 

@@ -13,6 +13,7 @@ from lettingo.profiles.prompts import build_instruction
 
 PROMPTS = ["lettingo", "palr", "rlmrec", "kar"]
 DATASETS = ["ml100k", "ml1m", "ml10m", "amazon_books", "yelp"]
+EXTERNAL = {"ml10m", "amazon_books", "yelp"}  # read from `dataset.path` (required); the others are embedded
 LABEL = {5: "like", 4: "like", 3: "neutral", 2: "dislike", 1: "dislike"}
 # Each family's item shape: title, attributes and review text as its source writes them.
 SHAPES = {
@@ -44,7 +45,8 @@ def make_sample(dataset: str, count: int = 40) -> dict:
 @pytest.mark.parametrize("dataset", DATASETS)
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_template_renders_history_facts_and_request(compose_cfg, prompt: str, dataset: str) -> None:
-    cfg = compose_cfg([f"prompt={prompt}", f"dataset={dataset}", "dataset.path=/data/not-used"])
+    path = ["dataset.path=/data/not-used"] if dataset in EXTERNAL else []
+    cfg = compose_cfg([f"prompt={prompt}", f"dataset={dataset}", *path])
     sample = make_sample(dataset)
     history_len = int(cfg.history.length)
     text = build_instruction(sample, cfg.prompt, history_len, cfg.dataset.item_text)

@@ -105,3 +105,16 @@ def test_bad_values_fail_before_any_model_or_data_loads(tiny, monkeypatch, overr
         run(tiny("stage=pipeline", override))
     message = str(error.value)
     assert key in message and "\n" not in message
+
+
+def test_any_history_length_gets_its_own_profile_training_group(tiny) -> None:
+    run(tiny("stage=data", "history.length=40"))
+    samples = ArtifactStore(tiny().paths.run_dir).read_table("samples")
+    assert (samples["split"] == "profile_train_h40").sum() == 4
+    assert {"profile_train_h30", "profile_train_h50", "profile_train_h70"} <= set(samples["split"])
+
+
+def test_a_history_longer_than_the_data_fails_in_one_line(tiny) -> None:
+    with pytest.raises(Exception, match="no user has the 511 interactions needed") as error:
+        run(tiny("stage=data", "history.length=500"))
+    assert "\n" not in str(error.value)

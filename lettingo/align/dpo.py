@@ -43,37 +43,53 @@ def reference_logps(model: PeftModel, batch: dict[str, torch.Tensor], share_prom
 
 
 def attach_reference_logps(model: PeftModel, examples: list[Example], loader: Iterable[dict[str, torch.Tensor]],
-                           share_prompt: bool = True) -> int:
+                           share_prompt: bool = True, rank: int = 0, world: int = 1) -> int:
     """Write each example's reference log-probs into it (``ref_logps``); return how many were computed.
 
     ``loader`` yields collated batches of ``examples`` (``index`` points into it): pass the very
     loader training uses. In bfloat16 the rounding depends on a batch's padding, and a reference
     computed in other batches would differ from the still untrained policy by up to ~1 nat per
     profile. Batches whose examples all have them are skipped, so this runs once per dataset.
+
+    With ``world`` > 1 processes (a collective: every rank calls it with the same examples and loader)
+    rank ``rank`` computes every ``world``-th batch of the loader, and the rows of all ranks are
+    gathered, so each rank ends with every example's reference, computed in the same batches.
     """
-    computed = 0
+    rows: dict[int, list[float]] = {}
     was_training = model.training
     model.eval()
     try:
-        for batch in loader:
+        for b, batch in enumerate(loader):
             members = batch["index"].tolist()
-            if all("ref_logps" in examples[i] for i in members):
+            if b % world != rank or all("ref_logps" in examples[i] for i in members):
                 continue
             logps = reference_logps(model, {k: v.to(model.device) for k, v in batch.items()}, share_prompt)
-            for i, row in zip(members, logps.tolist(), strict=True):
-                examples[i]["ref_logps"] = row
-            computed += len(members)
+            rows.update(zip(members, logps.tolist(), strict=True))
     finally:
         model.train(was_training)
-    return computed
+    if world > 1:
+        rows = gather_rows(rows, world)
+    for i, row in rows.items():
+        examples[i]["ref_logps"] = row
+    return len(rows)
+
+
+def gather_rows(rows: dict[int, list[float]], world: int) -> dict[int, list[float]]:
+    """The union of every rank's ``rows`` (example index -> reference log-probs), on every rank."""
+    import torch.distributed as dist
+
+    shards: list[dict[int, list[float]] | None] = [None] * world
+    dist.all_gather_object(shards, rows)
+    return {i: row for shard in shards for i, row in (shard or {}).items()}
 
 
 class DpoModule(AdapterModule):
     """DPO on preference examples (prompt, [chosen, rejected]) with the sigmoid loss and ``beta``.
 
     With ``precompute_reference`` the reference log-probs of the whole train and validation sets
-    are computed once when fitting starts, in the datamodule's own batches (under DDP every
-    process computes them for all examples); batches without them get them on the fly.
+    are computed once when fitting starts, in the datamodule's own batches (under DDP each process
+    computes its share of the batches and every process gets all of them); batches without them get
+    them on the fly.
     """
 
     def __init__(self, model: PeftModel, optimizer: OptimizerFactory, beta: float = 0.1, share_prompt: bool = True,
@@ -91,9 +107,11 @@ class DpoModule(AdapterModule):
             return
         # Under the training steps' precision (e.g. bf16 autocast), so that policy and reference
         # agree exactly while the adapter is still the identity.
+        rank, world = self.trainer.global_rank, self.trainer.world_size
         with self.trainer.precision_plugin.forward_context():
-            attach_reference_logps(self.model, datamodule.train, datamodule.train_dataloader(), self.share_prompt)
-            attach_reference_logps(self.model, datamodule.val, datamodule.val_dataloader(), self.share_prompt)
+            for examples, loader in ((datamodule.train, datamodule.train_dataloader()),
+                                     (datamodule.val, datamodule.val_dataloader())):
+                attach_reference_logps(self.model, examples, loader, self.share_prompt, rank, world)
 
     def step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """DPO loss of a batch with its reward metrics."""

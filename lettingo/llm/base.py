@@ -68,6 +68,15 @@ class GenerationBackend(ABC):
         finished and the number of new tokens in it.
         """
 
+    def usage(self) -> dict[str, float]:
+        """What this backend has consumed so far, for the run's log: empty where nothing is metered.
+
+        API backends give ``requests``, ``prompt_tokens``, ``completion_tokens`` (exact, from the
+        server's ``usage``), ``cost_usd`` and a few bookkeeping counts; the numbers are cumulative
+        over the backend's life and stay readable after :meth:`close`.
+        """
+        return {}
+
     def close(self) -> None:  # noqa: B027  (optional hook: most backends hold nothing to release)
         """Release the engine's resources (threads, memory, connections)."""
 

@@ -83,7 +83,8 @@ def hub_snapshot(repo_id: str, revision: str | None = None) -> Path:
         if offline or "HF_HUB_OFFLINE" in str(error):
             raise ModelNotCachedError(_not_cached(name, cache, state, repo_id, revision)) from None
         raise HubFetchError(f"model {name} {state} in the Hugging Face cache ({cache}) and the Hub could not be "
-                            f"reached: {_first_line(error)}") from None
+                            f"reached ({_first_line(error)}): fetch it where it can with "
+                            + fetch_hint(repo_id, revision)) from None
     except GatedRepoError:
         raise HubFetchError(f"model {name} is gated on the Hugging Face Hub: accept its licence on "
                             f"https://huggingface.co/{repo_id} and log in with `hf auth login`") from None

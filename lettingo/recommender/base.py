@@ -85,14 +85,22 @@ class RecClassifierModule(L.LightningModule):
         self._val_pred.append(logits.argmax(-1).cpu().numpy())
 
     def on_validation_epoch_end(self) -> None:
-        """Log validation accuracy and macro-F1 over all validation cases."""
-        if not self._val_true:
-            return
-        true = [LABELS[i] for i in np.concatenate(self._val_true)]
-        pred = [LABELS[i] for i in np.concatenate(self._val_pred)]
+        """Log validation accuracy and macro-F1 over all validation cases (of every rank under DDP).
+
+        Under a multi-process trainer each rank validates its shard of the cases; their predictions are
+        gathered first, so every rank logs the macro-F1 of the whole validation set, the value that
+        early stopping and the checkpoint choice agree on.
+        """
+        world = self.trainer.world_size if self._trainer is not None else 1
+        true = np.concatenate(self._val_true) if self._val_true else np.zeros(0, dtype=np.int64)
+        pred = np.concatenate(self._val_pred) if self._val_pred else np.zeros(0, dtype=np.int64)
         self._val_true.clear()
         self._val_pred.clear()
-        scores = classification_metrics(true, pred, LABELS)
+        if world > 1:
+            true, pred = gather_codes(true), gather_codes(pred)
+        if len(true) == 0:
+            return
+        scores = classification_metrics([LABELS[i] for i in true], [LABELS[i] for i in pred], LABELS)
         self.log(VAL_METRIC, scores["macro_f1"], prog_bar=True)
         self.log("val/accuracy", scores["accuracy"])
 
@@ -128,6 +136,17 @@ class RecClassifierModule(L.LightningModule):
             out[start : start + len(chunk)] = torch.softmax(self.logits(batch).float(), -1).cpu().numpy()
         self.train(was_training)
         return out
+
+
+def gather_codes(codes: np.ndarray) -> np.ndarray:
+    """The label codes of every rank, concatenated in rank order (a collective: every rank must call it)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return codes
+    shards: list[list[int] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(shards, [int(c) for c in codes])
+    return np.asarray([c for shard in shards for c in shard or []], dtype=np.int64)
 
 
 def label_tensor(cases: Sequence[RecCase]) -> torch.Tensor:

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.model_selection import GridSearchCV, GroupKFold
+from threadpoolctl import threadpool_limits
 
 from lettingo.data.samples import older_history, plain_item
 from lettingo.data.schema import LABELS, attribute_list
@@ -236,6 +237,7 @@ class TabularRecommender:
         class_weight: str | None = None,
         n_attributes: int = 20,
         early_stopping_rounds: int = 20,
+        n_threads: int | None = 1,
         seed: int = 0,
     ) -> None:
         if n_targets < 1 or cv_folds < 2:
@@ -254,6 +256,7 @@ class TabularRecommender:
         self.class_weight = class_weight
         self.n_attributes = int(n_attributes)
         self.early_stopping_rounds = int(early_stopping_rounds)
+        self.n_threads = None if n_threads is None else int(n_threads)
         self.seed = int(seed)
         self.features_: TabularFeatures | None = None
         self.search_: GridSearchCV | None = None
@@ -315,7 +318,8 @@ class TabularRecommender:
         self.search_ = GridSearchCV(estimator, self.grid, scoring=self.scoring,
                                     cv=GroupKFold(n_splits=min(self.cv_folds, n_users)), refit=True, n_jobs=1)
         start = time.perf_counter()
-        self.search_.fit(x, y, groups=groups)
+        with threadpool_limits(limits=self.n_threads, user_api="openmp"):
+            self.search_.fit(x, y, groups=groups)
         self.cv_seconds_ = time.perf_counter() - start
         self.model_ = self.search_.best_estimator_
         self.best_params_ = dict(self.search_.best_params_)
@@ -352,7 +356,8 @@ class TabularRecommender:
         assert self.model_ is not None
         out = np.zeros((len(pairs), len(LABELS)))
         if pairs:
-            out[:, self.model_.classes_] = self.model_.predict_proba(self.matrix(pairs))
+            with threadpool_limits(limits=self.n_threads, user_api="openmp"):
+                out[:, self.model_.classes_] = self.model_.predict_proba(self.matrix(pairs))
         return out
 
     def _case_history(self, case: RecCase) -> list[dict[str, Any]] | None:

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from lettingo.data.schema import LABELS
@@ -111,8 +112,20 @@ class RecDataModule(L.LightningDataModule):
         return DataLoader(self.train_cases, self.batch_size, shuffle=True, generator=generator, collate_fn=self.collate)
 
     def val_dataloader(self) -> DataLoader:
-        """Validation batches in order."""
-        return DataLoader(self.val_cases, self.batch_size, shuffle=False, collate_fn=self.collate)
+        """Validation batches in order; under DDP each rank's share, every case exactly once.
+
+        Lightning's own distributed sampler would pad the shares with repeated cases, and the macro-F1
+        gathered from every rank (see `RecClassifierModule.on_validation_epoch_end`) would count them twice.
+        """
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1:
+            return DataLoader(self.val_cases, self.batch_size, shuffle=False, collate_fn=self.collate)
+        if len(self.val_cases) < trainer.world_size:
+            raise ValueError(f"{len(self.val_cases)} validation cases for {trainer.world_size} processes: every "
+                             "process needs one (more rec_train users, or a larger recommender.training.val_fraction)")
+        sampler = UnrepeatedDistributedSampler(self.val_cases, num_replicas=trainer.world_size,
+                                               rank=trainer.global_rank, shuffle=False)
+        return DataLoader(self.val_cases, self.batch_size, sampler=sampler, collate_fn=self.collate)
 
 
 @dataclass(frozen=True)
@@ -135,7 +148,9 @@ def fit(
 ) -> FitResult:
     """Train with early stopping on validation macro-F1; load the best checkpoint into ``module``.
 
-    ``make_trainer(logger=..., callbacks=...)`` builds the Trainer (from the ``trainer`` config).
+    ``make_trainer(logger=..., callbacks=...)`` builds the Trainer (from the ``trainer`` config). Under
+    DDP the monitored macro-F1 is that of every rank's predictions together, so all ranks stop and keep
+    the same checkpoint (written by rank 0).
     """
     if data.balance == "class_weights":
         module.set_class_weights(balanced_class_weights(data.train_cases))

@@ -33,7 +33,11 @@ def checkpoints(method: str) -> str:
 
 
 def align_method(ctx: StageContext, method: str, pairs: pd.DataFrame) -> dict[str, Any]:
-    """Train one method's adapter (or reuse it) and write the artifact ``adapter_<method>``."""
+    """Train one method's adapter (or reuse it) and write the artifact ``adapter_<method>``.
+
+    Under a multi-process trainer every rank reaches the same fits (the same pairs, the same reuse
+    decisions, read from the run folder); only rank 0 writes the checkpoints and the adapter.
+    """
     cfg, store = ctx.cfg, ctx.store
     name, fp = adapter_artifact(method), ctx.fingerprint(adapter_artifact(method))
     if store.prepare(name, fp) == "done":
@@ -51,6 +55,9 @@ def align_method(ctx: StageContext, method: str, pairs: pd.DataFrame) -> dict[st
     work = checkpoints(method)
     resume = store.begin(work, fp) == "partial"
     if engine == "trl" and method_cfg.examples == "preference":
+        if ctx.fit_gate is not None:
+            raise ValueError("align.engine=trl trains in one process; use align.engine=lightning with a "
+                             "multi-process trainer")
         trained, summary = fit_trl(acfg, method_cfg, model, tokenizer, train, val, store.path(work), seed,
                                    float(cfg.trainer.get("gradient_clip_val") or 0.0))
     else:
@@ -59,8 +66,11 @@ def align_method(ctx: StageContext, method: str, pairs: pd.DataFrame) -> dict[st
         def make_trainer(**kwargs: Any) -> Any:
             return instantiate(cfg.trainer, **overrides, **kwargs, logger=ctx.tracker.lightning_logger())
 
+        ctx.ready_to_fit()
         trained, summary = fit_lightning(acfg, method_cfg, attach_lora(model, acfg.lora), tokenizer, train, val,
                                          make_trainer, store.path(work), resume, seed, device_count(cfg.trainer))
+    if not ctx.is_main:
+        return {"method": method, "rank": ctx.rank}
     seconds = time.perf_counter() - began
     save_adapter(trained, store.path(name))
     summary |= {"method": method, "engine": engine, "pairs_train": len(train), "pairs_val": len(val),
@@ -101,6 +111,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     results = {}
     for method in map(str, ctx.cfg.align.methods):
         summary = align_method(ctx, method, pairs)
+        if not ctx.is_main:
+            continue
         ctx.tracker.log_metrics(report(method, summary))
         if summary.get("val_history"):
             ctx.tracker.log_table(f"align/val/{method}_history", pd.DataFrame(summary["val_history"]))

@@ -46,16 +46,40 @@ def rec_train_profiles(ctx: StageContext, users: pd.DataFrame) -> pd.DataFrame:
         )
 
 
+def wanted_profiles(cfg: DictConfig, users: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the rec_train profiles these users train on, in user, backbone, sample order.
+
+    What `explore` returns; the other ranks of a multi-process trainer compute it from the finished
+    artifact, so every rank builds the very same training cases (the distributed sampler shards them).
+    """
+    n = int(cfg.recommender.training.profiles_per_user)
+    user_rank = {u: i for i, u in enumerate(users["user_id"])}
+    backbone_rank = {b: i for i, b in enumerate(backbones_by_name(cfg.sampling.backbones))}
+    keep = frame["user_id"].isin(user_rank) & frame["backbone"].isin(backbone_rank) & (frame["sample_idx"] < n)
+    frame = frame[keep]
+    order = pd.DataFrame({"u": frame["user_id"].map(user_rank), "b": frame["backbone"].map(backbone_rank),
+                          "j": frame["sample_idx"]}).sort_values(["u", "b", "j"], kind="stable").index
+    return frame.loc[order].reset_index(drop=True)
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
-    """Train the configured f_Rec into the `rec_model` artifact (reused when finished for the same inputs)."""
+    """Train the configured f_Rec into the `rec_model` artifact (reused when finished for the same inputs).
+
+    Under a multi-process trainer every rank builds the same cases and joins the fit; only rank 0 makes
+    the training profiles and writes the artifact.
+    """
     cfg, rcfg, store = ctx.cfg, ctx.cfg.recommender, ctx.store
     if not rcfg.trainable:
-        print(f"train_rec: {rcfg.name} is zero-shot; nothing to train")
+        if ctx.is_main:
+            print(f"train_rec: {rcfg.name} is zero-shot; nothing to train")
         return {"recommender": str(rcfg.name), "trained": False}
     samples = ctx.read_table(SAMPLES)
     users = rec_train_samples(cfg, samples)
     tcfg = rcfg.training
-    profiles = rec_train_profiles(ctx, users) if int(tcfg.profiles_per_user) > 0 else None
+    profiles = None
+    if int(tcfg.profiles_per_user) > 0:
+        made = rec_train_profiles(ctx, users) if ctx.is_main else ctx.read_table(REC_TRAIN_PROFILES)
+        profiles = wanted_profiles(cfg, users, made)
     fp = ctx.fingerprint(REC_MODEL)
     if store.prepare(REC_MODEL, fp) == "done":
         meta = store.meta(REC_MODEL)
@@ -74,8 +98,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
     def make_trainer(**kwargs: Any) -> Any:
         return instantiate(cfg.trainer, **OmegaConf.to_container(tcfg.trainer, resolve=True), **kwargs)
 
+    ctx.ready_to_fit()
     result = fit(module, data, make_trainer, store.path(REC_MODEL), int(tcfg.patience),
                  logger=ctx.tracker.lightning_logger())
+    if not ctx.is_main:
+        return {"recommender": str(rcfg.name), "trained": True, "rank": ctx.rank}
     summary = {
         "recommender": str(rcfg.name), "trained": True, "checkpoint": result.checkpoint.name,
         "val_macro_f1": result.val_macro_f1, "epochs": result.epochs, "steps": result.steps,
