@@ -165,6 +165,15 @@ class SensitivitySchema:
 
 
 @dataclass
+class TabularSchema:
+    """`evaluate.tabular`: the non-LLM f_Rec rows of both tables (fitted on the non-held-out users)."""
+
+    enabled: bool
+    plain: Any
+    oracle: Any
+
+
+@dataclass
 class EvaluateSchema:
     """`evaluate`: rewards of the explored profiles, pairs, and the baselines table."""
 
@@ -172,6 +181,7 @@ class EvaluateSchema:
     raw_histories: list[int]
     users_per_chunk: int
     sensitivity: SensitivitySchema
+    tabular: TabularSchema
 
     def __post_init__(self) -> None:
         require(bool(self.split), "split", self.split, "must name a split")

@@ -14,7 +14,7 @@ import torch
 from lettingo.align import dpo as dpo_module
 from lettingo.artifacts import PAIRS, PREDICTIONS, RESULTS, ArtifactStore, adapter_artifact
 from lettingo.evaluation.comparison import read_comparison
-from lettingo.evaluation.methods import DPO, NO_DPO, NO_PROFILE, SFT
+from lettingo.evaluation.methods import DPO, NO_DPO, NO_PROFILE, ORACLE_FACTS, SFT, SHUFFLED
 from lettingo.llm.models import load_causal_lm
 from lettingo.pipeline import run
 from lettingo.stages import BY_NAME, declarations
@@ -142,7 +142,8 @@ def test_test_stage_compares_every_method_on_the_same_users(tiny, aligned, capsy
     results = run(tiny("stage=test", *TEST_USERS, run_dir=run_dir))
     out = capsys.readouterr().out
     methods = set(results["methods"])
-    assert {NO_PROFILE, NO_DPO, SFT, DPO, "palr (tiny_random)", "rlmrec (tiny_random)", "kar (tiny_random)"} == methods
+    assert {NO_PROFILE, SHUFFLED, ORACLE_FACTS, NO_DPO, SFT, DPO, "palr (tiny_random)", "rlmrec (tiny_random)",
+            "kar (tiny_random)"} == methods
     assert len(results["users"]) == 10
     assert all(row["accuracy"]["n"] == 10 and row["macro_f1"]["low"] <= row["macro_f1"]["value"] <= row["macro_f1"]
                ["high"] for row in results["methods"].values())
@@ -173,5 +174,5 @@ def test_no_pairs_skips_alignment_and_the_test_stage_compares_the_base_methods(t
     test_users = ["dataset.splits.test=6", "test.max_users=6", "test.max_new_tokens=4", "bootstrap.n_resamples=20"]
     run(tiny("stage=data", *test_users, run_dir=run_dir))
     results = run(tiny("stage=test", *test_users, run_dir=run_dir))
-    assert {NO_PROFILE, NO_DPO} <= set(results["methods"]) and not {SFT, DPO} & set(results["methods"])
+    assert {NO_PROFILE, ORACLE_FACTS, NO_DPO} <= set(results["methods"]) and not {SFT, DPO} & set(results["methods"])
     assert DPO not in results["paired"] and len(results["users"]) == 6

@@ -222,7 +222,8 @@ class TabularRecommender:
     ``item_stats_samples`` (the training splits; a ``test`` split there is an error). `predict`
     scores the real target of each sample of a DataFrame, or a sequence of :class:`RecCase` (the
     Recommender protocol; with the oracle, first `attach_histories` the samples the cases come from).
-    The profile text of a case is ignored.
+    The profile text of a case is ignored. ``n_threads`` caps the OpenMP threads of each fit (None:
+    all cores); one thread per fit is the fastest on a few shared cores. `save`/`load` pickle it.
     """
 
     def __init__(

@@ -7,14 +7,25 @@ import logging
 from typing import Any
 
 import pandas as pd
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from lettingo.artifacts import BASELINES, PAIRS, PROFILES, REC_MODEL, REWARDS, SAMPLES, SENSITIVITY
+from lettingo.artifacts import (
+    BASELINES,
+    PAIRS,
+    PROFILES,
+    REC_MODEL,
+    REWARDS,
+    SAMPLES,
+    SENSITIVITY,
+    TABULAR_MODELS,
+    atomic_path,
+)
 from lettingo.data.schema import LABELS, LabelThresholds
 from lettingo.data.splits import REC_TRAIN
 from lettingo.evaluation.comparison import FILE_STEM as COMPARISON
 from lettingo.evaluation.comparison import Comparison, read_comparison
-from lettingo.evaluation.methods import MAJORITY, ORACLE_FACTS, no_profile_label
+from lettingo.evaluation.methods import ORACLE_FACTS, method_key, no_profile_label
 from lettingo.evaluation.views import log_reward_views
 from lettingo.feedback.baselines import baseline_predictions
 from lettingo.feedback.pairs import build_pairs, format_pairs_summary, pairs_summary
@@ -22,7 +33,9 @@ from lettingo.feedback.rewards import profile_cases, score_profiles
 from lettingo.feedback.sensitivity import Sensitivity, profile_sensitivity, sensitivity_message
 from lettingo.profiles.oracle import oracle_profile
 from lettingo.recommender.base import Recommender
+from lettingo.recommender.cases import predicted_labels
 from lettingo.recommender.loading import LazyRecommender
+from lettingo.recommender.tabular import TabularRecommender
 from lettingo.recommender.text import ItemTextConfig
 from lettingo.stages.base import Output, Stage, StageContext
 
@@ -89,6 +102,33 @@ def first_profiles(profiles: pd.DataFrame, users: list[str]) -> dict[str, str] |
     return {str(u): str(t) for u, t in first.items()} if set(users) <= set(first.index) else None
 
 
+def held_out_splits(cfg: DictConfig) -> set[str]:
+    """The splits no model may learn from: the held-out users of the evaluate and test stages."""
+    return {str(cfg.evaluate.split), str(cfg.test.split)}
+
+
+def tabular_models(ctx: StageContext, samples: pd.DataFrame) -> dict[str, TabularRecommender]:
+    """Row label -> the tabular f_Rec fitted on every user outside the held-out splits (artifact `tabular_models`)."""
+    store, tcfg, fp = ctx.store, ctx.cfg.evaluate.tabular, ctx.fingerprint(TABULAR_MODELS)
+    nodes = {str(tcfg.plain.model.name): tcfg.plain.model, str(tcfg.oracle.model.name): tcfg.oracle.model}
+    folder = store.path(TABULAR_MODELS)
+    if store.prepare(TABULAR_MODELS, fp) == "done":
+        return {label: TabularRecommender.load(folder / f"{method_key(label)}.pkl") for label in nodes}
+    train = samples[~samples["split"].isin(held_out_splits(ctx.cfg))]
+    models, info = {}, {}
+    for label, node in nodes.items():
+        model = instantiate(node).fit(train, train)
+        with atomic_path(folder / f"{method_key(label)}.pkl") as tmp:
+            model.save(tmp)
+        models[label] = model
+        info[label] = {"best_params": model.best_params_, "cv_accuracy": model.cv_score_,
+                       "cv_seconds": model.cv_seconds_}
+        log.info("tabular f_Rec %r: CV accuracy %.3f with %s (%.0f s)", label, model.cv_score_, model.best_params_,
+                 model.cv_seconds_)
+    store.finish(TABULAR_MODELS, fp, users=int(train["user_id"].nunique()), models=info)
+    return models
+
+
 def baselines(ctx: StageContext, recommender: Recommender, samples: pd.DataFrame,
               profiles: pd.DataFrame) -> Comparison:
     """Every baseline and f_Rec input on the held-out users of `evaluate.split` (artifact `baselines`)."""
@@ -107,9 +147,12 @@ def baselines(ctx: StageContext, recommender: Recommender, samples: pd.DataFrame
         int(cfg.history.recent), first_profiles(profiles, held_out["user_id"].astype(str).tolist()), oracle,
         int(cfg.seed),
     )
+    if ecfg.tabular.enabled:
+        for label, model in tabular_models(ctx, samples).items():
+            predictions[label] = predicted_labels(model.predict(held_out))
     comparison = Comparison.compute(
         held_out["user_id"].astype(str).tolist(), [str(t["label"]) for t in held_out["target"]], predictions,
-        references=[no_profile_label(int(cfg.history.recent)), ORACLE_FACTS, MAJORITY],
+        references=[no_profile_label(int(cfg.history.recent)), ORACLE_FACTS],
         n_resamples=int(cfg.bootstrap.n_resamples),
         confidence=float(cfg.bootstrap.confidence), seed=int(cfg.seed),
         meta={"split": str(ecfg.split), "recommender": recommender.name},
@@ -160,8 +203,11 @@ def outputs(cfg: DictConfig) -> list[Output]:
         Output(REWARDS, config=("recommender.model",), inputs=(PROFILES, *rec)),
         Output(PAIRS, config=("pairs", "seed"), inputs=(REWARDS,)),
         Output(SENSITIVITY, config=("bootstrap", "seed"), inputs=(REWARDS, SAMPLES)),
-        Output(BASELINES, config=("evaluate.split", "evaluate.raw_histories", "bootstrap", "seed", "dataset.labels",
-                                  "dataset.item_text", "recommender.model", "history", "prompt.facts"),
+        *([Output(TABULAR_MODELS, config=("evaluate.tabular", "evaluate.split", "test.split", "history", "seed"),
+                  inputs=(SAMPLES,))] if cfg.evaluate.tabular.enabled else []),
+        Output(BASELINES, config=("evaluate.split", "evaluate.raw_histories", "evaluate.tabular", "bootstrap", "seed",
+                                  "dataset.labels", "dataset.item_text", "recommender.model", "history",
+                                  "prompt.facts"),
                inputs=(SAMPLES, PROFILES, *rec)),
     ]
 

@@ -18,7 +18,15 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from lettingo.artifacts import PREDICTIONS, REC_MODEL, RESULTS, SAMPLES, TEST_PROFILES, adapter_artifact
+from lettingo.artifacts import (
+    PREDICTIONS,
+    REC_MODEL,
+    RESULTS,
+    SAMPLES,
+    TABULAR_MODELS,
+    TEST_PROFILES,
+    adapter_artifact,
+)
 from lettingo.evaluation.comparison import FILE_STEM as COMPARISON
 from lettingo.evaluation.comparison import Comparison, read_comparison
 from lettingo.evaluation.methods import DPO, NO_DPO, ORACLE_FACTS, SFT, SHUFFLED, method_key, no_profile_label
@@ -29,7 +37,9 @@ from lettingo.feedback.sensitivity import shuffled_texts
 from lettingo.llm.pool import BackendPool, backbones_by_name
 from lettingo.profiles.explore import PROFILE_COLUMNS, explore
 from lettingo.profiles.oracle import oracle_profile
+from lettingo.recommender.cases import predicted_labels
 from lettingo.recommender.loading import LazyRecommender
+from lettingo.recommender.tabular import TabularRecommender
 from lettingo.stages.base import Output, Stage, StageContext
 
 log = logging.getLogger(__name__)
@@ -125,6 +135,17 @@ def method_predictions(predictions: pd.DataFrame) -> tuple[list[str], list[str],
     return users, truth, {m: by_method[m].loc[users, "predicted"].astype(str).tolist() for m in methods}
 
 
+def tabular_predictions(ctx: StageContext, users: pd.DataFrame, order: list[str]) -> dict[str, list[str]]:
+    """Row label -> the tabular f_Rec's labels for ``order``'s users (none when evaluate.tabular is off)."""
+    if not ctx.cfg.evaluate.tabular.enabled:
+        return {}
+    meta = ctx.need(TABULAR_MODELS)
+    by_user = users.set_index(users["user_id"].astype(str)).loc[order].reset_index(drop=True)
+    folder = ctx.store.path(TABULAR_MODELS)
+    return {label: predicted_labels(TabularRecommender.load(folder / f"{method_key(label)}.pkl").predict(by_user))
+            for label in meta["models"]}
+
+
 def test_users(cfg: DictConfig, samples: pd.DataFrame) -> pd.DataFrame:
     """The held-out users of `test.split` (the first `test.max_users` when set)."""
     users = samples[samples["split"] == str(cfg.test.split)]
@@ -151,6 +172,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         comparison = read_comparison(store.path(RESULTS) / f"{COMPARISON}.json")
     else:
         user_ids, truth, predicted = method_predictions(predictions)
+        predicted |= tabular_predictions(ctx, users, user_ids)
         comparison = Comparison.compute(
             user_ids, truth, predicted, references=[DPO, no_profile_label(int(cfg.history.recent)), ORACLE_FACTS],
             n_resamples=int(cfg.bootstrap.n_resamples),
@@ -193,8 +215,9 @@ def outputs(cfg: DictConfig) -> list[Output]:
                  inputs=(SAMPLES,), grows_by=grows) for name in fixed],
         Output(PREDICTIONS, config=("recommender.model", "history", "prompt.facts"),
                inputs=(TEST_PROFILES, *map(fixed_format_artifact, fixed), *rec), grows_by=grows),
-        Output(RESULTS, config=("bootstrap", "seed", "test.split", "test.max_users"),
-               inputs=(PREDICTIONS, TEST_PROFILES, *map(fixed_format_artifact, fixed))),
+        Output(RESULTS, config=("bootstrap", "seed", "test.split", "test.max_users", "evaluate.tabular.enabled"),
+               inputs=(PREDICTIONS, TEST_PROFILES, *map(fixed_format_artifact, fixed),
+                       *((TABULAR_MODELS,) if cfg.evaluate.tabular.enabled else ()))),
     ]
 
 
