@@ -27,7 +27,7 @@ import pickle
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.model_selection import GridSearchCV, GroupKFold
 from threadpoolctl import threadpool_limits
 
+from lettingo.data.item_stats import ItemStats
 from lettingo.data.samples import older_history, plain_item
 from lettingo.data.schema import LABELS, attribute_list
 from lettingo.recommender.cases import LABEL_INDEX, RecCase, case_from_sample, shifted_cases
@@ -77,59 +78,14 @@ def _label_shares(items: Sequence[Item]) -> list[float]:
     return [counts.get(label, 0) / len(items) for label in LABELS]
 
 
-@dataclass
-class ItemStats:
-    """Per-item rating sums and counts over the users of the training splits, leave-one-user-out on lookup."""
-
-    sums: dict[str, float] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
-    likes: dict[str, int] = field(default_factory=dict)
-    dislikes: dict[str, int] = field(default_factory=dict)
-    #: (user, item) -> (rating, label) of every rating counted, so a user can be left out of their own lookups.
-    own: dict[tuple[str, str], tuple[float, str]] = field(default_factory=dict)
-
-    @classmethod
-    def from_samples(cls, samples: pd.DataFrame) -> ItemStats:
-        """Statistics over every item (older, recent, target) of every sample; a user's item counts once."""
-        stats = cls()
-        for sample in samples.to_dict("records"):
-            user = str(sample["user_id"])
-            for item in [*sample["older"], *sample["recent"], sample["target"]]:
-                key = (user, str(item["item_id"]))
-                if key in stats.own:
-                    continue
-                stats.own[key] = (float(item["rating"]), str(item["label"]))
-        for (_, item_id), (rating, label) in stats.own.items():
-            stats.sums[item_id] = stats.sums.get(item_id, 0.0) + rating
-            stats.counts[item_id] = stats.counts.get(item_id, 0) + 1
-            stats.likes[item_id] = stats.likes.get(item_id, 0) + (label == "like")
-            stats.dislikes[item_id] = stats.dislikes.get(item_id, 0) + (label == "dislike")
-        return stats
-
-    def lookup(self, item_id: str, user_id: str) -> tuple[float, int, float, float]:
-        """(mean rating, count, like share, dislike share) of an item over the other training users.
-
-        An item no other training user rated is (NaN, 0, NaN, NaN).
-        """
-        item_id = str(item_id)
-        total, count = self.sums.get(item_id, 0.0), self.counts.get(item_id, 0)
-        likes, dislikes = self.likes.get(item_id, 0), self.dislikes.get(item_id, 0)
-        own = self.own.get((str(user_id), item_id))
-        if own is not None:
-            total, count = total - own[0], count - 1
-            likes, dislikes = likes - (own[1] == "like"), dislikes - (own[1] == "dislike")
-        if count <= 0:
-            return math.nan, 0, math.nan, math.nan
-        return total / count, count, likes / count, dislikes / count
-
-    def mean_offset(self, items: Sequence[Item], user_id: str) -> tuple[float, int]:
-        """The mean of (rating - item mean) over the items with a known mean, and how many there were."""
-        offsets = []
-        for item in items:
-            mean, count, _, _ = self.lookup(str(item["item_id"]), user_id)
-            if count:
-                offsets.append(float(item["rating"]) - mean)
-        return _mean(offsets), len(offsets)
+def mean_offset(stats: ItemStats, items: Sequence[Item], user_id: str) -> tuple[float, int]:
+    """The mean of (rating - item mean) over the items with a known mean, and how many there were."""
+    offsets = []
+    for item in items:
+        mean, count, _, _ = stats.lookup(str(item["item_id"]), user_id)
+        if count:
+            offsets.append(float(item["rating"]) - mean)
+    return _mean(offsets), len(offsets)
 
 
 @dataclass
@@ -181,7 +137,7 @@ class TabularFeatures:
         ratings = _ratings(window)
         newest_first = list(ratings[::-1]) + [math.nan] * (self.recent_len - len(window))
         in_genre = [float(i["rating"]) for i in window if target_genres & set(attribute_list(i.get("attributes")))]
-        recent_offset, recent_offset_n = self.stats.mean_offset(window, user_id)
+        recent_offset, recent_offset_n = mean_offset(self.stats, window, user_id)
         item_mean, item_count, like_share, dislike_share = self.stats.lookup(str(target["item_id"]), user_id)
         row = [*newest_first, len(window), _mean(ratings), _std(ratings), *_label_shares(window)]
         row += [len(in_genre), _mean(in_genre), recent_offset, recent_offset_n]
@@ -206,7 +162,7 @@ class TabularFeatures:
             for name in shared:
                 per_genre.setdefault(name, []).append(float(item["rating"]))
         genre_mean = _mean([_mean(r) for r in per_genre.values()])
-        offset, offset_n = self.stats.mean_offset(older, user_id)
+        offset, offset_n = mean_offset(self.stats, older, user_id)
         row = [len(older), mean, _std(ratings), *_label_shares(older)]
         row += [histogram.get(value, 0) / len(older) if older else math.nan for value in self.rating_values]
         row += [genre_mean, n_in_genre, n_in_genre / len(older) if older else math.nan, genre_mean - mean]

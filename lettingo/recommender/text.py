@@ -2,7 +2,8 @@
 
 Fields: ``recent`` (numbered items, oldest first, with the user's rating and sentiment),
 ``recent_newest_first`` (the same, newest first: for encoders that truncate the end),
-``target`` (the item to predict, without its rating) and ``profile`` (the profile text, or
+``target`` (the item to predict, without its rating), ``target_stats`` (how the training users other
+than this one rated the target: mean and count) and ``profile`` (the profile text, or
 ``empty_profile`` when the case has none). Items become text only through
 :func:`lettingo.data.item_text.item_text`.
 """
@@ -13,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lettingo.data.item_stats import OTHERS_COUNT, OTHERS_MEAN
 from lettingo.data.item_text import item_text
 from lettingo.recommender.cases import RecCase
 
@@ -42,12 +44,21 @@ def raw_history_profile(older: Sequence[Mapping[str, Any]], cfg: ItemTextConfig)
     return "Earlier ratings of this user, oldest first:\n" + numbered_items(older, cfg)
 
 
+def item_stats_text(item: Mapping[str, Any]) -> str:
+    """An item's rating statistics among the other training users, as a phrase."""
+    count = int(item.get(OTHERS_COUNT) or 0)
+    if count == 0:
+        return "no other user has rated it"
+    return f"other users rate it {float(item[OTHERS_MEAN]):.1f} on average ({count} ratings)"
+
+
 def case_fields(case: RecCase, cfg: ItemTextConfig, empty_profile: str) -> dict[str, str]:
     """The template fields of one case (see the module docstring)."""
     return {
         "recent": numbered_items(case.recent, cfg),
         "recent_newest_first": numbered_items(case.recent[::-1], cfg),
         "target": item_text(case.target, cfg.max_chars, cfg.review_chars, with_rating=False),
+        "target_stats": item_stats_text(case.target),
         "profile": case.profile.strip() or empty_profile,
     }
 

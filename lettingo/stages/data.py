@@ -1,4 +1,5 @@
-"""Stage data: the dataset's interactions cut into per-user samples and split into user groups."""
+"""Stage data: the dataset's interactions cut into per-user samples and split into user groups; every item
+carries its rating statistics among the users outside the held-out splits (`lettingo.data.item_stats`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from lettingo.artifacts import SAMPLES
+from lettingo.data.item_stats import ItemStats, annotate_items
 from lettingo.data.prepare import SampleSpec, format_summary, make_samples, summarize_data
 from lettingo.data.schema import LabelThresholds
 from lettingo.data.splits import expand_split_sizes
@@ -40,6 +42,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         spec = sample_spec(cfg)
         interactions = instantiate(cfg.dataset.loader)()
         samples = make_samples(interactions, spec, source=cfg.dataset.name)
+        held_out = {str(cfg.test.split), str(cfg.evaluate.split)}
+        samples = annotate_items(samples, ItemStats.from_samples(samples[~samples["split"].isin(held_out)]))
         summary = summarize_data(interactions, samples, spec)
         store.write_table(SAMPLES, samples, fp, summary=summary)
     print(format_summary(summary, cfg.dataset.name))
@@ -55,5 +59,5 @@ STAGE = Stage(
     needs=(),
     outputs=lambda cfg: [Output(SAMPLES, config=(
         "dataset.name", "dataset.path", "dataset.loader", "dataset.labels", "dataset.histories", "dataset.splits",
-        "dataset.split_seed", "history"))],
+        "dataset.split_seed", "history", "test.split", "evaluate.split"))],
 )
