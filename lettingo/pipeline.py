@@ -18,6 +18,7 @@ import _thread
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,7 +58,7 @@ RANK_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MA
 IN_FIT_WORKERS = ("spawn", "fork", "notebook")
 #: Seconds between two looks at the rendezvous folder, and between log lines of a waiting rank.
 POLL_S, WAIT_LOG_S = 0.2, 300.0
-#: Seconds rank 0 gets to leave a fit after another rank failed in it, before it is ended.
+#: Seconds rank 0 gets to fail after another rank failed, before it is ended (a fit may hold it in a collective).
 FAILED_FIT_GRACE_S = 60.0
 
 
@@ -207,23 +208,30 @@ def close_process_group() -> None:
         dist.destroy_process_group()
 
 
+class RankFailed(RuntimeError):
+    """Another rank of this run failed, so the run cannot finish."""
+
+
 class Ranks:
     """The processes of one run and their rendezvous: which rank this is, the marker folder, the children.
 
     One process (``world == 1``): rank 0, no folder, no rendezvous. See the module docstring for the protocol.
     """
 
-    def __init__(self, rank: int, world: int, folder: Path | None = None, parent: int | None = None) -> None:
+    def __init__(self, rank: int, world: int, folder: Path | None = None, parent: int | None = None,
+                 distributed: tuple[str, ...] = ()) -> None:
         self.rank, self.world, self.folder, self.parent = rank, world, folder, parent
         self.children: list[subprocess.Popen] = []
         self._fits: dict[str, int] = {}
+        self._pending = set(distributed)  # distributed stages rank 0 has not ended: the ranks are still needed
         self._fitting: str | None = None  # the distributed stage rank 0 is in after its first fit
         self._child_failed: str | None = None
         self._done = threading.Event()
+        self._signal = False  # whether a failed rank is raised in the main thread as RankFailed (else SIGINT)
 
     @classmethod
     @contextmanager
-    def start(cls, cfg: DictConfig, run_dir: Path) -> Iterator[Ranks]:
+    def start(cls, cfg: DictConfig, run_dir: Path, stages: list[Stage]) -> Iterator[Ranks]:
         """The ranks of this run: none besides this one, the launcher's (SLURM, torchrun), or ours, started here.
 
         Ours: this process becomes rank 0 (its rank variables set, restored on leaving) and starts the
@@ -237,10 +245,12 @@ class Ranks:
         if world == 1:
             yield cls(0, 1)
             return
-        external = tasks is not None or "RANK" in os.environ or "LOCAL_RANK" in os.environ
-        if external:
+        distributed = tuple(stage.name for stage in stages if stage.distributed)
+        if tasks is not None or "RANK" in os.environ or "LOCAL_RANK" in os.environ:
             parent = int(os.environ[PARENT_VAR]) if PARENT_VAR in os.environ else None
-            ranks = cls(process_rank(), world, run_dir / RANKS_DIR / launch_token(), parent)
+            ranks = cls(process_rank(), world, run_dir / RANKS_DIR / launch_token(), parent, distributed)
+            if ranks.rank == 0:
+                ranks.folder.mkdir(parents=True, exist_ok=True)
             try:
                 yield ranks
             except BaseException as error:
@@ -252,10 +262,15 @@ class Ranks:
         if int(cfg.trainer.get("num_nodes", 1)) > 1:
             raise ValueError("trainer.num_nodes > 1 needs a launcher that starts every node's processes: "
                              "SLURM (one task per device) or torchrun on each node")
-        ranks = cls(0, world, run_dir / RANKS_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}")
+        launch = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        ranks = cls(0, world, run_dir / RANKS_DIR / launch, distributed=distributed)
         saved = {var: os.environ.get(var) for var in RANK_VARS}
         port = free_port()
         os.environ.update(rank_env(0, world, port))
+        handler = None
+        if threading.current_thread() is threading.main_thread():
+            handler = signal.signal(signal.SIGUSR1, ranks._raise_failed)
+            ranks._signal = True
         try:
             ranks.launch(cfg, run_dir, port)
             yield ranks
@@ -268,6 +283,8 @@ class Ranks:
         finally:
             ranks._done.set()
             close_process_group()
+            if ranks._signal:
+                signal.signal(signal.SIGUSR1, handler)
             for var, value in saved.items():
                 if value is None:
                     os.environ.pop(var, None)
@@ -291,42 +308,48 @@ class Ranks:
         log.info("started ranks 1..%d of %d (their logs: %s/rank<i>/)", self.world - 1, self.world, self.folder)
         threading.Thread(target=self._watch, name="lettingo-ranks", daemon=True).start()
 
-    def _watch(self) -> None:
-        """Notice a rank that failed; while rank 0 is in a fit, end that fit (it can never finish)."""
-        while not self._done.wait(1.0):
-            for rank, child in enumerate(self.children, start=1):
-                code = child.poll()
-                if code is None or code == 0 or self._child_failed:
-                    continue
-                self._child_failed = f"rank {rank} failed (exit code {code}; its log: {self.folder}/rank{rank}/)"
-                log.error(self._child_failed)
-                if self._fitting is None:
-                    continue  # rank 0 goes on; it fails at the next fit or at the end
-                self.stop_children()
-                _thread.interrupt_main()
-                if not self._done.wait(FAILED_FIT_GRACE_S) and self._fitting is not None:
-                    print(f"error: {self._child_failed}; rank 0 is stuck in the fit of stage {self._fitting}, "
-                          "ending it", file=sys.stderr, flush=True)
-                    os._exit(1)
+    def _raise_failed(self, signum: int, frame: Any) -> None:
+        raise RankFailed(self._child_failed or "another rank failed")
 
-    def check_children(self, when: str) -> None:
-        """Fail now if a rank has already ended (it cannot join the next fit)."""
+    def _watch(self) -> None:
+        """Notice a rank that failed. While a distributed stage is still to end, the run cannot finish:
+        stop the other ranks and fail rank 0 now (ended for good if a fit holds it past the grace time)."""
+        while not self._done.wait(1.0):
+            failed = [(rank, child.returncode) for rank, child in enumerate(self.children, start=1)
+                      if child.poll() not in (None, 0)]
+            if not failed:
+                continue
+            rank, code = failed[0]
+            self._child_failed = f"rank {rank} failed (exit code {code}; its log: {self.folder}/rank{rank}/)"
+            log.error(self._child_failed)
+            if not self._pending:
+                return  # no fit left: rank 0 finishes its stages and fails at the end
+            self.stop_children()
+            _thread.interrupt_main(signal.SIGUSR1 if self._signal else signal.SIGINT)
+            if not self._done.wait(FAILED_FIT_GRACE_S):
+                print(f"error: {self._child_failed}; rank 0 is stuck in stage {self._fitting or '?'}, ending it",
+                      file=sys.stderr, flush=True)
+                os._exit(1)
+            return
+
+    def check_ranks(self, when: str) -> None:
+        """Fail now if another rank has failed or ended (it cannot join the next fit)."""
         if self._child_failed:
-            raise RuntimeError(self._child_failed)
+            raise RankFailed(self._child_failed)
         for rank, child in enumerate(self.children, start=1):
             if child.poll() is not None:
-                raise RuntimeError(f"rank {rank} ended (exit code {child.returncode}) {when}; its log: "
-                                   f"{self.folder}/rank{rank}/")
+                raise RankFailed(f"rank {rank} ended (exit code {child.returncode}) {when}; its log: "
+                                 f"{self.folder}/rank{rank}/")
+        for marker in sorted(self.folder.glob("rank*.failed")) if self.folder is not None else []:
+            raise RankFailed(f"{marker.stem} failed {when}: {marker.read_text().strip()}")
 
     def wait_children(self) -> None:
         """After the last stage: wait for every rank; fail if one failed; remove the rendezvous folder."""
         failed = [f"rank {rank} (exit code {code})" for rank, child in enumerate(self.children, start=1)
                   if (code := child.wait()) != 0]
         if failed:
-            raise RuntimeError(f"{', '.join(failed)} failed; their logs: {self.folder}/rank<i>/")
+            raise RankFailed(f"{', '.join(failed)} failed; their logs: {self.folder}/rank<i>/")
         if self.folder is not None:
-            import shutil
-
             shutil.rmtree(self.folder, ignore_errors=True)
             try:
                 self.folder.parent.rmdir()
@@ -346,13 +369,16 @@ class Ranks:
                 child.wait()
 
     def mark_failed(self, error: BaseException) -> None:
-        """Rank 0 failed: tell the waiting ranks (one line: what failed)."""
-        if self.rank == 0 and self.folder is not None and self.folder.exists():
-            write_text_atomic(self.folder / "failed", f"{type(error).__name__}: {str(error).strip()[:500]}\n")
+        """This rank failed: tell the others (``failed`` from rank 0, ``rank<i>.failed`` from rank i)."""
+        if self.folder is None or not self.folder.exists():
+            return
+        name = "failed" if self.rank == 0 else f"rank{self.rank}.failed"
+        write_text_atomic(self.folder / name, f"{type(error).__name__}: {str(error).strip()[:500]}\n")
 
     def end_stage(self, stage: Stage) -> None:
         """Rank 0 finished ``stage``: a rank still waiting for its first fit learns there is none."""
         self._fitting = None
+        self._pending.discard(stage.name)
         if self.folder is not None and stage.distributed:
             write_text_atomic(self.folder / f"{stage.name}.end", "")
 
@@ -368,7 +394,7 @@ class Ranks:
             self._fits[stage.name] = k + 1
             marker = folder / f"{stage.name}.fit{k}"
             if self.rank == 0:
-                self.check_children(f"before fit {k} of stage {stage.name}")
+                self.check_ranks(f"before fit {k} of stage {stage.name}")
                 self._fitting = stage.name
                 write_text_atomic(marker, "")
                 return
@@ -394,9 +420,9 @@ class Ranks:
                     return marker
             failed = self.folder / "failed"
             if failed.exists():
-                raise RuntimeError(f"rank 0 failed, so rank {self.rank} stops: {failed.read_text().strip()}")
+                raise RankFailed(f"rank 0 failed, so rank {self.rank} stops: {failed.read_text().strip()}")
             if self.parent is not None and os.getppid() != self.parent:
-                raise RuntimeError(f"rank 0 (pid {self.parent}) is gone; rank {self.rank} stops")
+                raise RankFailed(f"rank 0 (pid {self.parent}) is gone; rank {self.rank} stops")
             if time.monotonic() - last_log > WAIT_LOG_S:
                 last_log = time.monotonic()
                 log.info("rank %d waits for rank 0 (%s) for %.0f s", self.rank, what, last_log - began)
@@ -418,7 +444,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     validate_config(cfg)
     stages = selected_stages(str(cfg.stage))
     run_dir = Path(cfg.paths.run_dir)
-    with Ranks.start(cfg, run_dir) as ranks:
+    with Ranks.start(cfg, run_dir, stages) as ranks:
         if ranks.rank != 0:
             follow(cfg, stages, run_dir, ranks)
             return {}

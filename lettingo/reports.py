@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lettingo.artifacts import RESULTS, atomic_path
-from lettingo.evaluation.bootstrap import DEFAULT_METRICS, Interval, PairedDifference
+from lettingo.evaluation.bootstrap import DEFAULT_METRICS, Interval, PairedDifference, paired_bootstrap
 from lettingo.evaluation.comparison import FILE_STEM, Comparison, read_comparison
 from lettingo.evaluation.methods import DEFAULT_RECENT, DPO, NO_DPO, NO_PROFILE, SFT, no_profile_label
 from lettingo.evaluation.plots import plot_intervals
@@ -157,3 +157,49 @@ def report_cli(description: str, build: Callable[[list[RunRecord], Path], dict[s
     parser.add_argument("--out", default="outputs/reports", help="report folder (default: outputs/reports)")
     args = parser.parse_args()
     build(local_runs(args.runs), Path(args.out))
+
+
+def reversed_difference(difference: PairedDifference) -> PairedDifference:
+    """``b - a`` from ``a - b``: the value negated, the bounds negated AND swapped; p-value and n unchanged.
+
+    The percentile interval of ``-d`` is ``[-high(d), -low(d)]``; the two-sided p-value is symmetric.
+    """
+    # 0.0 - x, not -x: a zero difference stays 0.0 (never prints as -0.0).
+    return PairedDifference(0.0 - difference.value, 0.0 - difference.high, 0.0 - difference.low, difference.p_value,
+                            difference.n)
+
+
+def paired_difference(
+    comparison: Comparison, method: str, reference: str, metric: str = "accuracy"
+) -> PairedDifference:
+    """``metric(method) - metric(reference)`` on the comparison's users.
+
+    Taken from ``comparison.paired[reference][method]`` when stored; else the stored reverse
+    (``paired[method][reference]``) via :func:`reversed_difference`; else computed with
+    ``paired_bootstrap`` from the stored predictions and truth, with the comparison's resamples,
+    confidence and seed (the same resampled users as the stored differences). Raises ValueError
+    naming the methods when either is not in the comparison.
+    """
+    missing = [m for m in (method, reference) if m not in comparison.predictions]
+    if missing:
+        raise ValueError(f"methods {missing} are not in this comparison; it has {comparison.methods}")
+    stored = comparison.paired.get(reference, {}).get(method, {})
+    if metric in stored:
+        return stored[metric]
+    reverse = comparison.paired.get(method, {}).get(reference, {})
+    if metric in reverse:
+        return reversed_difference(reverse[metric])
+    meta = comparison.meta
+    return paired_bootstrap(comparison.truth, comparison.predictions[method], comparison.predictions[reference],
+                            comparison.labels, metric, n_resamples=int(meta.get("n_resamples", 1000)),
+                            confidence=float(meta.get("confidence", 0.95)), seed=int(meta.get("seed", 0)))
+
+
+def excludes_zero(difference: PairedDifference | Interval) -> bool:
+    """Whether the interval lies wholly above or wholly below zero (a bound AT zero does not exclude it)."""
+    return difference.low > 0 or difference.high < 0
+
+
+def effect_verdict(difference: PairedDifference | Interval) -> str:
+    """The words a report uses for a paired difference: an effect is claimed only when its interval excludes 0."""
+    return "interval excludes zero" if excludes_zero(difference) else "no effect shown (interval includes zero)"

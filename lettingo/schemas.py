@@ -14,7 +14,7 @@ A leaf module: it imports only the standard library, omegaconf and hydra.
 import dataclasses
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -201,7 +201,7 @@ class TestSchema:
     temperature: float
     max_new_tokens: int
     users_per_chunk: int
-    fixed_formats: dict[str, Any]  # name -> prompt config
+    fixed_formats: dict[str, Any] = field(default_factory=dict)  # name -> prompt config (none: no such rows)
 
     def __post_init__(self) -> None:
         require(bool(self.split), "split", self.split, "must name a split")

@@ -132,8 +132,10 @@ def test_trl_engine_trains_dpo_on_the_same_pairs(tiny, tiny_model_cache) -> None
     assert (Path(cfg.paths.run_dir) / adapter_artifact("dpo") / "adapter_model.safetensors").is_file()
 
 
-#: The held-out users of the test stage: 10 of them (the tiny setup has 4).
-TEST_USERS = ["dataset.splits.test=10", "test.max_users=10"]
+#: The held-out users of the test stage: 10 of them (the tiny setup has 4). The run folders here hold
+#: hand-made pairs, no evaluate stage, so no tabular f_Rec either (its rows: tests/test_paper_experiments.py).
+NO_TABULAR = "evaluate.tabular.enabled=false"
+TEST_USERS = ["dataset.splits.test=10", "test.max_users=10", NO_TABULAR]
 
 
 def test_test_stage_compares_every_method_on_the_same_users(tiny, aligned, capsys) -> None:
@@ -171,7 +173,8 @@ def test_no_pairs_skips_alignment_and_the_test_stage_compares_the_base_methods(t
     assert run(cfg) == {"skipped": "no preference pairs"}
     assert not (run_dir / adapter_artifact("dpo")).exists() and not (run_dir / adapter_artifact("sft")).exists()
     assert len(list(run_dir.glob(f"{adapter_artifact('dpo')}.stale-*"))) == 1  # moved aside, not deleted
-    test_users = ["dataset.splits.test=6", "test.max_users=6", "test.max_new_tokens=4", "bootstrap.n_resamples=20"]
+    test_users = ["dataset.splits.test=6", "test.max_users=6", "test.max_new_tokens=4", "bootstrap.n_resamples=20",
+                  NO_TABULAR]
     run(tiny("stage=data", *test_users, run_dir=run_dir))
     results = run(tiny("stage=test", *test_users, run_dir=run_dir))
     assert {NO_PROFILE, ORACLE_FACTS, NO_DPO} <= set(results["methods"]) and not {SFT, DPO} & set(results["methods"])

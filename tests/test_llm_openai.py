@@ -550,6 +550,10 @@ def test_real_server_chat_and_completions(llama_server: LlamaServer) -> None:
     result = chat.generate([chat.render("Describe a fan of crime dramas in one sentence.")], n=2, max_new_tokens=12)
     assert [len(row) for row in result] == [2]
     assert all(g.text.strip() and 1 <= g.completion_tokens <= 12 and g.prompt_tokens > 10 for g in result[0])
+    usage = chat.usage()  # the server's exact counts, one request per sample
+    assert usage["requests"] == 2 and usage["estimated_requests"] == 0
+    assert usage["completion_tokens"] == sum(g.completion_tokens for g in result[0])
+    assert usage["prompt_tokens"] == sum(g.prompt_tokens for g in result[0]) and usage["cost_usd"] == 0.0
     again = chat.generate([chat.render("Describe a fan of crime dramas in one sentence.")], n=2, max_new_tokens=12)
     assert [g.text for g in again[0]] == [g.text for g in result[0]]  # the per-sample seed reaches the server
     base = OpenAIBackend("smollm2", "smollm2", base_url=llama_server.base_url, chat=False, lead_in="\nProfile:")

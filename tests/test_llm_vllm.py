@@ -1,14 +1,190 @@
-"""VLLMBackend: a clear error where vLLM is not installed; on a machine with vLLM (and a GPU), a real run."""
+"""VLLMBackend: one shared engine per model, LoRA adapters per request, chunked calls (against a fake
+`vllm` module that records what it is asked), a clear error where vLLM is not installed, and on a
+machine with vLLM (and a GPU) a real run."""
 
 from __future__ import annotations
 
 import importlib.util
+import sys
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
-from lettingo.llm.vllm_backend import VLLMBackend
+from lettingo.llm import vllm_backend
+from lettingo.llm.base import sample_seed
+from lettingo.llm.pool import BackendPool, shared_engine_order
+from lettingo.llm.vllm_backend import EngineRegistry, VLLMBackend, close_engines
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
+
+
+@dataclass
+class Recorder:
+    """What the fake vllm saw: every engine built (its kwargs), every generate call, every shutdown."""
+
+    engines: list[dict[str, Any]] = field(default_factory=list)
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    shutdowns: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> Recorder:
+    """A `vllm` module (LLM, SamplingParams, lora.request.LoRARequest) that records calls; a fresh registry."""
+    from transformers import AutoTokenizer
+
+    seen = Recorder()
+
+    class SamplingParams:
+        def __init__(self, n: int = 1, temperature: float = 1.0, max_tokens: int = 16, seed: int | None = None):
+            self.n, self.temperature, self.max_tokens, self.seed = n, temperature, max_tokens, seed
+
+    @dataclass(frozen=True)
+    class LoRARequest:
+        lora_name: str
+        lora_int_id: int
+        lora_path: str
+
+    class LLM:
+        def __init__(self, **kwargs: Any) -> None:
+            seen.engines.append(kwargs)
+            self.model = kwargs["model"]
+            self.tokenizer = AutoTokenizer.from_pretrained(kwargs["tokenizer"])
+
+        def get_tokenizer(self) -> Any:
+            return self.tokenizer
+
+        def generate(self, inputs, params, lora_request=None, use_tqdm=True):
+            assert len(inputs) == len(params) and not use_tqdm
+            seen.calls.append({"model": self.model, "sequences": len(inputs), "lora": lora_request,
+                               "seeds": [p.seed for p in params], "n": {p.n for p in params}})
+            lora = None if lora_request is None else lora_request.lora_int_id
+            return [types.SimpleNamespace(
+                prompt_token_ids=item["prompt_token_ids"],
+                outputs=[types.SimpleNamespace(text=f"seed={p.seed} lora={lora}", token_ids=[1, 2, 3])],
+            ) for item, p in zip(inputs, params, strict=True)]
+
+        def shutdown(self) -> None:
+            seen.shutdowns.append(self.model)
+
+    vllm = types.ModuleType("vllm")
+    vllm.LLM, vllm.SamplingParams = LLM, SamplingParams
+    lora = types.ModuleType("vllm.lora")
+    request = types.ModuleType("vllm.lora.request")
+    request.LoRARequest = LoRARequest
+    vllm.lora, lora.request = lora, request
+    for name, module in {"vllm": vllm, "vllm.lora": lora, "vllm.lora.request": request}.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(vllm_backend, "ENGINES", EngineRegistry())
+    return seen
+
+
+def adapter_folder(root: Path, name: str) -> str:
+    """A folder shaped like a PEFT adapter (the fake engine never reads it)."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "adapter_model.safetensors").write_bytes(b"")
+    return str(folder)
+
+
+@pytest.fixture
+def generator_configs(compose_cfg, tiny_model_cache: Path, tmp_path: Path) -> dict[str, Any]:
+    """What the test stage builds for backbone=vllm: the base, +dpo and +sft (the base merged with an adapter)."""
+    cfg = compose_cfg(["backbone=vllm", "backbone.model=tiny_random", "backbone.name=gen",
+                       f"paths.model_cache={tiny_model_cache}"])
+    base = cfg.backbone
+    adapters = {f"gen+{m}": OmegaConf.merge(base, {"name": f"gen+{m}", "adapter": adapter_folder(tmp_path, m)})
+                for m in ("dpo", "sft")}
+    return {"gen": base, **adapters}
+
+
+def test_base_two_adapters_and_three_fixed_formats_share_one_engine(fake_vllm: Recorder, generator_configs) -> None:
+    fixed_formats = ("palr", "rlmrec", "kar")
+    with BackendPool(generator_configs) as pool:
+        for name in fixed_formats:  # each fixed-format explore call: the base generator only
+            backend = pool.subset(["gen"])["gen"]
+            backend.generate([backend.render(f"{name} prompt")], n=1, temperature=0.0)
+        lettingo_prompt = pool.subset(shared_engine_order(generator_configs))
+        for name in lettingo_prompt:
+            backend = lettingo_prompt[name]
+            backend.generate([backend.render("user likes Toy Story")], n=2)
+        assert fake_vllm.shutdowns == []  # switching views never stops the engine
+    assert len(fake_vllm.engines) == 1 and vllm_backend.ENGINES.created == 1
+    assert fake_vllm.shutdowns == [fake_vllm.engines[0]["model"]]  # leaving the pool frees the GPU
+    loras = [call["lora"] for call in fake_vllm.calls]
+    assert loras[:4] == [None, None, None, None]  # three fixed formats, then the base: no adapter
+    dpo, sft = loras[4], loras[5]
+    assert (dpo.lora_name, dpo.lora_int_id, Path(dpo.lora_path).name) == ("gen+dpo", 1, "dpo")
+    assert (sft.lora_name, sft.lora_int_id, Path(sft.lora_path).name) == ("gen+sft", 2, "sft")
+    assert [call["sequences"] for call in fake_vllm.calls] == [1, 1, 1, 2, 2, 2]
+
+
+def test_engine_gets_lora_support_prefix_caching_and_the_configured_sizes(fake_vllm: Recorder,
+                                                                         generator_configs) -> None:
+    config = OmegaConf.merge(generator_configs["gen"], {"max_loras": 3, "max_lora_rank": 16, "dtype": "bfloat16"})
+    instantiate(config)
+    kwargs = fake_vllm.engines[0]
+    assert kwargs["enable_lora"] is True and kwargs["enable_prefix_caching"] is True
+    assert (kwargs["max_loras"], kwargs["max_lora_rank"], kwargs["dtype"]) == (3, 16, "bfloat16")
+    assert kwargs["model"] == kwargs["tokenizer"] and Path(kwargs["model"]).is_dir()
+    assert "max_num_seqs" not in kwargs  # null: vLLM's own default
+    close_engines()
+
+
+def test_prompts_go_in_chunks_of_sequences_per_call_with_per_sample_seeds(fake_vllm: Recorder,
+                                                                           generator_configs) -> None:
+    backend = instantiate(OmegaConf.merge(generator_configs["gen+dpo"], {"sequences_per_call": 5}))
+    prompts = [backend.render(f"user {i}") for i in range(3)]
+    result = backend.generate(prompts, n=4, seed=7)
+    assert [call["sequences"] for call in fake_vllm.calls] == [5, 5, 2]
+    assert all(call["n"] == {1} and call["lora"].lora_int_id == 1 for call in fake_vllm.calls)
+    expected = [sample_seed(7, p, j) for p in prompts for j in range(4)]
+    assert [s for call in fake_vllm.calls for s in call["seeds"]] == expected
+    assert [[g.text for g in row] for row in result] == [
+        [f"seed={sample_seed(7, p, j)} lora=1" for j in range(4)] for p in prompts]
+    assert all(g.prompt_tokens == backend.count_tokens(p) for p, row in zip(prompts, result, strict=True) for g in row)
+    close_engines()
+
+
+def test_another_model_replaces_the_live_engine_and_the_order_groups_each_model(
+    fake_vllm: Recorder, generator_configs, compose_cfg, tiny_model_cache: Path
+) -> None:
+    other = compose_cfg(["backbone=vllm", "backbone.model=tiny_random:1", "backbone.name=other",
+                         f"paths.model_cache={tiny_model_cache}"]).backbone
+    api = compose_cfg(["backbone=openai"]).backbone
+    configs = {"gen": generator_configs["gen"], "other": other, "api": api,
+               "gen+dpo": generator_configs["gen+dpo"], "gen+sft": generator_configs["gen+sft"]}
+    order = shared_engine_order(configs)
+    assert order == ["gen", "gen+dpo", "gen+sft", "other", "api"]
+    with BackendPool({name: configs[name] for name in order if name != "api"}) as pool:
+        for name in pool:
+            pool[name].generate(["x"], n=1)
+    assert [Path(kwargs["model"]).name for kwargs in fake_vllm.engines] == ["tiny_random-0", "tiny_random-1"]
+    assert [Path(model).name for model in fake_vllm.shutdowns] == ["tiny_random-0", "tiny_random-1"]
+
+
+def test_a_view_is_cheap_and_dead_after_close_engines(fake_vllm: Recorder, generator_configs) -> None:
+    first = instantiate(generator_configs["gen"])
+    again = instantiate(generator_configs["gen+sft"])
+    assert first.engine is again.engine and len(fake_vllm.engines) == 1
+    first.close()
+    assert fake_vllm.shutdowns == [] and again.generate(["x"], n=1)[0][0].text == "seed=" + str(
+        sample_seed(0, "x", 0)) + " lora=1"
+    close_engines()
+    with pytest.raises(RuntimeError, match="engine was shut down"):
+        again.generate(["x"])
+
+
+def test_an_adapter_needs_an_engine_with_lora_support(fake_vllm: Recorder, generator_configs) -> None:
+    with pytest.raises(Exception, match="enable_lora: true"):
+        instantiate(OmegaConf.merge(generator_configs["gen+dpo"], {"enable_lora": False}))
+    assert "max_loras" not in fake_vllm.engines[0] and fake_vllm.engines[0]["enable_lora"] is False
+    close_engines()
 
 
 @pytest.mark.skipif(HAS_VLLM, reason="vllm is installed here, so there is no missing-package error to check")
@@ -20,10 +196,15 @@ def test_without_vllm_construction_explains_what_to_do(tiny_model_cache) -> None
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed (GPU machines: pip install 'lettingo[vllm]')")
 def test_vllm_generates_seeded_samples_in_order(tiny_model_cache) -> None:  # noqa: F811
-    backend = VLLMBackend("vllm", "tiny_random", tiny_model_cache, gpu_memory_utilization=0.3, max_model_len=512)
-    prompts = [backend.render(f"user {i} likes Toy Story") for i in range(3)]
-    first = backend.generate(prompts, n=2, max_new_tokens=6, seed=4)
-    assert [len(row) for row in first] == [2, 2, 2]
-    assert all(g.prompt_tokens == backend.count_tokens(p) for p, row in zip(prompts, first, strict=True) for g in row)
-    again = backend.generate(prompts[::-1], n=2, max_new_tokens=6, seed=4)[::-1]
-    assert [[g.text for g in row] for row in again] == [[g.text for g in row] for row in first]
+    backend = VLLMBackend("vllm", "tiny_random", tiny_model_cache, gpu_memory_utilization=0.3, max_model_len=512,
+                          enable_lora=False)
+    try:
+        prompts = [backend.render(f"user {i} likes Toy Story") for i in range(3)]
+        first = backend.generate(prompts, n=2, max_new_tokens=6, seed=4)
+        assert [len(row) for row in first] == [2, 2, 2]
+        assert all(g.prompt_tokens == backend.count_tokens(p)
+                   for p, row in zip(prompts, first, strict=True) for g in row)
+        again = backend.generate(prompts[::-1], n=2, max_new_tokens=6, seed=4)[::-1]
+        assert [[g.text for g in row] for row in again] == [[g.text for g in row] for row in first]
+    finally:
+        close_engines()

@@ -25,11 +25,12 @@ from lettingo.artifacts import (
     REWARDS,
     SAMPLES,
     SENSITIVITY,
+    TABULAR_MODELS,
     adapter_artifact,
 )
 from lettingo.data.schema import LABELS
 from lettingo.evaluation.comparison import read_comparison
-from lettingo.evaluation.methods import DPO, NO_DPO, NO_PROFILE, SFT
+from lettingo.evaluation.methods import DPO, NO_DPO, NO_PROFILE, ORACLE_FACTS, SFT, TABULAR, TABULAR_ORACLE
 from lettingo.pipeline import run
 
 TEST_USERS, PROFILE_USERS = 4, 6
@@ -38,8 +39,9 @@ TINY = [
     # no threshold, few bootstrap resamples), with CSV files instead of W&B.
     "debug=tiny", "logger=csv",
     # A few users per split; every user still has H = 70 older + K = 10 recent + 1 target interactions.
-    f"dataset.splits.test={TEST_USERS}", "dataset.splits.rec_train=2", "dataset.splits.profile_train_h30=0",
-    "dataset.splits.profile_train_h50=0", f"dataset.splits.profile_train_h70={PROFILE_USERS}",
+    # Only the H = 70 profile-training group is carved.
+    f"dataset.splits.test={TEST_USERS}", "dataset.splits.rec_train=2", "dataset.histories=[70]",
+    f"dataset.splits.profile_train={PROFILE_USERS}",
     f"sampling.max_users={PROFILE_USERS}", "sampling.max_new_tokens=8", f"test.max_users={TEST_USERS}",
 ]
 
@@ -71,9 +73,10 @@ def test_paper_experiment_runs_the_whole_pipeline(
     data_summary = results["data"]
     assert data_summary["split_sizes"]["test"] == TEST_USERS
     assert data_summary["split_sizes"]["profile_train_h70"] == PROFILE_USERS
+    assert not {"profile_train_h30", "profile_train_h50"} & set(data_summary["split_sizes"])
     assert set(data_summary["label_distribution_all"]) == set(LABELS)
     assert all(data_summary["label_distribution_all"][label] > 0 for label in LABELS)
-    for artifact in (SAMPLES, PROFILES, REWARDS, PAIRS, SENSITIVITY, BASELINES, PREDICTIONS, RESULTS):
+    for artifact in (SAMPLES, PROFILES, REWARDS, PAIRS, SENSITIVITY, TABULAR_MODELS, BASELINES, PREDICTIONS, RESULTS):
         assert (run_dir / artifact / "_meta.json").is_file(), artifact
     assert results["explore"]["splits"]["profile_train_h70"]["profiles"] == PROFILE_USERS * 3
 
@@ -89,7 +92,7 @@ def test_paper_experiment_runs_the_whole_pipeline(
     saved = read_comparison(run_dir / RESULTS / "comparison.json")
     assert len(saved.users) == TEST_USERS and saved.to_json() == results["test"]
     methods = set(saved.methods)
-    assert {NO_PROFILE, NO_DPO, SFT, DPO} <= methods
+    assert {NO_PROFILE, ORACLE_FACTS, TABULAR, TABULAR_ORACLE, NO_DPO, SFT, DPO} <= methods
     assert {"palr (tiny_random)", "rlmrec (tiny_random)", "kar (tiny_random)"} <= methods
     for method, metrics in saved.intervals.items():
         for metric, interval in metrics.items():

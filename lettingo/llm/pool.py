@@ -3,26 +3,34 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lettingo.llm.base import GenerationBackend
+from lettingo.llm.vllm_backend import EngineSettings, close_engines
 
 log = logging.getLogger(__name__)
 
 # Backbone keys that change speed or location but not the sampled texts: kept out of the identity
 # so that, say, another thread count resumes the same profiles.
-NOT_IDENTITY = ("cache_dir", "num_threads", "batch_size", "device")
+NOT_IDENTITY = ("cache_dir", "num_threads", "batch_size", "device", "sequences_per_call", "gpu_memory_utilization",
+                "max_num_seqs")
+#: The `_target_` of backbones whose views share one engine per model (lettingo.llm.vllm_backend).
+SHARED_ENGINE_TARGETS = ("lettingo.llm.vllm_backend.VLLMBackend",)
 
 
 class BackendPool(Mapping[str, GenerationBackend]):
     """Backbones built from their configs on first access, at most one open at a time.
 
     Getting another backbone closes the open one, so a loop over backbones holds one model in
-    memory; :meth:`close` (or leaving the ``with`` block) closes the last.
+    memory; :meth:`close` closes the last. vLLM backbones are views over one engine per model
+    (:mod:`lettingo.llm.vllm_backend`): switching between views of one model keeps its engine, and
+    leaving the ``with`` block also shuts every vLLM engine down (:func:`close_engines`), so the GPU is
+    free for what comes next (f_Rec, a trainer). Use one pool (and :meth:`subset` for each explore
+    call) for all the generators of a stage, visited in :func:`shared_engine_order`.
     """
 
     def __init__(self, configs: Mapping[str, Any]) -> None:
@@ -46,16 +54,61 @@ class BackendPool(Mapping[str, GenerationBackend]):
         return len(self.configs)
 
     def close(self) -> None:
-        """Close the open backbone, if any."""
+        """Close the open backbone, if any (a vLLM view: its engine stays up)."""
         if self.open_backend is not None:
             self.open_backend.close()
         self.open_backend, self.open_name = None, None
+
+    def subset(self, names: Iterable[str]) -> PoolView:
+        """The backbones ``names`` of this pool, in that order, still built lazily by this pool."""
+        return PoolView(self, list(names))
 
     def __enter__(self) -> BackendPool:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+        close_engines()
+
+
+class PoolView(Mapping[str, GenerationBackend]):
+    """Some backbones of a :class:`BackendPool` (e.g. those one explore call writes with), built by the pool."""
+
+    def __init__(self, pool: BackendPool, names: list[str]) -> None:
+        unknown = [name for name in names if name not in pool.configs]
+        if unknown:
+            raise KeyError(f"not in the pool: {unknown}")
+        self.pool, self.names = pool, names
+
+    def __getitem__(self, name: str) -> GenerationBackend:
+        if name not in self.names:
+            raise KeyError(name)
+        return self.pool[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def engine_key(config: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """What decides which engine a backbone config runs on (model and engine settings), for backbones
+    whose views share an engine (vLLM); None for the others (each builds its own model)."""
+    if str(config.get("_target_")) not in SHARED_ENGINE_TARGETS:
+        return None
+    fields = EngineSettings.__dataclass_fields__
+    settings = tuple((key, config[key] if key in config else fields[key].default) for key in fields)
+    return (str(config["_target_"]), str(config["model"]), str(config.get("cache_dir")), settings)
+
+
+def shared_engine_order(configs: Mapping[str, Any]) -> list[str]:
+    """The names of ``configs`` with the backbones of one shared engine next to each other (at the place of
+    the first of them), the others in their order: a loop in this order starts each vLLM engine once."""
+    groups: dict[tuple[Any, ...], list[str]] = {}
+    for name, config in configs.items():
+        groups.setdefault(engine_key(config) or ("own", name), []).append(name)
+    return [name for names in groups.values() for name in names]
 
 
 def backbones_by_name(configs: Mapping[str, Any]) -> dict[str, Any]:

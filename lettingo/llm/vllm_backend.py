@@ -1,23 +1,184 @@
-"""Generation with vLLM's offline engine (GPU machines), optionally through a LoRA adapter."""
+"""Generation with vLLM's offline engine (GPU machines): one engine per model per process, LoRA adapters per request.
+
+A ``vllm.LLM`` takes minutes to start and most of the GPU's memory, so it is built once and shared:
+:class:`EngineRegistry` holds the engines of this process keyed by (model folder, engine settings), and
+every :class:`VLLMBackend` is a cheap view over one of them (the base model, or the base model with one
+LoRA adapter passed to ``generate`` as a ``vllm.lora.request.LoRARequest``). The base backbone, each of its
+adapters and every fixed-format prompt through it therefore share one engine.
+
+Lifetime: closing a view never touches the engine. Because every engine reserves
+``gpu_memory_utilization`` of the same GPU, at most one lives at a time: asking for an engine of another
+key shuts the live one down first (so a loop over backbones should visit the views of one model together,
+see :func:`lettingo.llm.pool.shared_engine_order`). :func:`close_engines` shuts every engine down and frees
+its GPU memory; :class:`lettingo.llm.pool.BackendPool` calls it when its ``with`` block ends (the end of a
+stage's generation, before f_Rec or a trainer needs the GPU), and an ``atexit`` hook calls it for anything
+left at the end of the process.
+"""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import gc
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lettingo.llm.base import Generation, GenerationBackend, Progress, sample_seed, validate_request
 from lettingo.llm.models import resolve_model_path
 from lettingo.llm.prompting import TokenizerPrompts
 
+log = logging.getLogger(__name__)
+
+MISSING_VLLM = (
+    "backbone=vllm needs the `vllm` package, which runs on GPU machines (`pip install vllm`); "
+    "on this machine use backbone=smollm2_135m (local transformers) or backbone=openai"
+)
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """The ``vllm.LLM`` arguments that make two engines different (besides the model folder)."""
+
+    dtype: str = "auto"
+    gpu_memory_utilization: float = 0.85
+    max_model_len: int = 4096
+    tensor_parallel_size: int = 1
+    enable_lora: bool = True
+    max_loras: int = 2
+    max_lora_rank: int = 64
+    max_num_seqs: int | None = None
+
+    def llm_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``vllm.LLM`` (``max_num_seqs`` only when set: vLLM's default otherwise)."""
+        kwargs = asdict(self)
+        if kwargs["max_num_seqs"] is None:
+            del kwargs["max_num_seqs"]
+        if not self.enable_lora:
+            del kwargs["max_loras"], kwargs["max_lora_rank"]
+        return kwargs
+
+
+@dataclass
+class Engine:
+    """One live ``vllm.LLM``, its tokenizer and the LoRA ids it has handed out."""
+
+    path: str
+    settings: EngineSettings
+    llm: Any
+    tokenizer: Any
+    lora_ids: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def lora_request(self, name: str, adapter: str) -> Any:
+        """The ``LoRARequest`` of ``adapter``: one integer id per adapter folder (and its weights' mtime, so
+        an adapter retrained in the same process is loaded afresh rather than taken from vLLM's LoRA cache)."""
+        from vllm.lora.request import LoRARequest
+
+        if not self.settings.enable_lora:
+            raise ValueError(
+                f"{name}: adapter {adapter} needs an engine with LoRA support; set enable_lora: true in the backbone"
+            )
+        weights = Path(adapter) / "adapter_model.safetensors"
+        key = (adapter, weights.stat().st_mtime_ns if weights.is_file() else 0)
+        lora_id = self.lora_ids.setdefault(key, len(self.lora_ids) + 1)
+        return LoRARequest(name, lora_id, adapter)
+
+
+def default_factory(path: str, settings: EngineSettings) -> Any:
+    """Start a ``vllm.LLM`` over the model folder ``path`` with prefix caching on."""
+    try:
+        from vllm import LLM
+    except ImportError as error:
+        raise ImportError(MISSING_VLLM) from error
+    return LLM(model=path, tokenizer=path, trust_remote_code=False, enable_prefix_caching=True,
+               **settings.llm_kwargs())
+
+
+def shutdown_llm(llm: Any) -> None:
+    """Stop ``llm`` and give its GPU memory back, as far as the installed vLLM allows (best effort)."""
+    for stop in (getattr(llm, "shutdown", None),
+                 getattr(getattr(getattr(llm, "llm_engine", None), "engine_core", None), "shutdown", None)):
+        if callable(stop):
+            with contextlib.suppress(Exception):
+                stop()
+            break
+    with contextlib.suppress(Exception):
+        from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+
+        destroy_model_parallel()
+        destroy_distributed_environment()
+    gc.collect()
+    with contextlib.suppress(Exception):
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+class EngineRegistry:
+    """The vLLM engines of this process, keyed by (model folder, :class:`EngineSettings`); at most one alive.
+
+    ``factory(path, settings)`` builds an engine (tests pass a fake); ``created`` counts the engines built.
+    """
+
+    def __init__(self, factory: Callable[[str, EngineSettings], Any] = default_factory,
+                 shutdown: Callable[[Any], None] = shutdown_llm) -> None:
+        self.factory = factory
+        self.shutdown = shutdown
+        self.engines: dict[tuple[str, EngineSettings], Engine] = {}
+        self.created = 0
+        self._hooked = False
+
+    def acquire(self, path: str, settings: EngineSettings) -> Engine:
+        """The engine for ``(path, settings)``, built on first use (shutting down a live engine of another key)."""
+        key = (path, settings)
+        if key in self.engines:
+            return self.engines[key]
+        self.close_all()  # every engine reserves a share of the same GPU: one at a time
+        log.info("starting vLLM engine for %s (%s)", path, settings)
+        began = time.perf_counter()
+        llm = self.factory(path, settings)
+        self.created += 1
+        if not self._hooked:
+            atexit.register(self.close_all)
+            self._hooked = True
+        engine = Engine(path, settings, llm, llm.get_tokenizer())
+        self.engines[key] = engine
+        log.info("vLLM engine ready in %.0f s", time.perf_counter() - began)
+        return engine
+
+    def close_all(self) -> None:
+        """Shut every engine down and free its GPU memory; views over them must not be used afterwards."""
+        while self.engines:
+            _, engine = self.engines.popitem()
+            log.info("shutting down vLLM engine for %s", engine.path)
+            llm, engine.llm = engine.llm, None
+            self.shutdown(llm)
+            del llm
+
+
+#: The engines of this process (every :class:`VLLMBackend` built without an explicit registry uses it).
+ENGINES = EngineRegistry()
+
+
+def close_engines() -> None:
+    """Shut down every vLLM engine of this process (end of a stage's generation; also run at exit)."""
+    ENGINES.close_all()
+
 
 class VLLMBackend(TokenizerPrompts, GenerationBackend):
-    """``vllm.LLM`` over a local HF folder: bundled names are converted and Hub ids resolved through the HF cache
-    first (:func:`lettingo.llm.models.resolve_model_path`, as for the local backend), so vLLM reads the same files.
+    """A view over the process's shared ``vllm.LLM`` for ``model`` (a bundled name, Hub id or local folder,
+    resolved as for the local backend by :func:`lettingo.llm.models.resolve_model_path`), optionally through
+    the LoRA ``adapter``.
 
-    Every sample is its own request with its own seed (see :func:`sample_seed`), so results match
-    the contract of the other backends; vLLM's prefix caching shares the prompt's prefill among
-    the ``n`` samples. ``chunk_size`` prompts go to the engine at a time, ``progress`` after each.
+    Views of the same model and engine settings share one engine (see the module docstring); the base model
+    sends no LoRA request, a view with an adapter sends its own ``LoRARequest``. Every sample is its own
+    request with its own seed (:func:`sample_seed`), so results match the contract of the other backends;
+    prefix caching shares a prompt's prefill among its ``n`` samples. At most ``sequences_per_call``
+    sequences (prompt x sample) go to the engine per ``generate`` call of vLLM, ``progress`` after each.
     """
 
     def __init__(
@@ -27,39 +188,39 @@ class VLLMBackend(TokenizerPrompts, GenerationBackend):
         cache_dir: str | Path,
         lead_in: str = "",
         adapter: str | Path | None = None,
-        max_lora_rank: int = 64,
         dtype: str = "auto",
         gpu_memory_utilization: float = 0.85,
         max_model_len: int = 4096,
         tensor_parallel_size: int = 1,
-        chunk_size: int = 1024,
+        enable_lora: bool = True,
+        max_loras: int = 2,
+        max_lora_rank: int = 64,
+        max_num_seqs: int | None = None,
+        sequences_per_call: int = 4096,
+        registry: EngineRegistry | None = None,
     ) -> None:
-        """Start the engine; raises ``ImportError`` with instructions where vLLM is not installed."""
-        try:
-            from vllm import LLM
-        except ImportError as error:
-            raise ImportError(
-                "backbone=vllm needs the `vllm` package, which runs on GPU machines (`pip install vllm`); "
-                "on this machine use backbone=smollm2_135m (local transformers) or backbone=openai"
-            ) from error
+        """Get (or start) the shared engine; raises ``ImportError`` with instructions where vLLM is not installed."""
+        if sequences_per_call < 1:
+            raise ValueError(f"sequences_per_call must be at least 1, got {sequences_per_call}")
+        registry = ENGINES if registry is None else registry
+        if registry.factory is default_factory:
+            try:
+                import vllm  # noqa: F401  (fail before resolving or converting the model)
+            except ImportError as error:
+                raise ImportError(MISSING_VLLM) from error
         self.name = name
         self.lead_in = lead_in
-        self.chunk_size = chunk_size
+        self.sequences_per_call = sequences_per_call
         self.adapter = None if adapter is None else str(adapter)
-        path = str(resolve_model_path(model, cache_dir))  # a local folder, also for a Hub id
-        self.engine = LLM(
-            model=path,
-            tokenizer=path,
-            trust_remote_code=False,
-            dtype=dtype,
-            enable_lora=self.adapter is not None,
-            max_lora_rank=max_lora_rank,
-            gpu_memory_utilization=gpu_memory_utilization,
-            max_model_len=max_model_len,
-            tensor_parallel_size=tensor_parallel_size,
-            enable_prefix_caching=True,
+        settings = EngineSettings(
+            dtype=str(dtype), gpu_memory_utilization=float(gpu_memory_utilization), max_model_len=int(max_model_len),
+            tensor_parallel_size=int(tensor_parallel_size), enable_lora=bool(enable_lora), max_loras=int(max_loras),
+            max_lora_rank=int(max_lora_rank), max_num_seqs=None if max_num_seqs is None else int(max_num_seqs),
         )
-        self.tokenizer = self.engine.get_tokenizer()
+        path = str(resolve_model_path(model, cache_dir))  # a local folder, also for a Hub id
+        self.engine: Engine | None = registry.acquire(path, settings)
+        self.tokenizer = self.engine.tokenizer
+        self.lora = None if self.adapter is None else self.engine.lora_request(name, self.adapter)
 
     def generate(
         self,
@@ -72,23 +233,24 @@ class VLLMBackend(TokenizerPrompts, GenerationBackend):
     ) -> list[list[Generation]]:
         """See :meth:`GenerationBackend.generate`."""
         from vllm import SamplingParams
-        from vllm.lora.request import LoRARequest
 
         validate_request(n, temperature, max_new_tokens)
-        lora = None if self.adapter is None else LoRARequest("adapter", 1, self.adapter)
+        if self.engine is None or self.engine.llm is None:
+            raise RuntimeError(f"{self.name}: its vLLM engine was shut down (close_engines); build the backend again")
+        llm = self.engine.llm
         jobs = [(i, j) for i in range(len(prompts)) for j in range(n)]
         results: list[list[Generation]] = [[] for _ in prompts]
-        for start in range(0, len(jobs), self.chunk_size * n):
-            chunk = jobs[start : start + self.chunk_size * n]
-            inputs = [{"prompt_token_ids": self.encode(prompts[i])} for i, _ in chunk]
+        encoded: dict[int, list[int]] = {}
+        for start in range(0, len(jobs), self.sequences_per_call):
+            chunk = jobs[start : start + self.sequences_per_call]
+            inputs = [{"prompt_token_ids": encoded.setdefault(i, self.encode(prompts[i]))} for i, _ in chunk]
             params = [
-                SamplingParams(
-                    temperature=temperature, max_tokens=max_new_tokens, seed=sample_seed(seed, prompts[i], j)
-                )
+                SamplingParams(n=1, temperature=temperature, max_tokens=max_new_tokens,
+                               seed=sample_seed(seed, prompts[i], j))
                 for i, j in chunk
             ]
             began = time.perf_counter()
-            outputs = self.engine.generate(inputs, params, lora_request=lora, use_tqdm=False)
+            outputs = llm.generate(inputs, params, lora_request=self.lora, use_tqdm=False)
             seconds = (time.perf_counter() - began) / len(chunk)
             for (i, _), output in zip(chunk, outputs, strict=True):
                 completion = output.outputs[0]
@@ -100,5 +262,5 @@ class VLLMBackend(TokenizerPrompts, GenerationBackend):
         return results
 
     def close(self) -> None:
-        """Shut the engine down and free the GPU memory."""
-        del self.engine
+        """Drop this view; the shared engine stays up for the next view (see :func:`close_engines`)."""
+        self.engine = None

@@ -145,7 +145,7 @@ class ServedLabelScorer:
             if forced[i] > floor + 1e-3:
                 raise BackendRequestError(
                     f"{self.url} reports log-probabilities after logit_bias (the forced {self.label_tokens[i][0]!r} "
-                    f"got {forced[i]:.3f}, above the top-{self.top_logprobs} it was not among); "
+                    f"got {forced[i]:.3f}, above {floor:.3f}, the least of the log-probabilities shown without it); "
                     f"configure the server to report raw log-probabilities"
                 )
             found[i] = forced[i]
@@ -153,7 +153,8 @@ class ServedLabelScorer:
 
     def _ask(self, prompt: str | list[int], tokens: int, biased: list[int], k: int) -> tuple[dict[int, float], float]:
         """One request with the ``biased`` labels forced: {label index: log-prob} of the labels it reveals,
-        and the smallest log-probability among the top ``k`` (an upper bound for any label not revealed)."""
+        and the smallest log-probability it shows, an upper bound of every label it does not reveal: such
+        a label is neither among the top ``k`` nor above the sampled label (the likeliest lifted one)."""
         body: dict[str, object] = {
             "model": self.served_model,
             "prompt": prompt,
@@ -176,9 +177,8 @@ class ServedLabelScorer:
         for i, strings in enumerate(self.label_tokens):
             if sampled in strings and sampled_logprob is not None:
                 revealed[i] = float(sampled_logprob)
-        others = [float(v) for t, v in top.items() if t != sampled]
-        floor = min(others) if others else 0.0
-        return revealed, floor
+        shown = [float(v) for v in top.values()] + ([float(sampled_logprob)] if sampled_logprob is not None else [])
+        return revealed, min(shown, default=0.0)
 
     def usage(self) -> dict[str, float]:
         """Requests and tokens sent so far (see :meth:`lettingo.llm.rate_limit.UsageMeter.as_dict`)."""

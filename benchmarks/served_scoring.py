@@ -1,0 +1,96 @@
+"""Throughput of the served f_Rec (ServedLabelScorer) against a local llama.cpp server on SmolLM2, by concurrency.
+
+Starts the server as tests/test_llm_openai.py does (see benchmarks/api_throughput.py), builds
+``--users x --profiles`` ML-100K cases (the user-fact sentences as profile, in another order for
+each profile, as benchmarks/scoring.py does; a user's cases are consecutive) and scores them with
+``recommender=llm_served`` at each concurrency and ``top_logprobs``. Prints cases/s and requests per
+case (a label outside the top log-probs costs one more request). ``--reference`` also times the
+in-process ZeroShotLLM (float32) on the same cases, with as many torch threads as the server has.
+
+Run: .venv/bin/python benchmarks/served_scoring.py --users 8 --profiles 2 --concurrency 1 8 32 --top-logprobs 20 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from lettingo import CONFIG_DIR
+from lettingo.data.samples import build_samples
+from lettingo.data.schema import LabelThresholds
+from lettingo.data.sources.recbole_movielens import load_ml100k
+from lettingo.profiles.prompts import history_items
+from lettingo.profiles.user_facts import user_facts
+from lettingo.recommender.cases import RecCase, case_from_sample
+
+sys.path.insert(0, str(Path(__file__).parent))
+from api_throughput import LlamaServer  # noqa: E402  (the benchmark next to this one)
+
+
+def ml100k_cases(users: int, profiles: int, facts_cfg) -> list[RecCase]:
+    """``profiles`` cases per user of the first ``users`` ML-100K users; each profile the facts in another order."""
+    samples = build_samples(load_ml100k(), LabelThresholds(), recent=10, history=30)
+    cases = []
+    for sample in samples.head(users).to_dict("records"):
+        facts = user_facts(history_items(sample, 30), facts_cfg)["facts"]
+        for j in range(profiles):
+            cases.append(case_from_sample(sample, " ".join(facts[j % len(facts):] + facts[: j % len(facts)])))
+    return cases
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=8)
+    parser.add_argument("--profiles", type=int, default=2, help="profiles per user")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--top-logprobs", type=int, nargs="+", default=[20, 500])
+    parser.add_argument("--threads", type=int, default=1, help="llama.cpp server threads (and torch's, --reference)")
+    parser.add_argument("--reference", action="store_true", help="also time the in-process ZeroShotLLM (float32)")
+    parser.add_argument("--run-dir", default="outputs/benchmarks/served_scoring")
+    args = parser.parse_args()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[f"paths.run_dir={args.run_dir}", "recommender=llm_served"])
+        zero_cfg = compose("config", overrides=[f"paths.run_dir={args.run_dir}", "recommender.model.dtype=float32"])
+    cases = ml100k_cases(args.users, args.profiles, cfg.prompt.facts)
+    rows = []
+    if args.reference:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        model = instantiate(zero_cfg.recommender.model)
+        model.predict(cases[:1])  # warm-up
+        began = time.perf_counter()
+        model.predict(cases)
+        wall = time.perf_counter() - began
+        rows.append(("in-process ZeroShotLLM float32 (prefix reuse)", "-", "-", wall, len(cases) / wall, "-"))
+        del model
+    with LlamaServer(args.threads) as server:
+        for k in args.top_logprobs:
+            for concurrency in args.concurrency:
+                scorer = instantiate(cfg.recommender.model, base_url=server.base_url, top_logprobs=k,
+                                     concurrency=concurrency, request_deadline_s=1800.0)
+                scorer.predict(cases[-1:])  # warm-up; leaves the server's cache on another user than the first
+                before = scorer.usage()["requests"]
+                began = time.perf_counter()
+                scorer.predict(cases)
+                wall = time.perf_counter() - began
+                requests = (scorer.usage()["requests"] - before) / len(cases)
+                rows.append(("llm_served via llama.cpp server", k, concurrency, wall, len(cases) / wall,
+                             f"{requests:.2f}"))
+                scorer.close()
+    print(f"{len(cases)} cases ({args.users} users x {args.profiles} profiles), {args.threads} thread(s)")
+    print("| f_Rec | top_logprobs | concurrency | wall s | cases/s | requests per case |\n|:--|--:|--:|--:|--:|--:|")
+    for what, k, c, wall, per_s, requests in rows:
+        print(f"| {what} | {k} | {c} | {wall:.1f} | {per_s:.3f} | {requests} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""Reference table: the rows that need no generation, per (K, H), from the evaluate stage's baselines.
+
+Reads `baselines/comparison.json` and `run_config.json` of every run folder under the given folders
+(a sweep over K = `history.recent` and H = `history.length`; the latest run of each (dataset, K, H)
+wins) and writes `<out>/reference_table.md` and `.csv`: per (K, H) the accuracy with its 95% interval
+of the no-profile row (f_Rec reads the K recent items only), shuffled oracle facts, oracle facts (the
+older history's facts as the profile), the tabular f_Rec and tabular + oracle facts, and the paired
+differences oracle facts - no-profile row and tabular + oracle facts - tabular on the same users
+(stored by the stage, or computed from the stored predictions with the comparison's own resamples).
+An effect is claimed only where the paired interval excludes zero.
+
+Run: python experiments/reference_table.py <sweep folder or run folders ...> [--out results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from lettingo.artifacts import BASELINES, atomic_path
+from lettingo.evaluation.bootstrap import Interval, PairedDifference
+from lettingo.evaluation.comparison import FILE_STEM, Comparison, read_comparison
+from lettingo.evaluation.methods import (
+    DEFAULT_RECENT,
+    ORACLE_FACTS,
+    SHUFFLED_ORACLE,
+    TABULAR,
+    TABULAR_ORACLE,
+    no_profile_label,
+)
+from lettingo.reports import RUN_CONFIG_FILE, effect_verdict, excludes_zero, paired_difference
+
+NAME = "reference_table"
+DEFAULT_OUT = "results"
+BASELINES_FILE = f"{BASELINES}/{FILE_STEM}.json"
+MINUS = "\u2212"
+METRIC = "accuracy"
+NO_PROFILE_COLUMN = "no profile"  # stands for the row's own no_profile_label(K)
+#: column key -> method label (None: the row's no-profile label), in table order.
+COLUMNS: dict[str, str | None] = {"no_profile": None, "shuffled_oracle_facts": SHUFFLED_ORACLE,
+                                  "oracle_facts": ORACLE_FACTS, "tabular": TABULAR,
+                                  "tabular_oracle_facts": TABULAR_ORACLE}
+#: difference key -> (method, reference) column keys, method minus reference.
+DIFFERENCES: dict[str, tuple[str, str]] = {"oracle_facts_minus_no_profile": ("oracle_facts", "no_profile"),
+                                           "tabular_oracle_facts_minus_tabular": ("tabular_oracle_facts", "tabular")}
+
+
+class BaselineRun:
+    """One run folder's evaluate-stage comparison and the (dataset, K, H) it was made for.
+
+    (A plain class, not a dataclass: the scripts are also loaded by path, outside ``sys.modules``.)
+    """
+
+    def __init__(self, folder: Path, dataset: str, recent: int, history: int | None, comparison: Comparison) -> None:
+        self.folder, self.dataset, self.recent, self.history = folder, dataset, recent, history
+        self.comparison = comparison
+
+    def label(self, column: str) -> str:
+        """The method label of a column key in this run (the no-profile label depends on K)."""
+        found = COLUMNS[column]
+        return no_profile_label(self.recent) if found is None else found
+
+    def interval(self, column: str) -> Interval | None:
+        return self.comparison.intervals.get(self.label(column), {}).get(METRIC)
+
+    def difference(self, key: str) -> PairedDifference | None:
+        """``method - reference`` of difference ``key``; None when either row is not in the run."""
+        method, reference = (self.label(c) for c in DIFFERENCES[key])
+        if method not in self.comparison.predictions or reference not in self.comparison.predictions:
+            return None
+        return paired_difference(self.comparison, method, reference, METRIC)
+
+
+def baseline_folders(roots: Iterable[str | Path]) -> list[Path]:
+    """Folders under ``roots`` (each root included) holding run_config.json and baselines/comparison.json,
+    oldest comparison first."""
+    folders = []
+    for root in map(Path, roots):
+        if not root.exists():
+            raise FileNotFoundError(f"run folder {root} does not exist")
+        folders += [p.parent.parent for p in root.rglob(BASELINES_FILE)
+                    if (p.parent.parent / RUN_CONFIG_FILE).is_file()]
+    unique = list(dict.fromkeys(f.resolve() for f in folders))
+    return sorted(unique, key=lambda folder: (folder / BASELINES_FILE).stat().st_mtime)
+
+
+def read_baseline_run(folder: Path) -> BaselineRun:
+    config = json.loads((folder / RUN_CONFIG_FILE).read_text())["config"]
+    history = config.get("history", {})
+    length = history.get("length")
+    return BaselineRun(folder, str(config.get("dataset", {}).get("name")), int(history.get("recent", DEFAULT_RECENT)),
+                       None if length is None else int(length), read_comparison(folder / BASELINES_FILE))
+
+
+def collect(roots: Iterable[str | Path]) -> list[BaselineRun]:
+    """The latest run of each (dataset, K, H), sorted by dataset, K, H."""
+    latest = {}
+    for folder in baseline_folders(roots):
+        run = read_baseline_run(folder)
+        latest[(run.dataset, run.recent, run.history)] = run
+    return [latest[key] for key in sorted(latest, key=lambda k: (k[0], k[1], -1 if k[2] is None else k[2]))]
+
+
+def _interval(interval: Interval | None) -> str:
+    return "not run" if interval is None else \
+        f"{100 * interval.value:.1f} [{100 * interval.low:.1f}, {100 * interval.high:.1f}]"
+
+
+def _difference(diff: PairedDifference | None) -> str:
+    if diff is None:
+        return "not run"
+    return f"{100 * diff.value:+.1f} [{100 * diff.low:+.1f}, {100 * diff.high:+.1f}], p={diff.p_value:.3f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A markdown pipe table; the first column left-aligned, the others right-aligned."""
+    cells = [[str(c).replace("|", "\\|") for c in row] for row in [header, *rows]]
+    widths = [max(3, *(len(row[i]) for row in cells)) for i in range(len(header))]
+
+    def line(row: Sequence[str]) -> str:
+        return "| " + " | ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:],
+                                                                                          strict=True))]) + " |"
+
+    rule = "|:" + "-" * widths[0] + "-|" + "".join("-" * (w + 1) + ":|" for w in widths[1:])
+    return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])]) + "\n"
+
+
+def _column_title(column: str) -> str:
+    return "no-profile row (KH)" if COLUMNS[column] is None else str(COLUMNS[column])
+
+
+def _difference_title(key: str) -> str:
+    method, reference = DIFFERENCES[key]
+    return f"{_column_title(method)} {MINUS} {_column_title(reference)}"
+
+
+def csv_row(run: BaselineRun) -> dict[str, Any]:
+    """One CSV row: dataset, K, H, n_users, folder, then value/low/high per column and per difference."""
+    row: dict[str, Any] = {"dataset": run.dataset, "K": run.recent, "H": run.history,
+                           "n_users": len(run.comparison.users), "folder": str(run.folder)}
+    for column in COLUMNS:
+        found = run.interval(column)
+        for field in ("value", "low", "high"):
+            row[f"{column}_{METRIC}_{field}"] = math.nan if found is None else getattr(found, field)
+    for key in DIFFERENCES:
+        diff = run.difference(key)
+        for field in ("value", "low", "high", "p_value"):
+            row[f"{key}_{METRIC}_{field}"] = math.nan if diff is None else getattr(diff, field)
+        row[f"{key}_excludes_zero"] = "" if diff is None else excludes_zero(diff)
+    return row
+
+
+def build(roots: Iterable[str | Path], out: str | Path = DEFAULT_OUT) -> dict[str, Path]:
+    """Write ``reference_table.md`` and ``.csv`` into ``out`` from the run folders under ``roots``."""
+    roots = list(roots)
+    runs = collect(roots)
+    if not runs:
+        raise ValueError(f"no run folder under {[str(r) for r in roots]} holds {RUN_CONFIG_FILE} and {BASELINES_FILE} "
+                         "(the evaluate stage writes it); nothing to tabulate")
+    out = Path(out)
+    key = ["dataset", "K", "H", "n"]
+    accuracy = [[r.dataset, r.recent, r.history, len(r.comparison.users),
+                 *(_interval(r.interval(c)) for c in COLUMNS)] for r in runs]
+    paired = []
+    for run in runs:
+        cells = []
+        for diff_key in DIFFERENCES:
+            diff = run.difference(diff_key)
+            cells += [_difference(diff), "" if diff is None else effect_verdict(diff)]
+        paired.append([run.dataset, run.recent, run.history, len(run.comparison.users), *cells])
+    confidence = {float(r.comparison.meta.get("confidence", 0.95)) for r in runs}
+    level = "/".join(f"{100 * c:g}%" for c in sorted(confidence))
+    verdict_header = []
+    for diff_key in DIFFERENCES:
+        verdict_header += [f"{_difference_title(diff_key)}", "verdict"]
+    markdown = (
+        "# Reference rows per (K, H): no generation\n\n"
+        f"The evaluate stage's rows on its held-out users (n per row): accuracy in % with {level} percentile "
+        "bootstrap intervals over users. The no-profile row reads only the K recent items (its label is "
+        "`<K>H (no profile)`); oracle facts adds the facts of the H older items as the profile; shuffled oracle "
+        "facts gives each user another user's facts; tabular is gradient-boosted trees over the recent window "
+        "and item statistics, tabular + oracle facts the same with the older history's facts as numbers.\n\n"
+        + _table([*key, *(_column_title(c) for c in COLUMNS)], accuracy)
+        + f"\n## Paired differences (method minus reference, same users, points, {level} interval, p-value)\n\n"
+        "An effect is claimed only where its paired interval excludes zero.\n\n"
+        + _table([*key, *verdict_header], paired)
+        + "\nRun folders:\n\n" + "".join(f"- K = {r.recent}, H = {r.history}: `{r.folder}`\n" for r in runs)
+    )
+    paths = {"markdown": out / f"{NAME}.md", "csv": out / f"{NAME}.csv"}
+    with atomic_path(paths["markdown"]) as tmp:
+        tmp.write_text(markdown, encoding="utf-8")
+    rows = [csv_row(r) for r in runs]
+    with atomic_path(paths["csv"]) as tmp, tmp.open("w", newline="", encoding="utf-8") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(markdown)
+    print("\n".join(f"{kind}: {path}" for kind, path in paths.items()))
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="run folders, or folders above them (a sweep folder)")
+    parser.add_argument("--out", default=DEFAULT_OUT, help=f"folder of the table (default: {DEFAULT_OUT})")
+    args = parser.parse_args(argv)
+    return build(args.runs, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,322 @@
+"""DDP-safe stages: under a multi-process trainer only the fits are distributed; every other stage and every
+artifact write happens once, on rank 0; the checkpoint metric and the DPO reference are computed over all ranks.
+
+The two-process runs use `trainer=ddp_cpu` (gloo on the CPU); `align.batch.micro_size=1` keeps the global
+batch of the tiny setup (2 pairs = 1 x 2 processes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
+from lettingo import CONFIG_DIR
+from lettingo.artifacts import ArtifactStore, ReadOnlyStore
+from lettingo.data.schema import LABELS
+from lettingo.evaluation.metrics import classification_metrics
+from lettingo.pipeline import RANKS_DIR, RankFailed, Ranks, free_port, rank_overrides, run
+from lettingo.recommender.base import RecClassifierModule
+from lettingo.recommender.training import RecDataModule
+from lettingo.stages import BY_NAME
+
+DDP = ("trainer=ddp_cpu", "align.batch.micro_size=1")
+
+
+# --- the store of the other ranks -----------------------------------------------------------------------
+def test_a_read_only_store_reads_and_answers_but_never_writes(tmp_path: Path) -> None:
+    writer = ArtifactStore(tmp_path)
+    writer.write_table("t", pd.DataFrame({"a": [1, 2]}), "fp1")
+    writer.begin("work", "fp1")
+    reader = ArtifactStore(tmp_path, read_only=True)
+    assert reader.read_table("t")["a"].tolist() == [1, 2]
+    assert reader.prepare("t", "fp1") == "done" and reader.begin("work", "fp1") == "partial"
+    assert reader.prepare("t", "fp2") == "new" and (tmp_path / "t" / "_meta.json").exists()  # not moved aside
+    assert reader.begin("other", "fp1") == "new" and not (tmp_path / "other").exists()
+    for write in (lambda: reader.finish("t", "fp1"), lambda: reader.write_table("t", pd.DataFrame(), "fp1"),
+                  lambda: reader.append_chunk("t", pd.DataFrame()), lambda: reader.write_json("j", {}, "fp1"),
+                  lambda: reader.move_aside("t"), lambda: reader.lock().__enter__()):
+        with pytest.raises(ReadOnlyStore):
+            write()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t", "work"]
+
+
+# --- how the runner starts and meets the other ranks ----------------------------------------------------
+@pytest.fixture
+def hydra_job():
+    """Compose like the `lettingo` command line does for one job and make it the current Hydra job (undone after)."""
+    before = HydraConfig.instance().cfg
+
+    def _job(overrides: list[str], hydra_overrides: list[str]):
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose("config", overrides=[*overrides, *hydra_overrides], return_hydra_config=True)
+        cfg.hydra.overrides.task = overrides  # what Hydra records for the job (the hydra.* ones go elsewhere)
+        cfg.hydra.overrides.hydra = hydra_overrides
+        HydraConfig.instance().set_config(cfg)
+        return cfg
+
+    yield _job
+    HydraConfig.instance().cfg = before
+
+
+def test_another_rank_gets_the_jobs_own_overrides_and_the_same_config(hydra_job, tmp_path: Path) -> None:
+    run_dir = tmp_path / "multirun" / "0_ab"
+    job = ["stage=pipeline", "debug=tiny", "trainer=ddp_cpu", "seed=1", f"run_dir={tmp_path / 'elsewhere'}",
+           "sweep=seeds"]
+    cfg = hydra_job(job, ["hydra.mode=MULTIRUN", f"hydra.sweep.dir={tmp_path / 'multirun'}"])
+    command = rank_overrides(cfg, run_dir, tmp_path / RANKS_DIR / "x" / "rank1")
+    assert command[0] == "--config-name=config"
+    assert "seed=1" in command and "sweep=seeds" in command and "hydra.mode=RUN" in command
+    assert not any("MULTIRUN" in o or "sweep.dir" in o or "elsewhere" in o for o in command)
+    assert command.count("stage=pipeline") == 1 and f"run_dir='{run_dir.absolute()}'" in command
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        rank1 = compose("config", overrides=command[1:], return_hydra_config=True)
+    assert rank1.hydra.mode.name == "RUN" and rank1.hydra.output_subdir is None
+    assert rank1.paths.run_dir == str(run_dir.absolute())
+    ours = {k: v for k, v in OmegaConf.to_container(cfg).items() if k not in ("hydra", "run_dir", "paths")}
+    theirs = {k: v for k, v in OmegaConf.to_container(rank1).items() if k not in ("hydra", "run_dir", "paths")}
+    assert ours == theirs
+
+
+def test_slurm_tasks_must_match_the_trainers_processes(compose_cfg, monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_JOB_NAME", "lettingo")
+    cfg = compose_cfg(["debug=tiny", "trainer=ddp_cpu", "stage=pipeline"], run_dir=tmp_path / "run")
+    with pytest.raises(ValueError, match="tasks_per_node"):
+        run(cfg)
+    assert not (tmp_path / "run").exists()  # refused before any stage
+
+
+def test_a_waiting_rank_follows_rank_0s_markers(tmp_path: Path) -> None:
+    align, train_rec = BY_NAME["align"], BY_NAME["train_rec"]
+    rank0 = Ranks(0, 2, tmp_path, distributed=("train_rec", "align"))
+    rank1 = Ranks(1, 2, tmp_path)
+    rank0.end_stage(train_rec)  # ended without a fit: nothing to join
+    assert rank1.wait_for_stage(train_rec) is False
+    threading.Timer(0.3, rank0.gate(align)).start()  # rank 0 reaches its first fit a little later
+    assert rank1.wait_for_stage(align) is True
+    rank1.gate(align)()  # fit 0: joined at once
+    rank0.end_stage(align)
+    with pytest.raises(RuntimeError, match="without it"):
+        rank1.gate(align)()  # a second fit rank 0 never started
+
+
+def test_a_waiting_rank_stops_when_rank_0_fails(tmp_path: Path) -> None:
+    rank0, rank1 = Ranks(0, 2, tmp_path), Ranks(1, 2, tmp_path)
+    threading.Timer(0.3, rank0.mark_failed, [ValueError("bad pairs")]).start()
+    began = time.monotonic()
+    with pytest.raises(RankFailed, match="bad pairs"):
+        rank1.wait_for_stage(BY_NAME["align"])
+    assert time.monotonic() - began < 5
+    rank1.mark_failed(RuntimeError("out of memory"))  # and rank 0 learns of a failed rank at its next fit
+    with pytest.raises(RankFailed, match="rank1 failed .*out of memory"):
+        rank0.gate(BY_NAME["align"])()
+
+
+# --- what is computed over all ranks --------------------------------------------------------------------
+def _init_group(rank: int, port: int) -> None:
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "NODE_RANK": "0"})
+    torch.set_num_threads(1)
+
+
+def _pairs(tokenizer) -> pd.DataFrame:
+    def render(text: str) -> str:
+        return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                             add_generation_prompt=True)
+
+    prompts = [render(f"{title} {r} of 5. Write a profile.") for title, r in
+               [("Toy Story (1995)", 5), ("Alien (1979)", 1), ("Fargo (1996)", 4), ("Titanic (1997)", 3),
+                ("Heat (1995)", 2)]]
+    return pd.DataFrame({"user_id": list("12345"), "prompt": prompts,
+                         "chosen": ["Likes crime dramas.", "Dislikes horror.", "Neutral on romance.", "Likes noir.",
+                                    "Rates comedies low."],
+                         "rejected": ["Likes horror.", "Star Wars.", "Toy Story Toy Story.", "Hates films.", "Fargo."]})
+
+
+def _reference(cache: Path, rank: int, world: int, batch_size: int) -> list[list[float]]:
+    from lettingo.align.adapters import attach_lora
+    from lettingo.align.data import batch_loader, preference_examples
+    from lettingo.align.dpo import attach_reference_logps
+    from lettingo.llm.models import load_causal_lm
+
+    model, tokenizer = load_causal_lm("tiny_random", cache, dtype="float32")
+    torch.manual_seed(0)
+    model = attach_lora(model, {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]})
+    examples, _ = preference_examples(_pairs(tokenizer), tokenizer, 512, 64)
+    loader = batch_loader(examples, batch_size, tokenizer.pad_token_id, seed=0, shuffle=True)
+    assert attach_reference_logps(model, examples, loader, rank=rank, world=world) == len(examples)
+    return [e["ref_logps"] for e in examples]
+
+
+def _reference_worker(rank: int, port: int, cache: str, out: str) -> None:
+    import torch.distributed as dist
+
+    _init_group(rank, port)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        Path(out, f"rank{rank}.json").write_text(json.dumps([_reference(Path(cache), rank, 2, b) for b in (1, 2)]))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread here too, as in the two workers (the same sums in the same order)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_gathered_reference_logps_equal_one_process(tiny_model_cache: Path, tmp_path: Path, one_thread) -> None:
+    alone = [_reference(tiny_model_cache, 0, 1, b) for b in (1, 2)]  # 5 examples: shards of 3 and 2 batches
+    torch.multiprocessing.spawn(_reference_worker, args=(free_port(), str(tiny_model_cache), str(tmp_path)),
+                                nprocs=2, join=True)
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == alone  # every rank, every example
+
+
+class FixedPredictions(RecClassifierModule):
+    """Cases are (true label, predicted label) codes; the logits say the prediction."""
+
+    def __init__(self) -> None:
+        super().__init__("fixed", optimizer=lambda params: torch.optim.SGD(params, lr=0.0))
+        self.bias = torch.nn.Parameter(torch.zeros(len(LABELS)))
+
+    def collate(self, cases):
+        return {"labels": torch.tensor([t for t, _ in cases]), "pred": torch.tensor([p for _, p in cases])}
+
+    def logits(self, batch):
+        return torch.nn.functional.one_hot(batch["pred"], len(LABELS)).float() * 10 + self.bias
+
+
+VAL_CASES = [(0, 0), (1, 1), (2, 1), (0, 2), (1, 1), (2, 2), (0, 1)]  # 7 cases: shards of 4 and 3
+
+
+def _validation_worker(rank: int, port: int, out: str) -> None:
+    import lightning as L
+    from lightning.pytorch.strategies import DDPStrategy
+
+    _init_group(rank, port)
+    module, data = FixedPredictions(), RecDataModule(VAL_CASES, VAL_CASES, None, batch_size=2)
+    data.collate = module.collate
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy=DDPStrategy(process_group_backend="gloo"),
+                        logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.validate(module, datamodule=data, verbose=False)
+    Path(out, f"rank{rank}.json").write_text(json.dumps(float(trainer.callback_metrics["val/macro_f1"])))
+
+
+def test_validation_macro_f1_is_over_the_cases_of_every_rank(tmp_path: Path) -> None:
+    shards = [RecDataModule(VAL_CASES, VAL_CASES, list, 2) for _ in range(2)]
+    for rank, data in enumerate(shards):
+        data.trainer = SimpleNamespace(world_size=2, global_rank=rank)
+    seen = [case for data in shards for batch in data.val_dataloader() for case in batch]
+    assert sorted(seen) == sorted(VAL_CASES)  # every case once: no padding repeats
+    torch.multiprocessing.spawn(_validation_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    true, pred = zip(*VAL_CASES, strict=True)
+    expected = classification_metrics([LABELS[i] for i in true], [LABELS[i] for i in pred], LABELS)["macro_f1"]
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == pytest.approx(expected, abs=1e-6)
+
+
+# --- the whole loop on two processes --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    """One project root (and model cache) for the command-line runs of this module."""
+    return tmp_path_factory.mktemp("ddp")
+
+
+def lettingo_cli(root: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LETTINGO_ROOT": str(root), "LETTINGO_MODEL_CACHE": str(root / "models")}
+    done = subprocess.run([sys.executable, "-m", "lettingo", "debug=tiny", *overrides], capture_output=True,
+                          text=True, env=env, cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def only_folder(parent: Path) -> Path:
+    folders = [p for p in parent.iterdir() if p.is_dir() and p.name != "latest"]
+    assert len(folders) == 1, folders
+    return folders[0]
+
+
+def files(run_dir: Path) -> list[str]:
+    return sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file())
+
+
+def metas(run_dir: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in run_dir.glob("*/_meta.json")}
+
+
+KEYS = {"profiles": ["user_id", "backbone", "sample_idx", "prompt_name", "history_len"],
+        "rec_train_profiles": ["user_id", "backbone", "sample_idx", "prompt_name", "history_len"]}
+
+
+def assert_written_once(single: Path, ddp: Path) -> None:
+    """The same files, every artifact with the rows of the one-process run, no duplicates, no rank left over."""
+    assert files(ddp) == files(single)  # every chunk, checkpoint and table once; no stale or rank folders
+    assert not (ddp / RANKS_DIR).exists() and not list(ddp.glob("*.stale-*"))
+    one, two = metas(single), metas(ddp)
+    assert sorted(two) == sorted(one)
+    for name, meta in one.items():
+        assert two[name].get("rows") == meta.get("rows"), name
+    store = ArtifactStore(ddp)
+    for name, key in KEYS.items():
+        if name in one:
+            assert not store.read_table(name).duplicated(key).any(), name
+
+
+@pytest.mark.slow
+def test_two_processes_write_what_one_process_writes(root: Path) -> None:
+    lettingo_cli(root, "stage=pipeline", "experiment_name=one", "align.batch.micro_size=1")
+    began = time.perf_counter()
+    done = lettingo_cli(root, "stage=pipeline", "experiment_name=two", *DDP)
+    seconds = time.perf_counter() - began
+    single, ddp = only_folder(root / "outputs" / "one"), only_folder(root / "outputs" / "two")
+    assert "Starting with 2 processes" in done.stdout + done.stderr  # align trained on both
+    assert_written_once(single, ddp)
+    a, b = ArtifactStore(single), ArtifactStore(ddp)
+    for name in ("samples", "profiles", "rewards", "pairs"):  # zero-shot f_Rec: the very same pairs
+        pd.testing.assert_frame_equal(a.read_table(name).drop(columns=["seconds"], errors="ignore"),
+                                      b.read_table(name).drop(columns=["seconds"], errors="ignore"))
+    assert metas(ddp)["adapter_dpo"]["steps"] == metas(single)["adapter_dpo"]["steps"]
+    print(f"two-process tiny pipeline: {seconds:.1f} s")
+
+
+@pytest.mark.slow
+def test_a_multirun_of_two_processes_per_job_with_a_trainable_f_rec(root: Path) -> None:
+    trainable = ("recommender=llm_lora", "align.batch.micro_size=1")
+    lettingo_cli(root, "stage=pipeline", "experiment_name=lora_one", *trainable)
+    lettingo_cli(root, "-m", "stage=pipeline", "experiment_name=lora_two", "trainer=ddp_cpu", *trainable, "seed=0,1")
+    experiment = root / "outputs" / "lora_two"
+    assert [p.name for p in experiment.iterdir()] == ["multirun"]  # no run folder besides the sweep's
+    sweep = only_folder(experiment / "multirun")  # one multirun: no rank started another
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert len(jobs) == 2 and [json.loads((j / "run_config.json").read_text())["config"]["seed"] for j in jobs] == [0, 1]
+    single = only_folder(root / "outputs" / "lora_one")
+    assert_written_once(single, jobs[0])
+    for job in jobs:
+        assert (job / "results" / "comparison.json").exists()
+        rec = metas(job)["rec_model"]
+        assert rec["trained"] and (job / "rec_model" / "best.ckpt").exists()
+    one, two = metas(single)["rec_model"], metas(jobs[0])["rec_model"]
+    assert {k: two[k] for k in ("train_cases", "val_cases", "train_users", "val_users")} == \
+        {k: one[k] for k in ("train_cases", "val_cases", "train_users", "val_users")}
+    assert two["steps"] == one["steps"] // 2  # the same cases in steps of two processes' batches
+    assert 0.0 <= two["val_macro_f1"] <= 1.0 and np.isfinite(two["val_macro_f1"])
+    pd.testing.assert_frame_equal(ArtifactStore(single).read_table("rec_train_profiles"),
+                                  ArtifactStore(jobs[0]).read_table("rec_train_profiles"))
