@@ -47,7 +47,9 @@ def one_line(error: BaseException) -> str:
 def main(cfg: DictConfig) -> None:
     """Compose the config from the command line and run the chosen stage."""
     from lettingo.pipeline import run
+    from lettingo.runtime import quiet_third_party_deprecations
 
+    quiet_third_party_deprecations()
     try:
         run(cfg)
     except Exception as error:

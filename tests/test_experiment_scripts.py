@@ -142,7 +142,9 @@ def test_ml1m_cpu_results_file_from_a_real_run(tiny_run: Path, tmp_path: Path) -
         row = row_named(section(markdown, "Every method"), method)
         assert f"{100 * comparison.intervals[method]['accuracy'].value:.1f} [" in row
     assert "- command: `lettingo stage=pipeline debug=tiny run_dir=" in markdown
-    assert "- git commit: `unknown`" in markdown
+    record = json.loads((tiny_run / "run_config.json").read_text())
+    commit = record.get("git_commit") or record["config"].get("git_commit") or "unknown"  # recorded by the runner
+    assert f"- git commit: `{commit}`" in markdown
     times = json.loads((tiny_run / "stage_times.json").read_text())
     assert set(times) == {"data", "explore", "train_rec", "evaluate", "align", "test"}
     for stage, seconds in times.items():

@@ -15,6 +15,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
 from lettingo.llm.base import GenerationBackend
+from lettingo.llm.peft_compat import peft_calls
 
 
 def lora_config(r: int, alpha: float, dropout: float, target_modules: Sequence[str]) -> LoraConfig:
@@ -32,7 +33,8 @@ def attach_lora(model: PreTrainedModel, lora: Mapping[str, Any]) -> PeftModel:
     (LoRA's B is zero), so the wrapped model first computes exactly what the base computes.
     """
     config = lora_config(int(lora["r"]), float(lora["alpha"]), float(lora["dropout"]), list(lora["target_modules"]))
-    return get_peft_model(model, config)
+    with peft_calls():
+        return get_peft_model(model, config)
 
 
 def save_adapter(model: PeftModel, folder: str | Path) -> Path:
@@ -58,7 +60,8 @@ def load_adapter(model: PreTrainedModel, folder: str | Path, trainable: bool = F
     """Load a saved adapter onto ``model`` (frozen unless ``trainable``)."""
     if not (Path(folder) / "adapter_config.json").is_file():
         raise FileNotFoundError(f"no PEFT adapter in {folder} (adapter_config.json is missing)")
-    return PeftModel.from_pretrained(model, str(folder), is_trainable=trainable)
+    with peft_calls():
+        return PeftModel.from_pretrained(model, str(folder), is_trainable=trainable)
 
 
 def adapter_backend(backbone: DictConfig, adapter: str | Path, **overrides: Any) -> GenerationBackend:

@@ -14,6 +14,7 @@ from lettingo.llm.decoding import PromptBatch, sample
 from lettingo.llm.fast_decode import MASKED_SDPA
 from lettingo.llm.models import load_causal_lm
 from lettingo.llm.padding import pad_sequences
+from lettingo.llm.peft_compat import peft_calls
 from lettingo.llm.prompting import TokenizerPrompts
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,8 @@ class LocalBackend(TokenizerPrompts, GenerationBackend):
         if adapter is not None:
             from peft import PeftModel
 
-            self.model = PeftModel.from_pretrained(self.model, str(adapter)).merge_and_unload().eval()
+            with peft_calls():
+                self.model = PeftModel.from_pretrained(self.model, str(adapter)).merge_and_unload().eval()
         self.model.set_attn_implementation(MASKED_SDPA)
         self.stop_token_ids = self.stop_ids(self.model.generation_config.eos_token_id)
 

@@ -11,6 +11,7 @@ import torch
 
 from lettingo.llm.models import load_causal_lm
 from lettingo.llm.padding import pad_sequences
+from lettingo.llm.peft_compat import peft_calls
 from lettingo.recommender.base import Batch, RecClassifierModule, label_tensor
 from lettingo.recommender.cases import RecCase
 from lettingo.recommender.llm_scoring import LabelWordScorer, PromptTemplate, answer_logits
@@ -79,7 +80,8 @@ class LoraLLMModule(RecClassifierModule):
         base, tokenizer = load_causal_lm(model, cache_dir, dtype="float32", device="cpu")
         lora = dict(lora)
         lora["target_modules"] = list(lora["target_modules"])
-        self.lm = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", **lora))
+        with peft_calls():
+            self.lm = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", **lora))
         self.scorer = _scorer(tokenizer, prompt, item_text, label_words)
         self.reuse_prefix = reuse_prefix
 
