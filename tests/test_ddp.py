@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -127,12 +126,6 @@ def test_a_waiting_rank_stops_when_rank_0_fails(tmp_path: Path) -> None:
 
 
 # --- what is computed over all ranks --------------------------------------------------------------------
-def _init_group(rank: int, port: int) -> None:
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-                       "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "NODE_RANK": "0"})
-    torch.set_num_threads(1)
-
-
 def _pairs(tokenizer) -> pd.DataFrame:
     def render(text: str) -> str:
         return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
@@ -162,34 +155,6 @@ def _reference(cache: Path, rank: int, world: int, batch_size: int) -> list[list
     return [e["ref_logps"] for e in examples]
 
 
-def _reference_worker(rank: int, port: int, cache: str, out: str) -> None:
-    import torch.distributed as dist
-
-    _init_group(rank, port)
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        Path(out, f"rank{rank}.json").write_text(json.dumps([_reference(Path(cache), rank, 2, b) for b in (1, 2)]))
-    finally:
-        dist.destroy_process_group()
-
-
-@pytest.fixture
-def one_thread():
-    """One torch thread here too, as in the two workers (the same sums in the same order)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_gathered_reference_logps_equal_one_process(tiny_model_cache: Path, tmp_path: Path, one_thread) -> None:
-    alone = [_reference(tiny_model_cache, 0, 1, b) for b in (1, 2)]  # 5 examples: shards of 3 and 2 batches
-    torch.multiprocessing.spawn(_reference_worker, args=(free_port(), str(tiny_model_cache), str(tmp_path)),
-                                nprocs=2, join=True)
-    for rank in (0, 1):
-        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == alone  # every rank, every example
-
-
 class FixedPredictions(RecClassifierModule):
     """Cases are (true label, predicted label) codes; the logits say the prediction."""
 
@@ -207,30 +172,69 @@ class FixedPredictions(RecClassifierModule):
 VAL_CASES = [(0, 0), (1, 1), (2, 1), (0, 2), (1, 1), (2, 2), (0, 1)]  # 7 cases: shards of 4 and 3
 
 
-def _validation_worker(rank: int, port: int, out: str) -> None:
+def _validation_macro_f1(rank: int) -> float:
+    """Lightning validation on two gloo processes (the group made by the DDP strategy)."""
     import lightning as L
     from lightning.pytorch.strategies import DDPStrategy
 
-    _init_group(rank, port)
     module, data = FixedPredictions(), RecDataModule(VAL_CASES, VAL_CASES, None, batch_size=2)
     data.collate = module.collate
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy=DDPStrategy(process_group_backend="gloo"),
                         logger=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.validate(module, datamodule=data, verbose=False)
-    Path(out, f"rank{rank}.json").write_text(json.dumps(float(trainer.callback_metrics["val/macro_f1"])))
+    return float(trainer.callback_metrics["val/macro_f1"])
 
 
-def test_validation_macro_f1_is_over_the_cases_of_every_rank(tmp_path: Path) -> None:
+def _two_ranks_worker(rank: int, port: int, cache: str, out: str) -> None:
+    """One of two processes: the validation macro-F1, then the DPO reference in the same process group."""
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "NODE_RANK": "0"})
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    macro_f1 = _validation_macro_f1(rank)
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", rank=rank, world_size=2)
+    result = {"macro_f1": macro_f1, "reference": [_reference(Path(cache), rank, 2, b) for b in (1, 2)]}
+    Path(out, f"rank{rank}.json").write_text(json.dumps(result))
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tiny_model_cache: Path, tmp_path_factory) -> list[dict]:
+    """What each of two processes computed together (one start of two processes for both tests below)."""
+    out = tmp_path_factory.mktemp("two_ranks")
+    _reference(tiny_model_cache, 0, 1, 1)  # the tiny model is built here once, not by two processes at once
+    torch.multiprocessing.spawn(_two_ranks_worker, args=(free_port(), str(tiny_model_cache), str(out)), nprocs=2,
+                                join=True)
+    return [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread here too, as in the two workers (the same sums in the same order)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_gathered_reference_logps_equal_one_process(two_ranks, tiny_model_cache: Path, one_thread) -> None:
+    alone = [_reference(tiny_model_cache, 0, 1, b) for b in (1, 2)]  # 5 examples: shards of 3 and 2 batches
+    assert [r["reference"] for r in two_ranks] == [alone, alone]  # every rank has every example's, the same
+
+
+def test_validation_macro_f1_is_over_the_cases_of_every_rank(two_ranks) -> None:
     shards = [RecDataModule(VAL_CASES, VAL_CASES, list, 2) for _ in range(2)]
     for rank, data in enumerate(shards):
         data.trainer = SimpleNamespace(world_size=2, global_rank=rank)
     seen = [case for data in shards for batch in data.val_dataloader() for case in batch]
     assert sorted(seen) == sorted(VAL_CASES)  # every case once: no padding repeats
-    torch.multiprocessing.spawn(_validation_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     true, pred = zip(*VAL_CASES, strict=True)
     expected = classification_metrics([LABELS[i] for i in true], [LABELS[i] for i in pred], LABELS)["macro_f1"]
-    for rank in (0, 1):
-        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == pytest.approx(expected, abs=1e-6)
+    shard0 = classification_metrics([LABELS[t] for t, _ in VAL_CASES[::2]], [LABELS[p] for _, p in VAL_CASES[::2]],
+                                    LABELS)["macro_f1"]
+    assert shard0 != pytest.approx(expected)  # the test can tell one rank's cases from all of them
+    assert [r["macro_f1"] for r in two_ranks] == [pytest.approx(expected, abs=1e-6)] * 2
 
 
 # --- the whole loop on two processes --------------------------------------------------------------------
@@ -241,8 +245,11 @@ def root(tmp_path_factory) -> Path:
 
 
 def lettingo_cli(root: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LETTINGO_ROOT": str(root), "LETTINGO_MODEL_CACHE": str(root / "models")}
-    done = subprocess.run([sys.executable, "-m", "lettingo", "debug=tiny", *overrides], capture_output=True,
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LETTINGO_ROOT": str(root),
+           "LETTINGO_MODEL_CACHE": str(root / "models")}
+    flags = [o for o in overrides if o.startswith("-")]
+    rest = [o for o in overrides if not o.startswith("-")]
+    done = subprocess.run([sys.executable, "-m", "lettingo", *flags, "debug=tiny", *rest], capture_output=True,
                           text=True, env=env, cwd=root)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -280,43 +287,61 @@ def assert_written_once(single: Path, ddp: Path) -> None:
             assert not store.read_table(name).duplicated(key).any(), name
 
 
-@pytest.mark.slow
-def test_two_processes_write_what_one_process_writes(root: Path) -> None:
-    lettingo_cli(root, "stage=pipeline", "experiment_name=one", "align.batch.micro_size=1")
+@pytest.fixture(scope="module")
+def runs(root: Path) -> SimpleNamespace:
+    """One process each for a zero-shot and a trainable f_Rec, and a two-job multirun of the same two on two
+    processes per job (`-m recommender=llm_zero_shot,llm_lora trainer=ddp_cpu`)."""
+    for recommender in ("llm_zero_shot", "llm_lora"):
+        lettingo_cli(root, "stage=pipeline", f"experiment_name=one_{recommender}", f"recommender={recommender}",
+                     "align.batch.micro_size=1")
     began = time.perf_counter()
-    done = lettingo_cli(root, "stage=pipeline", "experiment_name=two", *DDP)
-    seconds = time.perf_counter() - began
-    single, ddp = only_folder(root / "outputs" / "one"), only_folder(root / "outputs" / "two")
-    assert "Starting with 2 processes" in done.stdout + done.stderr  # align trained on both
+    done = lettingo_cli(root, "-m", "stage=pipeline", "experiment_name=two", "recommender=llm_zero_shot,llm_lora",
+                        *DDP)
+    print(f"two-process multirun of two tiny pipelines: {time.perf_counter() - began:.1f} s")
+    experiment = root / "outputs" / "two"
+    sweep = only_folder(experiment / "multirun")
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    single = {r: only_folder(root / "outputs" / f"one_{r}") for r in ("llm_zero_shot", "llm_lora")}
+    return SimpleNamespace(output=done.stdout + done.stderr, experiment=experiment, sweep=sweep, jobs=jobs,
+                           single=single)
+
+
+def job_of(runs: SimpleNamespace, recommender: str) -> Path:
+    (job,) = [j for j in runs.jobs if json.loads((j / "run_config.json").read_text())["config"]["recommender"][
+        "name"] == recommender]
+    return job
+
+
+@pytest.mark.slow
+def test_a_multirun_on_two_processes_makes_one_folder_per_job_and_nothing_else(runs) -> None:
+    assert [p.name for p in runs.experiment.iterdir()] == ["multirun"]  # no run folder besides the sweep's
+    assert [p.name for p in runs.sweep.iterdir() if not p.is_dir()] == ["multirun.yaml"]
+    assert len(runs.jobs) == 2  # one multirun, two jobs: no rank re-ran the command line or the sweep
+    for job in runs.jobs:
+        assert (job / "results" / "comparison.json").exists()
+        assert "Initializing distributed: GLOBAL_RANK: 0, MEMBER: 1/2" in (job / "cli.log").read_text()
+
+
+@pytest.mark.slow
+def test_two_processes_write_what_one_process_writes(runs) -> None:
+    single, ddp = runs.single["llm_zero_shot"], job_of(runs, "llm_zero_shot")
     assert_written_once(single, ddp)
     a, b = ArtifactStore(single), ArtifactStore(ddp)
     for name in ("samples", "profiles", "rewards", "pairs"):  # zero-shot f_Rec: the very same pairs
         pd.testing.assert_frame_equal(a.read_table(name).drop(columns=["seconds"], errors="ignore"),
                                       b.read_table(name).drop(columns=["seconds"], errors="ignore"))
     assert metas(ddp)["adapter_dpo"]["steps"] == metas(single)["adapter_dpo"]["steps"]
-    print(f"two-process tiny pipeline: {seconds:.1f} s")
 
 
 @pytest.mark.slow
-def test_a_multirun_of_two_processes_per_job_with_a_trainable_f_rec(root: Path) -> None:
-    trainable = ("recommender=llm_lora", "align.batch.micro_size=1")
-    lettingo_cli(root, "stage=pipeline", "experiment_name=lora_one", *trainable)
-    lettingo_cli(root, "-m", "stage=pipeline", "experiment_name=lora_two", "trainer=ddp_cpu", *trainable, "seed=0,1")
-    experiment = root / "outputs" / "lora_two"
-    assert [p.name for p in experiment.iterdir()] == ["multirun"]  # no run folder besides the sweep's
-    sweep = only_folder(experiment / "multirun")  # one multirun: no rank started another
-    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert len(jobs) == 2 and [json.loads((j / "run_config.json").read_text())["config"]["seed"] for j in jobs] == [0, 1]
-    single = only_folder(root / "outputs" / "lora_one")
-    assert_written_once(single, jobs[0])
-    for job in jobs:
-        assert (job / "results" / "comparison.json").exists()
-        rec = metas(job)["rec_model"]
-        assert rec["trained"] and (job / "rec_model" / "best.ckpt").exists()
-    one, two = metas(single)["rec_model"], metas(jobs[0])["rec_model"]
-    assert {k: two[k] for k in ("train_cases", "val_cases", "train_users", "val_users")} == \
-        {k: one[k] for k in ("train_cases", "val_cases", "train_users", "val_users")}
+def test_two_processes_train_the_f_rec_on_the_cases_one_process_does(runs) -> None:
+    single, ddp = runs.single["llm_lora"], job_of(runs, "llm_lora")
+    assert_written_once(single, ddp)
+    one, two = metas(single)["rec_model"], metas(ddp)["rec_model"]
+    assert two["trained"] and (ddp / "rec_model" / "best.ckpt").exists()
+    keys = ("train_cases", "val_cases", "train_users", "val_users")
+    assert {k: two[k] for k in keys} == {k: one[k] for k in keys}
     assert two["steps"] == one["steps"] // 2  # the same cases in steps of two processes' batches
-    assert 0.0 <= two["val_macro_f1"] <= 1.0 and np.isfinite(two["val_macro_f1"])
-    pd.testing.assert_frame_equal(ArtifactStore(single).read_table("rec_train_profiles"),
-                                  ArtifactStore(jobs[0]).read_table("rec_train_profiles"))
+    assert 0.0 <= two["val_macro_f1"] <= 1.0
+    pd.testing.assert_frame_equal(ArtifactStore(single).read_table("rec_train_profiles").drop(columns="seconds"),
+                                  ArtifactStore(ddp).read_table("rec_train_profiles").drop(columns="seconds"))

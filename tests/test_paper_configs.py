@@ -60,7 +60,8 @@ def check_paper_values(cfg: DictConfig) -> None:
     assert backbones["claude_3_5_haiku"].api_key_env == "CLAUDE_GATEWAY_API_KEY"
     assert cfg.backbone.model == LLAMA3  # the generator DPO aligns
     rec = cfg.recommender
-    assert (rec.name, rec.trainable, rec.model._target_) == ("llm_zero_shot", False, "lettingo.recommender.llm.ZeroShotLLM")
+    assert (rec.name, rec.trainable) == ("llm_zero_shot", False)
+    assert rec.model._target_ == "lettingo.recommender.llm.ZeroShotLLM"
     assert (rec.model.model, rec.model.dtype, rec.model.device) == (LLAMA3, "bfloat16", "auto")
     align = cfg.align
     assert list(align.methods) == ["dpo", "sft"] and align.dtype == "bfloat16" and align.epochs == 3

@@ -80,7 +80,7 @@ class RecClassifierModule(L.LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         """Collect predictions for the epoch's macro-F1."""
         logits = self.logits(batch)
-        self.log("val/loss", F.cross_entropy(logits, batch["labels"]), batch_size=len(batch["labels"]))
+        self.log("val/loss", F.cross_entropy(logits, batch["labels"]), batch_size=len(batch["labels"]), sync_dist=True)
         self._val_true.append(batch["labels"].cpu().numpy())
         self._val_pred.append(logits.argmax(-1).cpu().numpy())
 
@@ -101,8 +101,9 @@ class RecClassifierModule(L.LightningModule):
         if len(true) == 0:
             return
         scores = classification_metrics([LABELS[i] for i in true], [LABELS[i] for i in pred], LABELS)
-        self.log(VAL_METRIC, scores["macro_f1"], prog_bar=True)
-        self.log("val/accuracy", scores["accuracy"])
+        # Every rank holds the same value now; sync_dist only tells Lightning so (the mean of equal values).
+        self.log(VAL_METRIC, scores["macro_f1"], prog_bar=True, sync_dist=True)
+        self.log("val/accuracy", scores["accuracy"], sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """The configured optimizer over the trainable parameters."""

@@ -24,6 +24,7 @@ from lettingo.tracking import Tracker
 SPEED_KEYS = frozenset({
     "cache_dir", "num_threads", "batch_size", "predict_batch_size", "users_per_chunk", "device", "reuse_prefix",
     "default_root_dir", "enable_progress_bar", "enable_model_summary", "log_every_n_steps",
+    "sequences_per_call", "gpu_memory_utilization", "max_num_seqs",
 })
 
 

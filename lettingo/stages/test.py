@@ -34,7 +34,7 @@ from lettingo.evaluation.tables import to_markdown
 from lettingo.evaluation.views import confusion_frame, reward_samples
 from lettingo.feedback.rewards import score_profiles
 from lettingo.feedback.sensitivity import shuffled_texts
-from lettingo.llm.pool import BackendPool, backbones_by_name
+from lettingo.llm.pool import BackendPool, backbones_by_name, shared_engine_order
 from lettingo.profiles.explore import PROFILE_COLUMNS, explore
 from lettingo.profiles.oracle import oracle_profile
 from lettingo.recommender.cases import predicted_labels
@@ -87,17 +87,21 @@ def write_test_profiles(ctx: StageContext, users: pd.DataFrame) -> pd.DataFrame:
     labels = {name: (NO_DPO if name == cfg.backbone.name else name) for name in bases}
     labels |= {str(config.name): label for label, config in adapters.items()}
     configs = {**bases, **{str(config.name): config for config in adapters.values()}}
-    with BackendPool(configs) as backends:
-        frame = explore(users, backends, prompt_cfg=cfg.prompt, store=store, artifact_name=TEST_PROFILES,
+    generator = str(cfg.backbone.name)
+    configs.setdefault(generator, cfg.backbone)
+    fixed = []
+    # One pool for every generator, fixed formats first on the generator's own engine, then the rest
+    # ordered so that generators sharing an engine (base + adapters) run back to back: one engine each.
+    with BackendPool(configs) as pool:
+        for name, prompt_cfg in (cfg.test.get("fixed_formats") or {}).items():
+            artifact = fixed_format_artifact(str(name))
+            frame = explore(users, pool.subset([generator]), prompt_cfg=prompt_cfg, store=store,
+                            artifact_name=artifact, fp=ctx.fingerprint(artifact), **common)
+            fixed.append(frame.assign(method=f"{prompt_cfg.name} ({cfg.backbone.name})"))
+        names = [n for n in shared_engine_order(configs) if n in labels]
+        frame = explore(users, pool.subset(names), prompt_cfg=cfg.prompt, store=store, artifact_name=TEST_PROFILES,
                         fp=ctx.fingerprint(TEST_PROFILES), **common)
-    frames = [frame.assign(method=frame["backbone"].map(labels))]
-    generator = {str(cfg.backbone.name): cfg.backbone}
-    for name, prompt_cfg in (cfg.test.get("fixed_formats") or {}).items():
-        artifact = fixed_format_artifact(str(name))
-        with BackendPool(generator) as backends:
-            frame = explore(users, backends, prompt_cfg=prompt_cfg, store=store, artifact_name=artifact,
-                            fp=ctx.fingerprint(artifact), **common)
-        frames.append(frame.assign(method=f"{prompt_cfg.name} ({cfg.backbone.name})"))
+    frames = [frame.assign(method=frame["backbone"].map(labels)), *fixed]
     return pd.concat(frames, ignore_index=True)
 
 
