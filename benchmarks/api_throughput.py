@@ -83,8 +83,9 @@ def main() -> None:
     rows = []
     with LlamaServer(args.threads) as server:
         for concurrency in args.concurrency:
+            # A one-at-a-time server queues the requests: no per-phase timeout may fire while they wait.
             backend = OpenAIBackend("smollm2", "smollm2", base_url=server.base_url, api_key_env=None,
-                                    concurrency=concurrency, request_deadline_s=1800.0)
+                                    concurrency=concurrency, timeout=3600.0, request_deadline_s=3600.0)
             backend.generate(["Say hi."], max_new_tokens=4)  # warm-up: connections, the server's first request
             before = backend.usage()
             began = time.perf_counter()

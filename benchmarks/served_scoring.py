@@ -60,7 +60,13 @@ def main() -> None:
         cfg = compose("config", overrides=[f"paths.run_dir={args.run_dir}", "recommender=llm_served"])
         zero_cfg = compose("config", overrides=[f"paths.run_dir={args.run_dir}", "recommender.model.dtype=float32"])
     cases = ml100k_cases(args.users, args.profiles, cfg.prompt.facts)
-    rows = []
+    print(f"{len(cases)} cases ({args.users} users x {args.profiles} profiles), {args.threads} thread(s)")
+    print("| f_Rec | top_logprobs | concurrency | wall s | cases/s | requests per case |\n|:--|--:|--:|--:|--:|--:|",
+          flush=True)
+
+    def row(what: str, k: object, concurrency: object, wall: float, requests: str) -> None:
+        print(f"| {what} | {k} | {concurrency} | {wall:.1f} | {len(cases) / wall:.3f} | {requests} |", flush=True)
+
     if args.reference:
         import torch
 
@@ -70,26 +76,22 @@ def main() -> None:
         began = time.perf_counter()
         model.predict(cases)
         wall = time.perf_counter() - began
-        rows.append(("in-process ZeroShotLLM float32 (prefix reuse)", "-", "-", wall, len(cases) / wall, "-"))
+        row("in-process ZeroShotLLM float32 (prefix reuse)", "-", "-", wall, "-")
         del model
     with LlamaServer(args.threads) as server:
         for k in args.top_logprobs:
             for concurrency in args.concurrency:
+                # A one-at-a-time server queues the requests: no per-phase timeout may fire while they wait.
                 scorer = instantiate(cfg.recommender.model, base_url=server.base_url, top_logprobs=k,
-                                     concurrency=concurrency, request_deadline_s=1800.0)
+                                     concurrency=concurrency, timeout=3600.0, request_deadline_s=3600.0)
                 scorer.predict(cases[-1:])  # warm-up; leaves the server's cache on another user than the first
                 before = scorer.usage()["requests"]
                 began = time.perf_counter()
                 scorer.predict(cases)
                 wall = time.perf_counter() - began
                 requests = (scorer.usage()["requests"] - before) / len(cases)
-                rows.append(("llm_served via llama.cpp server", k, concurrency, wall, len(cases) / wall,
-                             f"{requests:.2f}"))
+                row("llm_served via llama.cpp server", k, concurrency, wall, f"{requests:.2f}")
                 scorer.close()
-    print(f"{len(cases)} cases ({args.users} users x {args.profiles} profiles), {args.threads} thread(s)")
-    print("| f_Rec | top_logprobs | concurrency | wall s | cases/s | requests per case |\n|:--|--:|--:|--:|--:|--:|")
-    for what, k, c, wall, per_s, requests in rows:
-        print(f"| {what} | {k} | {c} | {wall:.1f} | {per_s:.3f} | {requests} |")
 
 
 if __name__ == "__main__":

@@ -60,6 +60,8 @@ IN_FIT_WORKERS = ("spawn", "fork", "notebook")
 POLL_S, WAIT_LOG_S = 0.2, 300.0
 #: Seconds rank 0 gets to fail after another rank failed, before it is ended (a fit may hold it in a collective).
 FAILED_FIT_GRACE_S = 60.0
+#: Seconds rank 0 waits at the end for ranks it did not start (SLURM, torchrun) to report back.
+FOLLOWERS_WAIT_S = 600.0
 
 
 def selected_stages(name: str) -> list[Stage]:
@@ -242,11 +244,12 @@ class Ranks:
             raise ValueError(f"SLURM runs {tasks} tasks but the trainer asks for {world} processes "
                              "(trainer.devices x trainer.num_nodes): run one task per device, e.g. submitit's "
                              "hydra.launcher.tasks_per_node=<devices per node> with hydra.launcher.nodes=<nodes>")
-        if world == 1:
+        distributed = tuple(stage.name for stage in stages if stage.distributed)
+        external = tasks is not None or "RANK" in os.environ or "LOCAL_RANK" in os.environ
+        if world == 1 or not (distributed or external):  # one process, or nothing to fit: start no other rank
             yield cls(0, 1)
             return
-        distributed = tuple(stage.name for stage in stages if stage.distributed)
-        if tasks is not None or "RANK" in os.environ or "LOCAL_RANK" in os.environ:
+        if external:
             parent = int(os.environ[PARENT_VAR]) if PARENT_VAR in os.environ else None
             ranks = cls(process_rank(), world, run_dir / RANKS_DIR / launch_token(), parent, distributed)
             if ranks.rank == 0:
@@ -256,6 +259,8 @@ class Ranks:
             except BaseException as error:
                 ranks.mark_failed(error)
                 raise
+            else:
+                ranks.mark_done()
             finally:
                 close_process_group()
             return
@@ -349,12 +354,7 @@ class Ranks:
                   if (code := child.wait()) != 0]
         if failed:
             raise RankFailed(f"{', '.join(failed)} failed; their logs: {self.folder}/rank<i>/")
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
-            try:
-                self.folder.parent.rmdir()
-            except OSError:
-                pass  # another launch's folder is still there
+        self._remove_folder()
 
     def stop_children(self) -> None:
         """Stop every rank still running (SIGTERM, then SIGKILL after 10 s)."""
@@ -367,6 +367,35 @@ class Ranks:
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
+
+    def mark_done(self) -> None:
+        """This rank finished: another rank says so (``rank<i>.done``); rank 0 waits for them all, fails if one
+        failed, and removes the rendezvous folder (a rank that says nothing for FOLLOWERS_WAIT_S keeps it)."""
+        if self.folder is None or not self.folder.exists():
+            return
+        if self.rank != 0:
+            write_text_atomic(self.folder / f"rank{self.rank}.done", "")
+            return
+        others = range(1, self.world)
+        deadline = time.monotonic() + FOLLOWERS_WAIT_S
+        while not all((self.folder / f"rank{r}.done").exists() or (self.folder / f"rank{r}.failed").exists()
+                      for r in others):
+            if time.monotonic() > deadline:
+                log.warning("ranks of %s did not all report back in %.0f s", self.folder, FOLLOWERS_WAIT_S)
+                return
+            time.sleep(POLL_S)
+        failed = [f"rank {r}" for r in others if (self.folder / f"rank{r}.failed").exists()]
+        if failed:
+            raise RankFailed(f"{', '.join(failed)} failed; see {self.folder}")
+        self._remove_folder()
+
+    def _remove_folder(self) -> None:
+        assert self.folder is not None
+        shutil.rmtree(self.folder, ignore_errors=True)
+        try:
+            self.folder.parent.rmdir()
+        except OSError:
+            pass  # another launch's folder is still there
 
     def mark_failed(self, error: BaseException) -> None:
         """This rank failed: tell the others (``failed`` from rank 0, ``rank<i>.failed`` from rank i)."""
@@ -438,8 +467,8 @@ def rank_env(rank: int, world: int, port: int) -> dict[str, str]:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Validate the config, then run the chosen stage(s) in the run folder; the tracker is closed whatever happens.
 
-    Under a multi-process trainer (see :mod:`lettingo.ranks`) only rank 0 runs every stage and writes;
-    the other ranks join the fits of the distributed stages and write nothing.
+    Under a multi-process trainer (see the module docstring) rank 0 runs every stage and writes; the other
+    ranks join the fits of the distributed stages and write nothing.
     """
     validate_config(cfg)
     stages = selected_stages(str(cfg.stage))

@@ -235,7 +235,8 @@ def test_run_folder_is_given_latest_or_new(tmp_path) -> None:
     assert hydra_cfg([*base, "stage=explore"]).hydra.run.dir == str(experiment / "2020-01-01_00-00-00")
     assert hydra_cfg([*base, "stage=pipeline"]).hydra.run.dir != str(experiment / "2020-01-01_00-00-00")
     sweep = hydra_cfg(base).hydra.sweep
-    assert OmegaConf.to_container(sweep)["subdir"] == "${hydra.job.num}_${lettingo_job_hash:${hydra.job.override_dirname}}"
+    subdir = "${hydra.job.num}_${lettingo_job_hash:${hydra.job.override_dirname}}"
+    assert OmegaConf.to_container(sweep)["subdir"] == subdir
 
 
 def test_sweep_job_folders_are_short_whatever_the_overrides() -> None:

@@ -345,3 +345,23 @@ def test_two_processes_train_the_f_rec_on_the_cases_one_process_does(runs) -> No
     assert 0.0 <= two["val_macro_f1"] <= 1.0
     pd.testing.assert_frame_equal(ArtifactStore(single).read_table("rec_train_profiles").drop(columns="seconds"),
                                   ArtifactStore(ddp).read_table("rec_train_profiles").drop(columns="seconds"))
+
+
+@pytest.mark.slow
+def test_slurm_tasks_are_the_ranks_without_a_launch_of_ours(root: Path, runs) -> None:
+    """Two processes started as SLURM starts the tasks of a step (as submitit with tasks_per_node=2 does): the
+    rank comes from SLURM_PROCID, no process starts another, and the run folder is the one-process one."""
+    run_dir, port = root / "slurm", free_port()
+    slurm = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NNODES": "1", "SLURM_NODEID": "0",
+             "SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "SLURM_JOB_NAME": "lettingo"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LETTINGO_ROOT": str(root),
+           "LETTINGO_MODEL_CACHE": str(root / "models"), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), **slurm}
+    command = [sys.executable, "-m", "lettingo", "debug=tiny", "stage=pipeline", f"run_dir={run_dir}", *DDP]
+    tasks = [subprocess.Popen(command, env={**env, "SLURM_PROCID": str(r), "SLURM_LOCALID": str(r)}, cwd=root,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+    outputs = [task.communicate(timeout=900)[0] for task in tasks]
+    assert [task.returncode for task in tasks] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    assert "started ranks" not in outputs[0] and "=== stage data" not in outputs[1]  # rank 1 ran no stage of its own
+    assert_written_once(runs.single["llm_zero_shot"], run_dir)
+    pd.testing.assert_frame_equal(ArtifactStore(runs.single["llm_zero_shot"]).read_table("pairs"),
+                                  ArtifactStore(run_dir).read_table("pairs"))

@@ -75,7 +75,8 @@ def score_profiles(
             store.append_chunk(name, reward_frame(chunk, cases, recommender.predict(cases)))
             bar.update(len(chunk))
     written = store.read_table(name) if store.chunk_paths(name) else profiles.iloc[:0]
-    store.finish(name, fp, rows=len(written), recommender=recommender.name)
+    if len(pending) or store.meta(name) is None:  # a finished artifact with nothing new stays as it is
+        store.finish(name, fp, rows=len(written), recommender=recommender.name)
     wanted = set(profiles.loc[:, list(PROFILE_KEY)].itertuples(index=False, name=None))
     keys = written.loc[:, list(PROFILE_KEY)].itertuples(index=False, name=None)
     return written[[key in wanted for key in keys]].reset_index(drop=True)

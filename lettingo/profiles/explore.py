@@ -119,8 +119,9 @@ def explore(
     wanted = {(u, b, j) for u in instructions for b in backends for j in range(n)}
     keys = zip(written["user_id"], written["backbone"], written["sample_idx"], strict=True)
     frame = _ordered(written[[key in wanted for key in keys]], users, list(backends))
-    store.finish(artifact_name, fp, rows=len(written), users=int(written["user_id"].nunique()),
-                 backbones=sorted(set(written["backbone"])))
+    if generated or store.meta(artifact_name) is None:  # a finished artifact with nothing new stays as it is
+        store.finish(artifact_name, fp, rows=len(written), users=int(written["user_id"].nunique()),
+                     backbones=sorted(set(written["backbone"])))
     log.info(
         "%s: %d rows (%d generated now, %d resumed) in %.1f s",
         artifact_name, len(frame), generated, len(frame) - generated, time.perf_counter() - began,

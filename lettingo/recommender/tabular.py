@@ -268,8 +268,10 @@ class TabularRecommender:
         n_users = len(set(groups.tolist()))
         if n_users < 2:
             raise ValueError(f"user-grouped cross-validation needs at least 2 training users, got {n_users}")
+        # Early stopping holds out 10% of the cases, stratified: it needs at least one case per label there.
+        early_stopping = len(y) * 0.1 >= 2 * len(LABELS)
         estimator = HistGradientBoostingClassifier(
-            early_stopping=True, validation_fraction=0.1, n_iter_no_change=self.early_stopping_rounds,
+            early_stopping=early_stopping, validation_fraction=0.1, n_iter_no_change=self.early_stopping_rounds,
             class_weight=self.class_weight, random_state=self.seed,
         )
         self.search_ = GridSearchCV(estimator, self.grid, scoring=self.scoring,
