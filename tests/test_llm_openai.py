@@ -546,19 +546,26 @@ def llama_server():
 @pytest.mark.slow
 @needs_llama_cpp
 def test_real_server_chat_and_completions(llama_server: LlamaServer) -> None:
-    chat = OpenAIBackend("smollm2", "smollm2", base_url=llama_server.base_url, concurrency=2)
-    # A fresh server evaluates its first prompt whole, later ones from the cached prefix, and the two
-    # differ in the last bits, enough to change a sample at temperature 1: warm the cache up first.
-    warm_up = OpenAIBackend("smollm2", "smollm2", base_url=llama_server.base_url)
-    warm_up.generate([chat.render("Describe a fan of crime dramas in one sentence.")], max_new_tokens=1)
-    result = chat.generate([chat.render("Describe a fan of crime dramas in one sentence.")], n=2, max_new_tokens=12)
+    # One request at a time, in sample order, each run after the same other request: llama.cpp reuses
+    # the KV cache of the request before, and a prompt evaluated from another cached state differs in
+    # the last bits, enough to change a sample at temperature 1. So both runs meet the same states.
+    chat = OpenAIBackend("smollm2", "smollm2", base_url=llama_server.base_url, concurrency=1)
+    prompt = chat.render("Describe a fan of crime dramas in one sentence.")
+
+    def run() -> list[list]:
+        chat.generate([chat.render("Say hi.")], max_new_tokens=2, temperature=0.0)
+        before = chat.usage()
+        out = chat.generate([prompt], n=2, max_new_tokens=12)
+        usage = {k: v - before[k] for k, v in chat.usage().items()}  # the server's exact counts, a request per sample
+        assert usage["requests"] == 2 and usage["estimated_requests"] == 0 and usage["cost_usd"] == 0.0
+        assert usage["completion_tokens"] == sum(g.completion_tokens for g in out[0])
+        assert usage["prompt_tokens"] == sum(g.prompt_tokens for g in out[0])
+        return out
+
+    result = run()
     assert [len(row) for row in result] == [2]
     assert all(g.text.strip() and 1 <= g.completion_tokens <= 12 and g.prompt_tokens > 10 for g in result[0])
-    usage = chat.usage()  # the server's exact counts, one request per sample
-    assert usage["requests"] == 2 and usage["estimated_requests"] == 0
-    assert usage["completion_tokens"] == sum(g.completion_tokens for g in result[0])
-    assert usage["prompt_tokens"] == sum(g.prompt_tokens for g in result[0]) and usage["cost_usd"] == 0.0
-    again = chat.generate([chat.render("Describe a fan of crime dramas in one sentence.")], n=2, max_new_tokens=12)
+    again = run()
     assert [g.text for g in again[0]] == [g.text for g in result[0]]  # the per-sample seed reaches the server
     base = OpenAIBackend("smollm2", "smollm2", base_url=llama_server.base_url, chat=False, lead_in="\nProfile:")
     assert base.generate([base.render("Toy Story 5/5.")], max_new_tokens=5, temperature=0)[0][0].completion_tokens <= 5

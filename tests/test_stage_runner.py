@@ -115,6 +115,7 @@ def test_any_history_length_gets_its_own_profile_training_group(tiny) -> None:
 
 
 def test_a_history_longer_than_the_data_fails_in_one_line(tiny) -> None:
-    with pytest.raises(Exception, match="no user has the 511 interactions needed") as error:
+    expected = "history.length=500.*only 5 users of ml100k have the 511 interactions"
+    with pytest.raises(ValueError, match=expected) as error:
         run(tiny("stage=data", "history.length=500"))
     assert "\n" not in str(error.value)

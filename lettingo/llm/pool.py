@@ -14,10 +14,14 @@ from lettingo.llm.vllm_backend import EngineSettings, close_engines
 
 log = logging.getLogger(__name__)
 
+#: OpenAI-compatible backbone keys that change pace, retries or the bill, never what is sampled.
+RATE_AND_PRICE_KEYS = ("concurrency", "requests_per_minute", "tokens_per_minute", "price_per_million_input",
+                       "price_per_million_output", "timeout", "max_retries", "backoff", "max_backoff",
+                       "request_deadline_s")
 # Backbone keys that change speed or location but not the sampled texts: kept out of the identity
 # so that, say, another thread count resumes the same profiles.
 NOT_IDENTITY = ("cache_dir", "num_threads", "batch_size", "device", "sequences_per_call", "gpu_memory_utilization",
-                "max_num_seqs")
+                "max_num_seqs", *RATE_AND_PRICE_KEYS)
 #: The `_target_` of backbones whose views share one engine per model (lettingo.llm.vllm_backend).
 SHARED_ENGINE_TARGETS = ("lettingo.llm.vllm_backend.VLLMBackend",)
 

@@ -18,13 +18,14 @@ import pandas as pd
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lettingo.artifacts import ArtifactStore, MissingArtifact
+from lettingo.llm.pool import RATE_AND_PRICE_KEYS
 from lettingo.tracking import Tracker
 
 #: Config keys that change speed, location or display, never what an artifact holds: no identity.
 SPEED_KEYS = frozenset({
     "cache_dir", "num_threads", "batch_size", "predict_batch_size", "users_per_chunk", "device", "reuse_prefix",
     "default_root_dir", "enable_progress_bar", "enable_model_summary", "log_every_n_steps",
-    "sequences_per_call", "gpu_memory_utilization", "max_num_seqs",
+    "sequences_per_call", "gpu_memory_utilization", "max_num_seqs", *RATE_AND_PRICE_KEYS,
 })
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import pandas as pd
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -31,6 +32,18 @@ def sample_spec(cfg: DictConfig) -> SampleSpec:
     )
 
 
+def check_splits_filled(samples: pd.DataFrame, spec: SampleSpec, cfg: DictConfig) -> None:
+    """Fail in one line when a requested split got no users (the data has too few users this long)."""
+    sizes = samples["split"].value_counts()
+    empty = sorted(name for name, size in spec.split_sizes.items() if size > 0 and sizes.get(name, 0) == 0)
+    if empty:
+        need = spec.max_history + spec.recent + 1
+        raise ValueError(f"history.length={cfg.history.length}, history.recent={spec.recent}: only {len(samples)} "
+                         f"users of {cfg.dataset.name} have the {need} interactions needed, so splits {empty} got "
+                         "no users; "
+                         "lower H or K, or the split sizes")
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     """Build the samples (reused when finished for the same inputs) and print their summary."""
     cfg, store = ctx.cfg, ctx.store
@@ -42,6 +55,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         spec = sample_spec(cfg)
         interactions = instantiate(cfg.dataset.loader)()
         samples = make_samples(interactions, spec, source=cfg.dataset.name)
+        check_splits_filled(samples, spec, cfg)
         held_out = {str(cfg.test.split), str(cfg.evaluate.split)}
         samples = annotate_items(samples, ItemStats.from_samples(samples[~samples["split"].isin(held_out)]))
         summary = summarize_data(interactions, samples, spec)
