@@ -41,6 +41,8 @@ class BackendPool(Mapping[str, GenerationBackend]):
         self.configs = configs
         self.open_name: str | None = None
         self.open_backend: GenerationBackend | None = None
+        #: backbone name -> its backend's `usage()` (requests, tokens, cost), kept when it is closed
+        self.usage: dict[str, dict[str, float]] = {}
 
     def __getitem__(self, name: str) -> GenerationBackend:
         if name not in self.configs:
@@ -58,7 +60,12 @@ class BackendPool(Mapping[str, GenerationBackend]):
         return len(self.configs)
 
     def close(self) -> None:
-        """Close the open backbone, if any (a vLLM view: its engine stays up)."""
+        """Close the open backbone, if any (a vLLM view: its engine stays up); keep its usage."""
+        if self.open_backend is not None and self.open_name is not None:
+            used = self.open_backend.usage()
+            if used:
+                previous = self.usage.get(self.open_name, {})
+                self.usage[self.open_name] = {k: previous.get(k, 0.0) + float(v) for k, v in used.items()}
         if self.open_backend is not None:
             self.open_backend.close()
         self.open_backend, self.open_name = None, None

@@ -45,7 +45,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     cfg, sampling = ctx.cfg, ctx.cfg.sampling
     samples = ctx.read_table(SAMPLES)
     splits = [str(s) for s in sampling.splits]
-    with BackendPool(backbones_by_name(sampling.backbones)) as backends:
+    backends = BackendPool(backbones_by_name(sampling.backbones))
+    with backends:
         frame = explore(
             explore_split_samples(samples, splits), backends, prompt_cfg=cfg.prompt,
             item_text_cfg=cfg.dataset.item_text, history_len=int(cfg.history.length), n=int(sampling.n),
@@ -58,6 +59,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     for split, summary in summaries.items():
         print(format_summary(summary, split))
         ctx.tracker.log_metrics(tracker_metrics(summary, split))
+    for name, used in backends.usage.items():  # API backbones: requests, exact tokens and cost of this call
+        print(f"explore {name}: " + ", ".join(f"{k} {v:g}" for k, v in used.items()))
+        ctx.tracker.log_metrics({f"explore/all/{name}/{k}": float(v) for k, v in used.items()})
     shown = frame[(frame["sample_idx"] == 0) & frame["user_id"].isin(frame["user_id"].unique()[:SAMPLE_ROWS])]
     ctx.tracker.log_table("explore/samples", shown.loc[:, ["user_id", "backbone", "text", "degenerate"]])
     print(f"profiles artifact: {ctx.store.path(PROFILES)}")
