@@ -546,16 +546,17 @@ def llama_server():
 @pytest.mark.slow
 @needs_llama_cpp
 def test_real_server_chat_and_completions(llama_server: LlamaServer) -> None:
-    # One request at a time, in sample order, each run after the same other request: llama.cpp reuses
-    # the KV cache of the request before, and a prompt evaluated from another cached state differs in
-    # the last bits, enough to change a sample at temperature 1. So both runs meet the same states.
+    # llama.cpp reuses the KV cache of the request before, and a prompt evaluated from another cached
+    # state differs in the last bits: even seeded, a sample at temperature 1 is not reproducible across
+    # runs (seen failing after the same warm-up request). So the repeat check decodes greedily; that the
+    # per-sample seed reaches the server is checked against the stub server above.
     chat = OpenAIBackend("smollm2", "smollm2", base_url=llama_server.base_url, concurrency=1)
     prompt = chat.render("Describe a fan of crime dramas in one sentence.")
 
     def run() -> list[list]:
         chat.generate([chat.render("Say hi.")], max_new_tokens=2, temperature=0.0)
         before = chat.usage()
-        out = chat.generate([prompt], n=2, max_new_tokens=12)
+        out = chat.generate([prompt], n=2, max_new_tokens=12, temperature=0.0)
         usage = {k: v - before[k] for k, v in chat.usage().items()}  # the server's exact counts, a request per sample
         assert usage["requests"] == 2 and usage["estimated_requests"] == 0 and usage["cost_usd"] == 0.0
         assert usage["completion_tokens"] == sum(g.completion_tokens for g in out[0])
@@ -566,7 +567,7 @@ def test_real_server_chat_and_completions(llama_server: LlamaServer) -> None:
     assert [len(row) for row in result] == [2]
     assert all(g.text.strip() and 1 <= g.completion_tokens <= 12 and g.prompt_tokens > 10 for g in result[0])
     again = run()
-    assert [g.text for g in again[0]] == [g.text for g in result[0]]  # the per-sample seed reaches the server
+    assert [g.text for g in again[0]] == [g.text for g in result[0]]  # the same request, the same answer
     base = OpenAIBackend("smollm2", "smollm2", base_url=llama_server.base_url, chat=False, lead_in="\nProfile:")
     assert base.generate([base.render("Toy Story 5/5.")], max_new_tokens=5, temperature=0)[0][0].completion_tokens <= 5
 
