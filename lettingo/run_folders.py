@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 RESOLVER = "lettingo_run_dir"
 JOB_HASH = "lettingo_job_hash"
+CPU_PRECISION = "lettingo_cpu_precision"
 #: The symlink, inside an experiment's folder, to the run folder a single stage continues.
 LATEST = "latest"
 #: Name of a new run folder (local time when the config is first resolved).
@@ -41,9 +42,21 @@ def job_hash(overrides: str) -> str:
     return hashlib.blake2b(str(overrides).encode(), digest_size=3).hexdigest()
 
 
+def native_bf16_precision() -> str:
+    """Lightning precision for CPU training: bf16-mixed where the CPU has native bfloat16 (AVX512-BF16 or
+    AMX), else 32-true (emulated bfloat16 made the quickstart's f_Rec training many times slower)."""
+    import torch
+
+    native = any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported",
+                                                                           "_is_amx_tile_supported"))
+    return "bf16-mixed" if native else "32-true"
+
+
 def register_resolvers() -> None:
     """Register ``lettingo_run_dir`` (cached, so one run resolves its folder once) and ``lettingo_job_hash``."""
     if not OmegaConf.has_resolver(RESOLVER):
         OmegaConf.register_new_resolver(RESOLVER, run_folder, use_cache=True)
     if not OmegaConf.has_resolver(JOB_HASH):
         OmegaConf.register_new_resolver(JOB_HASH, job_hash)
+    if not OmegaConf.has_resolver(CPU_PRECISION):
+        OmegaConf.register_new_resolver(CPU_PRECISION, native_bf16_precision, use_cache=True)
