@@ -355,28 +355,16 @@ class OpenAIBackend(GenerationBackend):
         lead_in: str = "",
         native_n: bool = False,
         concurrency: int = 32,
-        timeout: float = 120.0,
-        max_retries: int = 6,
-        backoff: float = 1.0,
-        max_backoff: float = 60.0,
-        request_deadline_s: float = 600.0,
-        requests_per_minute: float | None = None,
-        tokens_per_minute: float | None = None,
-        price_per_million_input: float = 0.0,
-        price_per_million_output: float = 0.0,
-        rate_limiter: RateLimiter | None = None,
+        **client: Any,
     ) -> None:
         """Configure the client; nothing is sent until :meth:`generate`.
 
         ``native_n``: ask for all ``n`` samples in one request (the server must honour ``n``);
         otherwise one request per sample, each with its own ``seed`` (see :func:`sample_seed`).
-        ``concurrency``: requests in flight at once. ``max_retries`` extra tries per request, waiting
-        ``backoff * 2**k`` seconds (at most ``max_backoff``) before try ``k + 1``. ``timeout`` bounds
-        each phase of one try (connect, one read, one write); ``request_deadline_s`` bounds a request
-        as a whole, from its first try to the last byte of its answer, and
-        :class:`BackendDeadlineExceeded` says when it passed. ``requests_per_minute`` /
-        ``tokens_per_minute``: the account's limits (``None``: none); ``price_per_million_*``: US
-        dollars per million prompt / completion tokens, for :meth:`usage`.
+        ``concurrency``: requests in flight at once. ``client``: the retry, deadline, rate-limit and price
+        settings of :class:`OpenAIClient` (``timeout``, ``max_retries``, ``backoff``, ``max_backoff``,
+        ``request_deadline_s``, ``requests_per_minute``, ``tokens_per_minute``, ``price_per_million_*``,
+        ``rate_limiter``).
         """
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -386,10 +374,7 @@ class OpenAIBackend(GenerationBackend):
         self.lead_in = lead_in
         self.native_n = native_n
         self.concurrency = concurrency
-        self.http = OpenAIClient(
-            base_url, api_key_env, timeout, max_retries, backoff, max_backoff, request_deadline_s,
-            requests_per_minute, tokens_per_minute, price_per_million_input, price_per_million_output, rate_limiter,
-        )
+        self.http = OpenAIClient(base_url, api_key_env, **client)
         self.url = self.http.url("/chat/completions" if chat else "/completions")
         self._pool: ThreadPoolExecutor | None = None
 

@@ -31,7 +31,6 @@ import numpy as np
 
 from lettingo.data.schema import LABELS
 from lettingo.llm.openai_http import BackendRequestError, OpenAIClient
-from lettingo.llm.rate_limit import RateLimiter
 from lettingo.recommender.cases import RecCase
 from lettingo.recommender.llm_scoring import LabelWordScorer, PromptTemplate
 from lettingo.recommender.text import ItemTextConfig
@@ -70,16 +69,7 @@ class ServedLabelScorer:
         top_logprobs: int = 20,
         label_bias: float = 100.0,
         prompt_as: str = "text",
-        timeout: float = 120.0,
-        max_retries: int = 6,
-        backoff: float = 1.0,
-        max_backoff: float = 60.0,
-        request_deadline_s: float = 600.0,
-        requests_per_minute: float | None = None,
-        tokens_per_minute: float | None = None,
-        price_per_million_input: float = 0.0,
-        price_per_million_output: float = 0.0,
-        rate_limiter: RateLimiter | None = None,
+        **client: Any,
     ) -> None:
         """``served_model``: the model name the server expects; ``tokenizer``: a model spec whose tokenizer
         and chat template match the served model (its weights are not loaded). ``top_logprobs``: first
@@ -109,10 +99,7 @@ class ServedLabelScorer:
         self.label_tokens = [token_strings(self.tokenizer, i) for i in self.scorer.label_ids]
         if len({t for strings in self.label_tokens for t in strings}) != sum(len(t) for t in self.label_tokens):
             raise ValueError(f"the label words' first tokens {self.label_tokens} read the same; choose other words")
-        self.http = OpenAIClient(
-            base_url, api_key_env, timeout, max_retries, backoff, max_backoff, request_deadline_s,
-            requests_per_minute, tokens_per_minute, price_per_million_input, price_per_million_output, rate_limiter,
-        )
+        self.http = OpenAIClient(base_url, api_key_env, **client)
         self.url = self.http.url("/completions")
         self._pool: ThreadPoolExecutor | None = None
 
