@@ -51,6 +51,7 @@ from lettingo.reports import (
     RUN_CONFIG_FILE,
     RunRecord,
     effect_verdict,
+    markdown_table,
     paired_difference,
     read_run,
 )
@@ -97,19 +98,6 @@ def _number(value: Any, digits: int = 1) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A markdown pipe table; the first column left-aligned, the others right-aligned."""
-    cells = [[str(c).replace("|", "\\|") for c in row] for row in [header, *rows]]
-    widths = [max(3, *(len(row[i]) for row in cells)) for i in range(len(header))]
-
-    def line(row: Sequence[str]) -> str:
-        return "| " + " | ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:],
-                                                                                          strict=True))]) + " |"
-
-    rule = "|:" + "-" * widths[0] + "-|" + "".join("-" * (w + 1) + ":|" for w in widths[1:])
-    return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])]) + "\n"
 
 
 class Numbers:
@@ -248,7 +236,7 @@ def section_times(folder: Path, numbers: Numbers) -> str:
         numbers.add("stage_seconds", stage, "seconds", float(times[stage]))
     numbers.add("stage_seconds", "total", "seconds", total)
     rows.append(["total", f"{total:.1f}", f"{total / 60:.1f}"])
-    return _table(["stage", "seconds", "minutes"], rows)
+    return markdown_table(["stage", "seconds", "minutes"], rows)
 
 
 def section_claims(comparison: Comparison, no_profile: str, numbers: Numbers) -> str:
@@ -267,7 +255,7 @@ def section_claims(comparison: Comparison, no_profile: str, numbers: Numbers) ->
         verdicts.append(f"- {name}: " + "; ".join(
             f"{METRIC_NAMES.get(m, m)} {100 * found[m].value:+.1f} points "
             f"[{100 * found[m].low:+.1f}, {100 * found[m].high:+.1f}]: {effect_verdict(found[m])}" for m in metrics))
-    table = _table(["difference (method minus reference, same users)", *(f"Δ {METRIC_NAMES.get(m, m)}"
+    table = markdown_table(["difference (method minus reference, same users)", *(f"Δ {METRIC_NAMES.get(m, m)}"
                                                                        for m in metrics)], rows) if rows else ""
     return table + "\n" + "\n".join(verdicts) + "\n"
 
@@ -310,7 +298,7 @@ def section_paper(run: RunRecord, comparison: Comparison, no_profile: str, numbe
             f"LLaMA3-8B-Instruct zero-shot f_Rec, no-profile row = 10H, point values only, no intervals "
             f"reported; T2 / T3: the column's table, whose DPO rows differ slightly), NOT ours. The row marked "
             f"OURS is this run ({no_profile} as the no-profile row, 95% intervals, paired differences on the same "
-            f"users). {note}\n\n" + _table(header, rows))
+            f"users). {note}\n\n" + markdown_table(header, rows))
 
 
 def section_methods(comparison: Comparison, numbers: Numbers) -> str:
@@ -337,7 +325,7 @@ def section_sensitivity(folder: Path, numbers: Numbers) -> str:
     return ("f_Rec's accuracy on the profile-training users' cases with each user's own profiles minus with "
             "another user's (shuffled), paired over users; flip rate: share of predictions the shuffle changes. "
             "Near zero: the rewards say nothing about the profiles.\n\n"
-            + _table(["split", "Δ accuracy (true − shuffled)", "accuracy, true", "accuracy, shuffled",
+            + markdown_table(["split", "Δ accuracy (true − shuffled)", "accuracy, true", "accuracy, shuffled",
                       "flip rate", "users", "cases", "verdict"], rows))
 
 
@@ -390,7 +378,7 @@ def section_margin(folder: Path, numbers: Numbers) -> str:
         summary = (f"Held-out reward margin (chosen minus rejected implicit reward, on pairs of held-out users) "
                    f"{first['align/val/rewards/margins']:+.4f} at step {_number(first.get('step'), 0)} -> "
                    f"{last['align/val/rewards/margins']:+.4f} at step {_number(last.get('step'), 0)}.\n\n")
-    return summary + _table(["step", *(VAL_KEYS[k] for k in keys)], rows)
+    return summary + markdown_table(["step", *(VAL_KEYS[k] for k in keys)], rows)
 
 
 def section_efficiency(folder: Path, config: Mapping[str, Any], numbers: Numbers) -> str:
@@ -424,9 +412,9 @@ def section_efficiency(folder: Path, config: Mapping[str, Any], numbers: Numbers
     return (f"Generated tokens: `completion_tokens` of the profiles artifact. Pairs rebuilt from the rewards with "
             f"the run's rule (`{pcfg.get('rule')}`, at most {pcfg.get('max_pairs_per_user')} per user, seed "
             f"{config_value(config, 'seed', 0)}).{check}\n\nPer backbone (all its profiles):\n\n"
-            + _table(header, rows_of(by_backbone, "efficiency_backbone"))
+            + markdown_table(header, rows_of(by_backbone, "efficiency_backbone"))
             + "\nPer N (each user's first N profiles, sample_idx < N, of every backbone):\n\n"
-            + _table(header, rows_of(by_n, "efficiency_n")))
+            + markdown_table(header, rows_of(by_n, "efficiency_n")))
 
 
 def section_baselines(folder: Path, numbers: Numbers) -> str:

@@ -33,7 +33,7 @@ from lettingo.evaluation.methods import (
     TABULAR_ORACLE,
     no_profile_label,
 )
-from lettingo.reports import RUN_CONFIG_FILE, effect_verdict, excludes_zero, paired_difference
+from lettingo.reports import RUN_CONFIG_FILE, effect_verdict, excludes_zero, markdown_table, paired_difference
 
 NAME = "reference_table"
 DEFAULT_OUT = "results"
@@ -117,19 +117,6 @@ def _difference(diff: PairedDifference | None) -> str:
     return f"{100 * diff.value:+.1f} [{100 * diff.low:+.1f}, {100 * diff.high:+.1f}], p={diff.p_value:.3f}"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A markdown pipe table; the first column left-aligned, the others right-aligned."""
-    cells = [[str(c).replace("|", "\\|") for c in row] for row in [header, *rows]]
-    widths = [max(3, *(len(row[i]) for row in cells)) for i in range(len(header))]
-
-    def line(row: Sequence[str]) -> str:
-        return "| " + " | ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:],
-                                                                                          strict=True))]) + " |"
-
-    rule = "|:" + "-" * widths[0] + "-|" + "".join("-" * (w + 1) + ":|" for w in widths[1:])
-    return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])]) + "\n"
-
-
 def _column_title(column: str) -> str:
     return "no-profile row (KH)" if COLUMNS[column] is None else str(COLUMNS[column])
 
@@ -185,10 +172,10 @@ def build(roots: Iterable[str | Path], out: str | Path = DEFAULT_OUT) -> dict[st
         "`<K>H (no profile)`); oracle facts adds the facts of the H older items as the profile; shuffled oracle "
         "facts gives each user another user's facts; tabular is gradient-boosted trees over the recent window "
         "and item statistics, tabular + oracle facts the same with the older history's facts as numbers.\n\n"
-        + _table([*key, *(_column_title(c) for c in COLUMNS)], accuracy)
+        + markdown_table([*key, *(_column_title(c) for c in COLUMNS)], accuracy)
         + f"\n## Paired differences (method minus reference, same users, points, {level} interval, p-value)\n\n"
         "An effect is claimed only where its paired interval excludes zero.\n\n"
-        + _table([*key, *verdict_header], paired)
+        + markdown_table([*key, *verdict_header], paired)
         + "\nRun folders:\n\n" + "".join(f"- K = {r.recent}, H = {r.history}: `{r.folder}`\n" for r in runs)
     )
     paths = {"markdown": out / f"{NAME}.md", "csv": out / f"{NAME}.csv"}

@@ -203,3 +203,16 @@ def excludes_zero(difference: PairedDifference | Interval) -> bool:
 def effect_verdict(difference: PairedDifference | Interval) -> str:
     """The words a report uses for a paired difference: an effect is claimed only when its interval excludes 0."""
     return "interval excludes zero" if excludes_zero(difference) else "no effect shown (interval includes zero)"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A markdown pipe table; the first column left-aligned, the others right-aligned."""
+    cells = [[str(c).replace("|", "\\|") for c in row] for row in [header, *rows]]
+    widths = [max(3, *(len(row[i]) for row in cells)) for i in range(len(header))]
+
+    def line(row: Sequence[str]) -> str:
+        return "| " + " | ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:],
+                                                                                          strict=True))]) + " |"
+
+    rule = "|:" + "-" * widths[0] + "-|" + "".join("-" * (w + 1) + ":|" for w in widths[1:])
+    return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])]) + "\n"
