@@ -27,23 +27,17 @@ from lettingo import CONFIG_DIR
 from lettingo.data.samples import build_samples
 from lettingo.data.schema import LabelThresholds
 from lettingo.data.sources.recbole_movielens import load_ml100k
-from lettingo.profiles.prompts import history_items
-from lettingo.profiles.user_facts import user_facts
-from lettingo.recommender.cases import RecCase, case_from_sample
+from lettingo.recommender.cases import RecCase
 
 sys.path.insert(0, str(Path(__file__).parent))
-from api_throughput import LlamaServer  # noqa: E402  (the benchmark next to this one)
+from api_throughput import LlamaServer  # noqa: E402  (the benchmarks next to this one)
+from scoring import profile_cases  # noqa: E402
 
 
 def ml100k_cases(users: int, profiles: int, facts_cfg) -> list[RecCase]:
     """``profiles`` cases per user of the first ``users`` ML-100K users; each profile the facts in another order."""
-    samples = build_samples(load_ml100k(), LabelThresholds(), recent=10, history=30)
-    cases = []
-    for sample in samples.head(users).to_dict("records"):
-        facts = user_facts(history_items(sample, 30), facts_cfg)["facts"]
-        for j in range(profiles):
-            cases.append(case_from_sample(sample, " ".join(facts[j % len(facts):] + facts[: j % len(facts)])))
-    return cases
+    return profile_cases(build_samples(load_ml100k(), LabelThresholds(), recent=10, history=30), users, profiles,
+                         facts_cfg)
 
 
 def main() -> None:
