@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import lettingo.recommender.loading
-from lettingo.artifacts import PAIRS, PROFILES, REC_MODEL, REC_TRAIN_PROFILES, REWARDS, ArtifactStore, MissingArtifact
+import lettingo.stages.train_rec
+from lettingo.artifacts import (
+    PAIRS,
+    PROFILES,
+    REC_MODEL,
+    REC_TRAIN_PROFILES,
+    REWARDS,
+    SAMPLES,
+    ArtifactStore,
+    MissingArtifact,
+)
 from lettingo.evaluation.methods import MAJORITY, NO_PROFILE, USER_MEAN
 from lettingo.pipeline import run
+from lettingo.profiles.oracle import oracle_profile
 from lettingo.recommender.loading import build_recommender
 
 #: On top of `debug=tiny`: 12 held-out users, 8 rec_train users, metrics in CSV files.
@@ -16,6 +28,11 @@ TRAINING = [
     "recommender.training.max_users=8", "recommender.training.n_targets=2", "recommender.training.batch_size=4",
     "recommender.training.trainer.max_epochs=1",
 ]
+
+
+def trainable(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of the trainable parameters, by name."""
+    return {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
 
 
 @pytest.fixture
@@ -98,3 +115,47 @@ def test_evaluate_without_profiles_says_what_to_run(tiny, tmp_path) -> None:
     run(tiny("stage=data"))
     with pytest.raises(MissingArtifact, match=f"no finished '{PROFILES}' in {tmp_path / 'run'}.*stage=explore"):
         run(tiny("stage=evaluate", "recommender=llm_zero_shot"))
+
+
+def test_cross_encoder_learns_from_generated_oracle_and_empty_profiles(tiny, explored, tiny_bert,
+                                                                       monkeypatch) -> None:
+    mix = [*TRAINING, "recommender=cross_encoder", f"recommender.model.model={tiny_bert}",
+           "recommender.model.max_length=64", "recommender.training.empty_profile_rate=0.3",
+           "recommender.training.balance=none", "recommender.model.optimizer.lr=0.01",
+           "recommender.training.oracle_profile_rate=0.4", "recommender.training.trainer.max_epochs=2"]
+    seen: list = []
+    losses: list[float] = []
+    real_fit = lettingo.stages.train_rec.fit
+
+    def training_loss(module, batch) -> float:
+        module.eval()
+        with torch.no_grad():
+            return float(module.loss(batch))
+
+    def recording_fit(module, data, *args, **kwargs):
+        batch = module.collate(data.train_cases)
+        seen.extend(data.train_cases)
+        seen.append(trainable(module))
+        losses.append(training_loss(module, batch))
+        result = real_fit(module, data, *args, **kwargs)
+        losses.append(training_loss(module, batch))  # the best checkpoint's, loaded by fit
+        return result
+
+    monkeypatch.setattr(lettingo.stages.train_rec, "fit", recording_fit)
+    cfg = tiny("stage=train_rec", *mix)
+    summary = run(cfg)
+    *cases, before = seen
+    samples = ArtifactStore(explored).read_table(SAMPLES).set_index("user_id")
+    generated = set(ArtifactStore(explored).read_table(REC_TRAIN_PROFILES)["text"])
+    oracle = [c for c in cases if c.profile and c.profile not in generated]
+    assert oracle and any(c.profile in generated for c in cases) and any(not c.profile for c in cases)
+    for case in oracle:  # each user's own older-history facts, never another user's
+        assert case.profile == oracle_profile(samples.loc[case.user_id].to_dict(), 30, cfg.prompt.facts)
+    after = trainable(build_recommender(cfg.recommender.model, explored / REC_MODEL / summary["checkpoint"]))
+    assert any(not torch.equal(before[name], after[name]) for name in before)
+    assert losses[1] < losses[0]
+
+    changed = tiny("stage=train_rec", *mix[:-2], "recommender.training.oracle_profile_rate=0.2", mix[-1])
+    assert not list(explored.glob(f"{REC_MODEL}.stale-*"))
+    run(changed)  # another mix is another model: retrained, the first one kept aside
+    assert len(list(explored.glob(f"{REC_MODEL}.stale-*"))) == 1

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures_encoders import build_tiny_bert
 from omegaconf import OmegaConf
 
 from lettingo import CONFIG_DIR
@@ -31,10 +32,6 @@ REV = "0123456789abcdef0123456789abcdef01234567"  # the commit hash of both snap
 TAG_REV = "89abcdef0123456789abcdef0123456789abcdef"  # the commit that tag v1 of tiny-llama points at
 ITEM_TEXT = {"max_chars": 120, "review_chars": 0}
 LABEL_WORDS = {"like": "like", "neutral": "neutral", "dislike": "dislike"}
-WORDS = ("movie drama comedy action thriller horror romance user profile likes dislikes rated like neutral dislike "
-         "item to predict recent ratings newest first no the a of and with is high low").split()
-
-
 def put_in_hub_cache(cache: Path, repo_id: str, source: Path, commit: str = REV, ref: str = "main") -> Path:
     """Copy ``source`` into the layout huggingface_hub reads: ``models--org--name/snapshots/<commit>/`` with
     ``refs/<ref>`` holding ``<commit>`` (no newline: file_download reads the file as it is)."""
@@ -45,31 +42,6 @@ def put_in_hub_cache(cache: Path, repo_id: str, source: Path, commit: str = REV,
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs" / ref).write_text(commit)
     return snapshot
-
-
-def build_tiny_bert(folder: Path) -> Path:
-    """A 2-layer hidden-16 BERT with a WordPiece tokenizer trained here on a few words."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
-    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    backend.train_from_iterator([" ".join(WORDS)] * 3 + list("0123456789()|:.,"),
-                                trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials))
-    cls, sep = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
-    backend.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
-    )
-    tokenizer = BertTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                  sep_token="[SEP]", mask_token="[MASK]")
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=256)
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -106,3 +106,20 @@ def test_bad_template_and_short_history_raise(compose_cfg) -> None:
         build_instruction(make_sample("ml100k"), broken, 30, cfg.dataset.item_text)
     with pytest.raises(ValueError, match="fewer than H=30"):
         build_instruction(make_sample("ml100k", count=10), cfg.prompt, 30, cfg.dataset.item_text)
+
+
+def test_compact_prompt_lists_the_newest_items_without_attributes_but_facts_over_all_h(compose_cfg) -> None:
+    cfg = compose_cfg(["prompt.listed_items=5", "prompt.item_attributes=false"])
+    sample = make_sample("ml1m")
+    history_len = int(cfg.history.length)
+    text = build_instruction(sample, cfg.prompt, history_len, cfg.dataset.item_text)
+    full = build_instruction(sample, compose_cfg([]).prompt, history_len, cfg.dataset.item_text)
+    listed = [line for line in text.splitlines() if re.match(r"\d+\. ", line)]
+    newest = sample["older"][-5:]
+    assert listed == [f"{k}. {it['title']} | rated {it['rating']:g} ({it['label']})" for k, it in enumerate(newest, 1)]
+    assert sample["older"][-6]["title"] not in text
+    facts = [line for line in full.splitlines() if line.startswith(("Average rating", "Highest", "Lowest"))]
+    assert facts and all(line in text.splitlines() for line in facts)  # the same facts, computed over all H
+    assert len(text) < len(full) / 2
+    with pytest.raises(ValueError, match="listed_items"):
+        build_instruction(sample, compose_cfg(["prompt.listed_items=-1"]).prompt, history_len, cfg.dataset.item_text)

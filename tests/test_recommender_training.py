@@ -30,10 +30,6 @@ from lettingo.recommender.training import (
 
 ITEM_TEXT = {"max_chars": 120, "review_chars": 0}
 LABEL_WORDS = {"like": "like", "neutral": "neutral", "dislike": "dislike"}
-WORDS = ("movie drama comedy action thriller horror romance user profile likes dislikes rated like neutral dislike "
-         "item to predict recent ratings newest first no the a of and with is high low").split()
-
-
 def item(i: int, rating: float) -> dict:
     label = "like" if rating >= 4 else "dislike" if rating <= 2 else "neutral"
     return {"item_id": str(i), "title": f"Movie {i} (1995)", "attributes": ["Drama"], "rating": float(rating),
@@ -47,33 +43,6 @@ def fixed_batch() -> list[RecCase]:
         recent = tuple(item(100 * n + j, 1 + (n + j) % 5) for j in range(3))
         cases.append(RecCase(str(n), f"profile {word} drama", recent, item(n, rating)))
     return cases
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> Path:
-    """A 2-layer hidden-16 BERT with a WordPiece tokenizer trained here on a few words."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    folder = tmp_path_factory.mktemp("tiny_bert")
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
-    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    backend.train_from_iterator([" ".join(WORDS)] * 3 + list("0123456789()|:.,"),
-                                trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials))
-    cls, sep = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
-    backend.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
-    )
-    tokenizer = BertTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                  sep_token="[SEP]", mask_token="[MASK]")
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=256)
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def make_cross_encoder(folder: Path) -> CrossEncoderModule:
@@ -216,6 +185,26 @@ def test_training_cases_can_drop_the_recent_items_but_never_the_profile_too() ->
     assert 0.25 < len(no_recent) / len(cases) < 0.55  # about (1 - 0.2) * 0.5 of the cases
     with pytest.raises(ValueError, match="empty_recent_rate"):
         training_cases(samples, profiles, 2, 0.2, 0, empty_recent_rate=1.5)
+
+
+def test_training_cases_mix_generated_oracle_and_empty_profiles() -> None:
+    samples = pd.DataFrame([sample(f"u{i}", [1, 2, 3, 4, 5, 4, 3]) for i in range(60)])
+    profiles = {f"u{i}": ["generated"] for i in range(59)}  # u59 has no generated profile
+    oracle = {f"u{i}": f"facts of u{i}" for i in range(60)}
+    cases = training_cases(samples, profiles, 2, empty_profile_rate=0.3, seed=0, oracle=oracle,
+                           oracle_profile_rate=0.3)
+    kinds = [("empty" if not c.profile else "oracle" if c.profile.startswith("facts") else "generated")
+             for c in cases]
+    shares = {k: kinds.count(k) / len(cases) for k in ("empty", "oracle", "generated")}
+    assert 0.2 < shares["empty"] < 0.4 and 0.2 < shares["oracle"] < 0.4 and 0.3 < shares["generated"] < 0.5
+    assert all(c.profile == f"facts of {c.user_id}" for c, k in zip(cases, kinds, strict=True) if k == "oracle")
+    assert {c.profile for c in cases if c.user_id == "u59"} <= {"", "facts of u59"}  # never another user's text
+    # Without oracle cases the draws, and so the cases, are those of the old two-way mix.
+    assert training_cases(samples, profiles, 2, 0.3, 0, oracle=oracle) == training_cases(samples, profiles, 2, 0.3, 0)
+    with pytest.raises(ValueError, match="at most 1"):
+        training_cases(samples, profiles, 2, 0.6, 0, oracle=oracle, oracle_profile_rate=0.5)
+    with pytest.raises(ValueError, match="needs the users' oracle profiles"):
+        training_cases(samples, profiles, 2, 0.3, 0, oracle_profile_rate=0.3)
 
 
 def test_split_users_is_seeded_disjoint_and_complete() -> None:

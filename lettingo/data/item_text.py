@@ -18,16 +18,18 @@ def item_text(
     max_chars: int = 160,
     review_chars: int = 0,
     with_rating: bool = True,
+    with_attributes: bool = True,
 ) -> str:
     """Describe one interaction as `title (year) | attributes | rating r (label)`.
 
     ML titles already carry their year. With `review_chars > 0` and review text present, a snippet
     of the review follows. The description without the review is clipped to `max_chars`.
-    `with_rating=False` leaves the rating out (for the target item, whose rating is the answer).
+    `with_rating=False` leaves the rating out (for the target item, whose rating is the answer);
+    `with_attributes=False` leaves the attributes out (a shorter line).
     """
     parts = [str(item["title"]).strip() or str(item["item_id"])]
     attributes = attribute_list(item.get("attributes"))  # a NumPy array when read back from Parquet
-    if attributes:
+    if attributes and with_attributes:
         parts.append(", ".join(attributes))
     if with_rating:
         rating = float(item["rating"])

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from lettingo.artifacts import ArtifactStore
 from lettingo.llm.base import GenerationBackend
-from lettingo.profiles.prompts import build_instruction, history_texts
+from lettingo.profiles.prompts import build_instruction, listed_texts
 from lettingo.profiles.quality import degenerate_reason
 from lettingo.seeding import derive_seed
 
@@ -76,7 +76,8 @@ def explore(
     records = users.to_dict("records")
     instructions = {row["user_id"]: build_instruction(row, prompt_cfg, history_len, item_text_cfg) for row in records}
     # What an echo copies: the item lines, not the facts (a profile restating those is informative).
-    histories = {row["user_id"]: "\n".join(history_texts(row, history_len, item_text_cfg)) for row in records}
+    histories = {row["user_id"]: "\n".join(listed_texts(row, prompt_cfg, history_len, item_text_cfg))
+                 for row in records}
     existing = store.start_chunks(artifact_name, fp)
     done = set() if existing is None else set(existing.loc[:, list(KEY)].itertuples(index=False, name=None))
     splits = dict(zip(users["user_id"], users["split"], strict=True))

@@ -34,11 +34,25 @@ def history_items(sample: Mapping[str, Any], history_len: int) -> list[dict[str,
     return [plain_item(item) for item in older_history(sample, history_len)]
 
 
-def history_texts(sample: Mapping[str, Any], history_len: int, item_text_cfg: Mapping[str, Any]) -> list[str]:
-    """The prompt text of each of the last ``history_len`` older items of ``sample``, oldest first."""
+def listed_texts(
+    sample: Mapping[str, Any], prompt_cfg: Mapping[str, Any], history_len: int, item_text_cfg: Mapping[str, Any]
+) -> list[str]:
+    """The item lines the prompt lists, oldest first: the newest ``prompt_cfg.listed_items`` of the H older items.
+
+    ``listed_items`` null lists all H; the facts are computed over all H either way. With
+    ``item_attributes`` false a line leaves out the item's attributes (a shorter prompt).
+    """
+    items = history_items(sample, history_len)
+    listed = prompt_cfg.get("listed_items")
+    if listed is not None:
+        if int(listed) < 0:
+            raise ValueError(f"prompt {prompt_cfg.get('name')!r}: listed_items must be null or >= 0, got {listed}")
+        items = items[len(items) - min(int(listed), len(items)):]
+    attributes = bool(prompt_cfg.get("item_attributes", True))
     return [
-        item_text(item, max_chars=int(item_text_cfg["max_chars"]), review_chars=int(item_text_cfg["review_chars"]))
-        for item in history_items(sample, history_len)
+        item_text(item, max_chars=int(item_text_cfg["max_chars"]), review_chars=int(item_text_cfg["review_chars"]),
+                  with_attributes=attributes)
+        for item in items
     ]
 
 
@@ -54,7 +68,7 @@ def build_instruction(
     ``max_chars`` and ``review_chars`` (the dataset's ``item_text``). The result is the user turn
     a backend's ``render`` wraps in its chat template or completion lead-in.
     """
-    texts = history_texts(sample, history_len, item_text_cfg)
+    texts = listed_texts(sample, prompt_cfg, history_len, item_text_cfg)
     fields = user_facts(history_items(sample, history_len), prompt_cfg["facts"])
     try:
         template = _template(str(prompt_cfg["template"]))

@@ -45,26 +45,41 @@ def training_cases(
     empty_profile_rate: float,
     seed: int,
     empty_recent_rate: float = 0.0,
+    oracle: Mapping[str, str] | None = None,
+    oracle_profile_rate: float = 0.0,
 ) -> list[RecCase]:
     """Cases of the given users: for each of a user's profiles, `n_targets` shifted targets.
 
     Each case's profile is left empty with probability `empty_profile_rate` (seeded), so the same
-    model learns to score the 10H baseline; otherwise its recent items are dropped with probability
+    model learns to score the 10H baseline; with probability `oracle_profile_rate` it is replaced by
+    the user's oracle facts (``oracle``: user id -> text), so the model learns what a faithful profile
+    is worth beside the generated ones; otherwise its recent items are dropped with probability
     `empty_recent_rate`, so the model must learn what the profile says about the user. A user
-    without profiles gets empty-profile cases.
+    without profiles gets empty-profile (and oracle-fact) cases.
     """
-    for name, rate in (("empty_profile_rate", empty_profile_rate), ("empty_recent_rate", empty_recent_rate)):
+    rates = {"empty_profile_rate": empty_profile_rate, "empty_recent_rate": empty_recent_rate,
+             "oracle_profile_rate": oracle_profile_rate}
+    for name, rate in rates.items():
         if not 0 <= rate <= 1:
             raise ValueError(f"{name} must be in [0, 1], got {rate}")
+    if empty_profile_rate + oracle_profile_rate > 1:
+        raise ValueError(f"empty_profile_rate + oracle_profile_rate must be at most 1, got "
+                         f"{empty_profile_rate} + {oracle_profile_rate}")
+    if oracle_profile_rate > 0 and oracle is None:
+        raise ValueError("oracle_profile_rate > 0 needs the users' oracle profiles")
+    replaced = empty_profile_rate + oracle_profile_rate
     rng = np.random.default_rng(seed)
     cases = []
     for sample in samples.to_dict("records"):
-        for profile in profiles.get(str(sample["user_id"])) or [""]:
+        user = str(sample["user_id"])
+        for profile in profiles.get(user) or [""]:
             for case in shifted_cases(sample, profile, n_targets):
                 draw = rng.random()
                 if draw < empty_profile_rate:
                     case = case.with_profile("")
-                elif profile and draw < empty_profile_rate + (1 - empty_profile_rate) * empty_recent_rate:
+                elif draw < replaced:
+                    case = case.with_profile(oracle[user])  # type: ignore[index]
+                elif profile and draw < replaced + (1 - replaced) * empty_recent_rate:
                     case = case.without_recent()
                 cases.append(case)
     return cases

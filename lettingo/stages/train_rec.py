@@ -18,6 +18,7 @@ from lettingo.artifacts import REC_MODEL, REC_TRAIN_PROFILES, SAMPLES
 from lettingo.data.splits import REC_TRAIN
 from lettingo.llm.pool import BackendPool, backbones_by_name
 from lettingo.profiles.explore import explore
+from lettingo.profiles.oracle import oracle_profiles
 from lettingo.recommender.training import RecDataModule, fit, split_users, training_cases
 from lettingo.stages.base import Output, Stage, StageContext
 
@@ -89,9 +90,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
     texts = {} if profiles is None else profiles.groupby("user_id")["text"].apply(list).to_dict()
     train_users, val_users = split_users(users["user_id"].tolist(), float(tcfg.val_fraction), int(cfg.seed))
     n_targets, seed = int(tcfg.n_targets), int(cfg.seed)
+    oracle_rate = float(tcfg.oracle_profile_rate)
+    oracle = oracle_profiles(users, int(cfg.history.length), cfg.prompt.facts) if oracle_rate > 0 else None
     train = training_cases(users[users["user_id"].isin(train_users)], texts, n_targets,
-                           float(tcfg.empty_profile_rate), seed, float(tcfg.empty_recent_rate))
-    val = training_cases(users[users["user_id"].isin(val_users)], texts, n_targets, 0.0, seed)
+                           float(tcfg.empty_profile_rate), seed, float(tcfg.empty_recent_rate), oracle, oracle_rate)
+    # Validation (checkpoint choice) sees profiles as the judged ones are: generated, and oracle facts in
+    # the training share, never empty.
+    val = training_cases(users[users["user_id"].isin(val_users)], texts, n_targets, 0.0, seed,
+                         oracle=oracle, oracle_profile_rate=oracle_rate)
     module = instantiate(rcfg.model)
     data = RecDataModule(train, val, module.collate, int(tcfg.batch_size), str(tcfg.balance), seed)
 
@@ -129,7 +135,7 @@ def outputs(cfg: DictConfig) -> list[Output]:
     return [
         Output(REC_TRAIN_PROFILES, config=REC_TRAIN_PROFILE_CONFIG, inputs=(SAMPLES,),
                grows_by=("recommender.training.max_users", "recommender.training.profiles_per_user")),
-        Output(REC_MODEL, config=("recommender.model", "recommender.training", "trainer", "seed"),
+        Output(REC_MODEL, config=("recommender.model", "recommender.training", "trainer", "prompt.facts", "seed"),
                inputs=(SAMPLES, REC_TRAIN_PROFILES)),
     ]
 
