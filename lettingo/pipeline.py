@@ -115,8 +115,13 @@ def record_time(run_dir: Path, stage: str, seconds: float) -> None:
 
 
 def point_latest(run_dir: Path, experiment_root: Path) -> None:
-    """Make `<experiment root>/latest` point at ``run_dir`` when the run folder lives under that root."""
-    if run_dir.resolve().parent != experiment_root.resolve():
+    """Make `<experiment root>/latest` point at ``run_dir`` when the run folder lives under that root.
+
+    ``run_dir`` may be the `latest` link itself (``run_dir=outputs/<experiment>/latest`` continues a run):
+    the link keeps pointing at the folder it resolves to.
+    """
+    run_dir = run_dir.resolve()
+    if run_dir.parent != experiment_root.resolve():
         return
     link = experiment_root / "latest"
     tmp = experiment_root / f".latest.{os.getpid()}"

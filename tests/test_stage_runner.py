@@ -47,6 +47,14 @@ def test_stage_by_stage_continues_the_latest_folder_and_equals_the_pipeline(tmp_
     steps, whole = comparison(folders[0]), comparison(tmp_path / "outputs" / "whole" / "latest")
     assert steps["predictions"] == whole["predictions"] and steps["methods"] == whole["methods"]
 
+    # The whole pipeline continues its own folder through the `latest` link (how a killed run resumes).
+    latest = tmp_path / "outputs" / "whole" / "latest"
+    first = latest.resolve()
+    done = lettingo_cli(tmp_path, "stage=pipeline", "experiment_name=whole", f"run_dir={latest}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert latest.resolve() == first and [p.name for p in first.parent.iterdir() if p.name != "latest"] == [first.name]
+    assert comparison(first) == whole
+
 
 def test_a_missing_upstream_artifact_names_the_folder_and_the_command(tmp_path) -> None:
     run_dir = tmp_path / "fresh"
