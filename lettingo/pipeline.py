@@ -64,10 +64,16 @@ FAILED_FIT_GRACE_S = 60.0
 FOLLOWERS_WAIT_S = 600.0
 
 
-def selected_stages(name: str) -> list[Stage]:
-    """The stages `stage=<name>` runs: one, or all of them in order for `pipeline`."""
+def selected_stages(name: str, stop_after: str | None = None) -> list[Stage]:
+    """The stages `stage=<name>` runs: one, or all of them in order for `pipeline` (up to `stop_after` when set).
+
+    ``stop_after`` only shortens a pipeline; a single stage runs whatever it says.
+    """
+    if stop_after is not None and stop_after not in BY_NAME:
+        raise ValueError(f"stop_after={stop_after}: choose one of {', '.join(BY_NAME)} (or null: every stage)")
     if name == PIPELINE:
-        return list(STAGES)
+        names = [stage.name for stage in STAGES]
+        return list(STAGES[: names.index(stop_after) + 1] if stop_after else STAGES)
     if name not in BY_NAME:
         raise ValueError(f"stage={name}: choose one of {', '.join([*BY_NAME, PIPELINE])}")
     return [BY_NAME[name]]
@@ -476,7 +482,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ranks join the fits of the distributed stages and write nothing.
     """
     validate_config(cfg)
-    stages = selected_stages(str(cfg.stage))
+    stages = selected_stages(str(cfg.stage), cfg.get("stop_after"))
     run_dir = Path(cfg.paths.run_dir)
     with Ranks.start(cfg, run_dir, stages) as ranks:
         if ranks.rank != 0:

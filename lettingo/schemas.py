@@ -130,7 +130,7 @@ class SamplingSchema:
                     f"must differ from the name of sampling.backbones.{seen.get(name)} (names tag the profiles)")
             seen[name] = slot
         require(len(self.splits) > 0, "splits", self.splits, "must name at least one split")
-        optional_at_least("max_users", self.max_users, 1)
+        optional_at_least("max_users", self.max_users, 0)  # 0: nobody is explored (the reference tables)
         at_least("n", self.n, 1)
         at_least("temperature", self.temperature, 0)
         at_least("max_new_tokens", self.max_new_tokens, 1)

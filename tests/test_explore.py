@@ -168,8 +168,9 @@ def test_max_users_per_split(tiny, tmp_path) -> None:
     assert frame.groupby("split")["user_id"].unique().map(list).to_dict() == {
         "profile_train_h30": ["u0", "u1"], "test": ["u10", "u11"]
     }
+    assert run(samples, tiny, tmp_path / "none", max_users=0).empty  # nobody explored: an empty table
     with pytest.raises(ValueError, match="max_users"):
-        run(samples, tiny, tmp_path / "bad", max_users=0)
+        run(samples, tiny, tmp_path / "bad", max_users=-1)
 
 
 def test_degenerate_flags_land_on_their_rows(tmp_path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import lettingo.llm.pool
 import lettingo.recommender.loading
 import lettingo.stages.train_rec
 from lettingo.artifacts import (
@@ -17,7 +18,15 @@ from lettingo.artifacts import (
     ArtifactStore,
     MissingArtifact,
 )
-from lettingo.evaluation.methods import MAJORITY, NO_PROFILE, USER_MEAN
+from lettingo.evaluation.methods import (
+    MAJORITY,
+    NO_PROFILE,
+    ORACLE_FACTS,
+    SHUFFLED_ORACLE,
+    TABULAR,
+    TABULAR_ORACLE,
+    USER_MEAN,
+)
 from lettingo.pipeline import run
 from lettingo.profiles.oracle import oracle_profile
 from lettingo.recommender.loading import build_recommender
@@ -159,3 +168,26 @@ def test_cross_encoder_learns_from_generated_oracle_and_empty_profiles(tiny, exp
     assert not list(explored.glob(f"{REC_MODEL}.stale-*"))
     run(changed)  # another mix is another model: retrained, the first one kept aside
     assert len(list(explored.glob(f"{REC_MODEL}.stale-*"))) == 1
+
+
+def test_reference_pipeline_generates_nothing_and_stops_after_evaluate(tiny, tiny_bert, monkeypatch,
+                                                                       tmp_path) -> None:
+    def no_generation(*args, **kwargs):
+        raise AssertionError("a generator was loaded although nobody is explored")
+
+    monkeypatch.setattr(lettingo.llm.pool.BackendPool, "__getitem__", no_generation)
+    cfg = tiny("stage=pipeline", "stop_after=evaluate", "sampling.splits=[test]", "sampling.max_users=0",
+               *TRAINING, "recommender=cross_encoder", f"recommender.model.model={tiny_bert}",
+               "recommender.model.max_length=64", "recommender.training.profiles_per_user=0",
+               "recommender.training.empty_profile_rate=0.5", "recommender.training.oracle_profile_rate=0.5")
+    results = run(cfg)
+    run_dir = tmp_path / "run"
+    assert list(results) == ["data", "explore", "train_rec", "evaluate"]
+    store = ArtifactStore(run_dir)
+    assert store.read_table(PROFILES).empty and store.meta(PROFILES) is not None  # empty, and finished
+    assert not (run_dir / REWARDS).exists() and not (run_dir / PAIRS).exists()
+    methods = set(results["evaluate"]["baselines"])
+    assert {NO_PROFILE, ORACLE_FACTS, SHUFFLED_ORACLE, TABULAR, TABULAR_ORACLE} <= methods
+    assert all(row["accuracy"]["n"] == 12 for row in results["evaluate"]["baselines"].values())
+    with pytest.raises(ValueError, match="stop_after=nowhere"):
+        run(tiny("stage=pipeline", "stop_after=nowhere"))

@@ -33,9 +33,9 @@ KEY: tuple[str, ...] = ("user_id", "backbone", "sample_idx", "prompt_name", "his
 
 
 def select_users(samples: pd.DataFrame, max_users: int | None) -> pd.DataFrame:
-    """The first ``max_users`` samples of each split, in the frame's order (all when None)."""
-    if max_users is not None and max_users < 1:
-        raise ValueError(f"max_users must be at least 1 or None, got {max_users}")
+    """The first ``max_users`` samples of each split, in the frame's order (all when None, none when 0)."""
+    if max_users is not None and max_users < 0:
+        raise ValueError(f"max_users must be at least 0 or None, got {max_users}")
     if samples["user_id"].duplicated().any():
         raise ValueError("samples hold a user twice; explore expects one row per user")
     if max_users is None:
@@ -114,12 +114,15 @@ def explore(
                 ]
                 store.append_chunk(artifact_name, pd.DataFrame(rows, columns=list(PROFILE_COLUMNS)))
                 generated += len(rows)
+    if not store.chunk_paths(artifact_name):  # nobody to explore: an empty table, not a missing one
+        store.append_chunk(artifact_name, pd.DataFrame(columns=list(PROFILE_COLUMNS)))
     written = store.read_table(artifact_name)
     if written.duplicated(list(KEY)).any():
         raise RuntimeError(f"{store.path(artifact_name)} holds duplicate profile rows; move it aside and rerun")
     wanted = {(u, b, j) for u in instructions for b in backends for j in range(n)}
     keys = zip(written["user_id"], written["backbone"], written["sample_idx"], strict=True)
-    frame = _ordered(written[[key in wanted for key in keys]], users, list(backends))
+    keep = pd.Series([key in wanted for key in keys], index=written.index, dtype=bool)  # a mask even when empty
+    frame = _ordered(written[keep], users, list(backends))
     if generated or store.meta(artifact_name) is None:  # a finished artifact with nothing new stays as it is
         store.finish(artifact_name, fp, rows=len(written), users=int(written["user_id"].nunique()),
                      backbones=sorted(set(written["backbone"])))

@@ -164,20 +164,31 @@ def baselines(ctx: StageContext, recommender: Recommender, samples: pd.DataFrame
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    """Write `rewards`, `pairs`, `sensitivity` and `baselines` (each reused when finished for its inputs)."""
+    """Write `rewards`, `pairs`, `sensitivity` and `baselines` (each reused when finished for its inputs).
+
+    With no explored profiles (``sampling.max_users=0``, the reference tables) only `baselines` is written.
+    """
     cfg, store = ctx.cfg, ctx.store
     samples = ctx.read_table(SAMPLES)
     profiles = ctx.read_table(PROFILES)
     recommender = frozen_recommender(ctx)
-    rewards = score_profiles(recommender, profiles, samples, store, REWARDS, ctx.fingerprint(REWARDS),
-                             int(cfg.evaluate.users_per_chunk))
-    pairs = write_pairs(ctx, rewards)
-    sensitivity = check_sensitivity(ctx, recommender, rewards, samples)
+    metrics: dict[str, float] = {}
+    pairs: dict[str, Any] = {}
+    sensitivity: dict[str, dict[str, float]] = {}
+    if profiles.empty:
+        print(f"evaluate: no explored profiles (sampling.max_users={cfg.sampling.max_users}): no rewards or pairs; "
+              "the baselines table only")
+    else:
+        rewards = score_profiles(recommender, profiles, samples, store, REWARDS, ctx.fingerprint(REWARDS),
+                                 int(cfg.evaluate.users_per_chunk))
+        pairs = write_pairs(ctx, rewards)
+        sensitivity = check_sensitivity(ctx, recommender, rewards, samples)
+        metrics |= {f"evaluate/{split}/profile_accuracy": float(rows["correct"].mean())
+                    for split, rows in rewards.groupby("split")}
+        log_reward_views(ctx.tracker, rewards, "evaluate")
     comparison = baselines(ctx, recommender, samples, profiles)
     print(comparison.markdown(f"{recommender.name} on the held-out `{cfg.evaluate.split}` users"))
 
-    metrics = {f"evaluate/{split}/profile_accuracy": float(rows["correct"].mean())
-               for split, rows in rewards.groupby("split")}
     for split, result in sensitivity.items():
         metrics |= {f"evaluate/{split}/profile_sensitivity{suffix}": float(result[field])
                     for suffix, field in (("", "value"), ("_low", "low"), ("_high", "high"))}
@@ -186,7 +197,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
     ctx.tracker.log_metrics(metrics)
     ctx.tracker.log_table(f"evaluate/{cfg.evaluate.split}/baselines", comparison.flat_table())
     ctx.tracker.log_image(f"evaluate/{cfg.evaluate.split}/macro_f1", store.path(BASELINES) / f"{COMPARISON}.png")
-    log_reward_views(ctx.tracker, rewards, "evaluate")
     return {"recommender": recommender.name, "pairs": pairs, "profile_sensitivity": sensitivity,
             "baselines": comparison.to_json()["methods"]}
 

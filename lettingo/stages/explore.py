@@ -55,7 +55,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
             max_users=None if sampling.max_users is None else int(sampling.max_users),
             users_per_chunk=int(sampling.users_per_chunk),
         )
-    summaries = {split: summarize_profiles(frame[frame["split"] == split]) for split in splits}
+    explored = {split: frame[frame["split"] == split] for split in splits}
+    summaries = {split: summarize_profiles(rows) for split, rows in explored.items() if not rows.empty}
+    if frame.empty:
+        print(f"explore: no users explored (sampling.max_users={sampling.max_users})")
     for split, summary in summaries.items():
         print(format_summary(summary, split))
         ctx.tracker.log_metrics(tracker_metrics(summary, split))
