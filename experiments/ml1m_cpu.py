@@ -40,7 +40,7 @@ from lettingo.artifacts import (
 )
 from lettingo.evaluation.bootstrap import DEFAULT_METRICS, Interval, PairedDifference
 from lettingo.evaluation.comparison import FILE_STEM, Comparison, read_comparison
-from lettingo.evaluation.methods import DPO, NO_DPO, NO_PROFILE, ORACLE_FACTS, SFT
+from lettingo.evaluation.methods import DPO, NO_DPO, NO_PROFILE, ORACLE_FACTS, SFT, SHUFFLED, SHUFFLED_ORACLE
 from lettingo.evaluation.plots import plot_intervals
 from lettingo.evaluation.tables import results_table, to_markdown
 from lettingo.feedback.pairs import GROUP, build_pairs
@@ -309,10 +309,8 @@ def section_methods(comparison: Comparison, numbers: Numbers) -> str:
     return to_markdown(results_table(comparison.intervals, metrics))
 
 
-def section_sensitivity(folder: Path, numbers: Numbers) -> str:
-    found = _read_json(folder / SENSITIVITY / "data.json")
-    if not found:
-        return f"_No {SENSITIVITY}/data.json in the run folder._\n"
+def section_sensitivity(folder: Path, comparison: Comparison, numbers: Numbers) -> str:
+    found = _read_json(folder / SENSITIVITY / "data.json") or {}
     rows = []
     for split, s in found.items():
         diff = PairedDifference(float(s["value"]), float(s["low"]), float(s["high"]), float(s["p_value"]),
@@ -320,13 +318,37 @@ def section_sensitivity(folder: Path, numbers: Numbers) -> str:
         numbers.difference("sensitivity", split, "accuracy_true_minus_shuffled", diff)
         for key in ("accuracy_true", "accuracy_shuffled", "flip_rate"):
             numbers.add("sensitivity", split, key, float(s[key]), n=int(s.get("users", 0)))
-        rows.append([split, _difference(diff), _pct(s["accuracy_true"]), _pct(s["accuracy_shuffled"]),
-                     _pct(s["flip_rate"]), s.get("users", ""), s.get("cases", ""), effect_verdict(diff)])
-    return ("f_Rec's accuracy on the profile-training users' cases with each user's own profiles minus with "
-            "another user's (shuffled), paired over users; flip rate: share of predictions the shuffle changes. "
-            "Near zero: the rewards say nothing about the profiles.\n\n"
-            + markdown_table(["split", "Δ accuracy (true − shuffled)", "accuracy, true", "accuracy, shuffled",
-                      "flip rate", "users", "cases", "verdict"], rows))
+        rows.append([f"generated, `{split}` users (every explored profile)", _difference(diff),
+                     _pct(s["accuracy_true"]), _pct(s["accuracy_shuffled"]), _pct(s["flip_rate"]), s.get("users", ""),
+                     s.get("cases", ""), effect_verdict(diff)])
+    held_out = [("generated (no DPO), test users", comparison, NO_DPO, SHUFFLED)]
+    baselines = folder / BASELINES / f"{FILE_STEM}.json"
+    if baselines.is_file():
+        held_out.append(("oracle facts, evaluate's held-out users", read_comparison(baselines), ORACLE_FACTS,
+                         SHUFFLED_ORACLE))
+    for name, source, method, floor in held_out:
+        if method not in source.predictions or floor not in source.predictions:
+            continue
+        diff = paired_difference(source, method, floor)
+        numbers.difference("sensitivity", name, "accuracy_true_minus_shuffled", diff)
+        accuracy = source.intervals
+        rows.append([name, _difference(diff), _pct(accuracy[method]["accuracy"].value),
+                     _pct(accuracy[floor]["accuracy"].value), _pct(_flip_rate(source, method, floor)),
+                     len(source.users), len(source.users), effect_verdict(diff)])
+    if not rows:
+        return f"_No {SENSITIVITY}/data.json in the run folder and no shuffled rows._\n"
+    return ("f_Rec's accuracy with each user's own profiles minus with another user's (shuffled), paired over "
+            "users: for the generated profiles it judges (the rewards) and, on held-out users, for the base "
+            "generator's profiles and for the oracle facts. Flip rate: share of predictions the shuffle changes. "
+            "Near zero: f_Rec does not read that kind of profile.\n\n"
+            + markdown_table(["profiles", "Δ accuracy (true − shuffled)", "accuracy, true", "accuracy, shuffled",
+                              "flip rate", "users", "cases", "verdict"], rows))
+
+
+def _flip_rate(comparison: Comparison, method: str, other: str) -> float:
+    """Share of users whose predicted label differs between two methods of ``comparison``."""
+    a, b = comparison.predictions[method], comparison.predictions[other]
+    return sum(x != y for x, y in zip(a, b, strict=True)) / len(a)
 
 
 def section_pairs(folder: Path, config: Mapping[str, Any], numbers: Numbers) -> str:
@@ -466,7 +488,7 @@ def build(folder: str | Path, out: str | Path = DEFAULT_OUT) -> dict[str, Path]:
         f"interval and two-sided p-value.\n",
         section_claims(comparison, no_profile, numbers),
         "## The paper's numbers beside ours\n", section_paper(run, comparison, no_profile, numbers),
-        "## f_Rec's profile sensitivity (shuffle check)\n", section_sensitivity(folder, numbers),
+        "## f_Rec's profile sensitivity (shuffle check)\n", section_sensitivity(folder, comparison, numbers),
         "## Preference pairs\n", section_pairs(folder, config, numbers),
         "## DPO's held-out reward margin over training\n", section_margin(folder, numbers),
         "## Exploration efficiency\n", section_efficiency(folder, config, numbers),

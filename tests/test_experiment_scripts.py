@@ -26,6 +26,7 @@ from lettingo.evaluation.methods import (
     ORACLE_FACTS,
     SFT,
     SHUFFLED,
+    SHUFFLED_ORACLE,
     TABULAR,
     TABULAR_ORACLE,
     no_profile_label,
@@ -165,8 +166,18 @@ def test_ml1m_cpu_results_file_from_a_real_run(tiny_run: Path, tmp_path: Path) -
     assert "PAPER: MovieLens-10M (reported)" in markdown
     assert "OURS: MovieLens-100K, K = 10 (not in the paper)" in markdown
     sensitivity = json.loads((tiny_run / "sensitivity" / "data.json").read_text())
-    for split in sensitivity:
-        assert row_named(section(markdown, "f_Rec's profile sensitivity"), split)
+    shuffle_check = section(markdown, "f_Rec's profile sensitivity")
+    for split, found in sensitivity.items():
+        row = row_named(shuffle_check, f"generated, `{split}` users (every explored profile)")
+        assert points(found["value"]) in row
+    baselines = read_comparison(tiny_run / "baselines" / "comparison.json")
+    oracle = baselines.predictions[ORACLE_FACTS]
+    shuffled = baselines.predictions[SHUFFLED_ORACLE]
+    truth = baselines.truth
+    right = [sum(p == t for p, t in zip(rows, truth, strict=True)) for rows in (oracle, shuffled)]
+    by_hand = (right[0] - right[1]) / len(truth)
+    row = row_named(shuffle_check, "oracle facts, evaluate's held-out users")
+    assert row.split("|")[2].strip().startswith(points(by_hand) + " [")
     summary = json.loads((tiny_run / "pairs" / "_meta.json").read_text())["summary"]
     assert f"**{summary['pairs']} pairs from {summary['users_with_pairs']} users**" in markdown
     dpo = json.loads((tiny_run / "adapter_dpo" / "_meta.json").read_text())
