@@ -1,14 +1,15 @@
 """ML-1M sized for a CPU (`lettingo experiment=ml1m_cpu`): ONE finished run folder -> the results file.
 
-Writes `<out>/ml1m_cpu.md`: the command and the commit that ran, the wall time per stage, every
+Writes `<out>/ml1m_cpu_k<K>.md` (K = the run's recent window, so the K = 3 and K = 10 runs sit side by
+side): the command and the commit that ran, the wall time per stage, every
 method's accuracy, macro-F1 and weighted-F1 with 95% intervals, the paired differences the claims
 rest on (DPO - no DPO, DPO - SFT, oracle facts - no-profile row, DPO - no-profile row; an effect is
 claimed only where the paired interval excludes zero), f_Rec's profile sensitivity per split, the
 preference pairs and the users they came from, DPO's held-out reward margin over training,
 exploration efficiency (pairs per thousand generated tokens, per backbone and for N = 2 .. n
 profiles per user) and the paper's numbers beside ours, labelled as the paper's. Also
-`<out>/ml1m_cpu.csv` (every number of the markdown, one per row: section, row, metric, value, low,
-high, p_value, n) and `<out>/ml1m_cpu.png` (accuracy per method with its interval).
+`<out>/ml1m_cpu_k<K>.csv` (every number of the markdown, one per row: section, row, metric, value, low,
+high, p_value, n) and `<out>/ml1m_cpu_k<K>.png` (accuracy per method with its interval).
 
 Run: python experiments/ml1m_cpu.py outputs/ml1m_cpu_k3/latest [--out results]
 """
@@ -40,7 +41,16 @@ from lettingo.artifacts import (
 )
 from lettingo.evaluation.bootstrap import DEFAULT_METRICS, Interval, PairedDifference
 from lettingo.evaluation.comparison import FILE_STEM, Comparison, read_comparison
-from lettingo.evaluation.methods import DPO, NO_DPO, NO_PROFILE, ORACLE_FACTS, SFT, SHUFFLED, SHUFFLED_ORACLE
+from lettingo.evaluation.methods import (
+    DEFAULT_RECENT,
+    DPO,
+    NO_DPO,
+    NO_PROFILE,
+    ORACLE_FACTS,
+    SFT,
+    SHUFFLED,
+    SHUFFLED_ORACLE,
+)
 from lettingo.evaluation.plots import plot_intervals
 from lettingo.evaluation.tables import results_table, to_markdown
 from lettingo.feedback.pairs import GROUP, build_pairs
@@ -495,7 +505,8 @@ def build(folder: str | Path, out: str | Path = DEFAULT_OUT) -> dict[str, Path]:
         "## Evaluate-stage reference rows\n", section_baselines(folder, numbers),
     ]
     markdown = "\n".join(parts)
-    paths = {"markdown": out / f"{NAME}.md", "csv": out / f"{NAME}.csv", "plot": out / f"{NAME}.png"}
+    stem = f"{NAME}_k{int(run.get('history.recent', DEFAULT_RECENT))}"
+    paths = {"markdown": out / f"{stem}.md", "csv": out / f"{stem}.csv", "plot": out / f"{stem}.png"}
     with atomic_path(paths["markdown"]) as tmp:
         tmp.write_text(markdown, encoding="utf-8")
     numbers.write(paths["csv"])

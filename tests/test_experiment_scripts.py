@@ -135,8 +135,9 @@ def test_effect_verdict_needs_the_interval_to_exclude_zero() -> None:
 def test_ml1m_cpu_results_file_from_a_real_run(tiny_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "results"
     done = run_script("ml1m_cpu", str(tiny_run), "--out", str(out))
-    assert sorted(p.name for p in out.iterdir()) == ["ml1m_cpu.csv", "ml1m_cpu.md", "ml1m_cpu.png"]
-    markdown = (out / "ml1m_cpu.md").read_text(encoding="utf-8")
+    # named by the run's K (the tiny run reads the paper's K = 10)
+    assert sorted(p.name for p in out.iterdir()) == ["ml1m_cpu_k10.csv", "ml1m_cpu_k10.md", "ml1m_cpu_k10.png"]
+    markdown = (out / "ml1m_cpu_k10.md").read_text(encoding="utf-8")
     assert markdown in done.stdout
     comparison = read_comparison(tiny_run / "results" / "comparison.json")
     for method in comparison.methods:  # every method, with its accuracy interval
@@ -192,7 +193,7 @@ def test_ml1m_cpu_results_file_from_a_real_run(tiny_run: Path, tmp_path: Path) -
     first_two = int(profiles.loc[profiles["sample_idx"] < 2, "completion_tokens"].sum())
     assert row_named(efficiency, "N = 2").split("|")[3].strip() == str(first_two)
 
-    table = pd.read_csv(out / "ml1m_cpu.csv")
+    table = pd.read_csv(out / "ml1m_cpu_k10.csv")
     assert list(table.columns) == ["section", "row", "metric", "value", "low", "high", "p_value", "n"]
     assert {"method", "paired", "paper", "stage_seconds", "sensitivity", "pairs", "dpo_val", "efficiency_n",
             "efficiency_backbone", "baselines"} <= set(table["section"])
@@ -200,7 +201,7 @@ def test_ml1m_cpu_results_file_from_a_real_run(tiny_run: Path, tmp_path: Path) -
     stored = comparison.paired[DPO][NO_DPO]["accuracy"]
     assert row[["value", "low", "high"]].iloc[0].tolist() == pytest.approx([-stored.value, -stored.high, -stored.low])
     assert len(table[(table.section == "method") & (table.metric == "accuracy")]) == len(comparison.methods)
-    assert (out / "ml1m_cpu.png").stat().st_size > 0
+    assert (out / "ml1m_cpu_k10.png").stat().st_size > 0
 
 
 def test_ml1m_cpu_signs_and_verdicts_with_known_predictions(tiny_run: Path, tmp_path: Path) -> None:
