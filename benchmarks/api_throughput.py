@@ -1,10 +1,10 @@
 """Throughput of the API backbone (OpenAIBackend) against a local llama.cpp server on SmolLM2, by concurrency.
 
-Starts ``python -m llama_cpp.server`` on the bundled SmolLM2 GGUF the way tests/test_llm_openai.py
-does (one thread, n_ctx 1024, model alias ``smollm2``), then for each concurrency sends the same
-fixed small chat prompts (one sample each, temperature 1, seeded, at most ``--max-new-tokens``)
-through one ``generate`` call and prints profiles/s and completion tokens/s (tokens from the
-server's ``usage``; wall time of the whole call).
+Starts ``python -m llama_cpp.server`` on the bundled SmolLM2 GGUF with the launcher the slow tests
+use (benchmarks/llama_cpp_server.py: one thread, n_ctx 1024, model alias ``smollm2``), then for each
+concurrency sends the same fixed small chat prompts (one sample each, temperature 1, seeded, at most
+``--max-new-tokens``) through one ``generate`` call and prints profiles/s and completion tokens/s
+(tokens from the server's ``usage``; wall time of the whole call).
 
 Run: .venv/bin/python benchmarks/api_throughput.py --prompts 32 --max-new-tokens 32 --concurrency 1 8 32
 """
@@ -13,57 +13,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
-import subprocess
 import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import httpx
-
-from lettingo.llm.bundled import bundled_gguf
 from lettingo.llm.openai_http import OpenAIBackend
+
+sys.path.insert(0, str(Path(__file__).parent))
+from llama_cpp_server import LlamaServer  # noqa: E402  (the module next to this one)
 
 TITLES = ["Star Wars (1977)", "Fargo (1996)", "Toy Story (1995)", "Scream (1996)", "Heat (1995)", "Alien (1979)",
           "Casablanca (1942)", "Twister (1996)"]
-
-
-class LlamaServer:
-    """``python -m llama_cpp.server`` over the bundled SmolLM2 GGUF on a free 127.0.0.1 port (as the tests start it)."""
-
-    def __init__(self, threads: int = 1, n_ctx: int = 1024) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.command = [
-            sys.executable, "-m", "llama_cpp.server", "--model", str(bundled_gguf("smollm2_135m", "unused")),
-            "--host", "127.0.0.1", "--port", str(self.port), "--n_threads", str(threads), "--n_ctx", str(n_ctx),
-            "--model_alias", "smollm2",
-        ]
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def __enter__(self) -> LlamaServer:
-        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"llama_cpp.server exited with {self.process.returncode}")
-            try:
-                if httpx.get(f"{self.base_url}/models", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                time.sleep(0.2)
-        raise TimeoutError("llama_cpp.server did not start within 120 s")
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
 
 
 def prompts(count: int) -> list[str]:

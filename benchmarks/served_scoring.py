@@ -1,6 +1,6 @@
 """Throughput of the served f_Rec (ServedLabelScorer) against a local llama.cpp server on SmolLM2, by concurrency.
 
-Starts the server as tests/test_llm_openai.py does (see benchmarks/api_throughput.py), builds
+Starts the server as tests/test_llm_openai.py does (benchmarks/llama_cpp_server.py), builds
 ``--users x --profiles`` ML-100K cases (the user-fact sentences as profile, in another order for
 each profile, as benchmarks/scoring.py does; a user's cases are consecutive) and scores them with
 ``recommender=llm_served`` at each concurrency and ``top_logprobs``. Prints cases/s and requests per
@@ -30,7 +30,7 @@ from lettingo.data.sources.recbole_movielens import load_ml100k
 from lettingo.recommender.cases import RecCase
 
 sys.path.insert(0, str(Path(__file__).parent))
-from api_throughput import LlamaServer  # noqa: E402  (the benchmarks next to this one)
+from llama_cpp_server import LlamaServer  # noqa: E402  (the modules next to this one)
 from scoring import profile_cases  # noqa: E402
 
 

@@ -296,6 +296,7 @@ class AlignSchema:
     share_prompt: bool
     dtype: str
     precision: str | None
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         require(len(self.methods) > 0, "methods", self.methods, "must name at least one method")
@@ -308,6 +309,25 @@ class AlignSchema:
         require(self.max_steps == -1 or self.max_steps >= 1, "max_steps", self.max_steps, "must be -1 or >= 1")
         at_least("val_checks_per_epoch", self.val_checks_per_epoch, 1)
         one_of("dtype", self.dtype, DTYPES)
+        require(not (self.gradient_checkpointing and self.share_prompt), "gradient_checkpointing",
+                self.gradient_checkpointing, "needs align.share_prompt=false (a checkpointed layer keeps no KV cache)")
+        if self.engine == "trl":
+            self._check_trl()
+
+    def _check_trl(self) -> None:
+        """Refuse the Lightning-only settings TRL's DPOTrainer would silently ignore (it trains every
+        preference method; the other methods still train with Lightning)."""
+        trained = [name for name in self.methods if self.method[name].examples == "preference"]
+        if not trained:
+            return
+        needs = f"engine=trl ({','.join(trained)} by TRL's DPOTrainer) needs share_prompt=false, " \
+                "val_checks_per_epoch=1, precision=null"
+        require(not self.share_prompt, "share_prompt", self.share_prompt,
+                f"TRL has no shared-prompt forward; {needs}")
+        require(self.val_checks_per_epoch == 1, "val_checks_per_epoch", self.val_checks_per_epoch,
+                f"TRL validates once per epoch; {needs}")
+        require(self.precision is None, "precision", self.precision,
+                f"TRL trains in bf16 on CUDA, float32 on CPU; {needs}")
 
 
 #: Config node -> its schema, in the order :func:`validate_config` checks them.

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from lettingo import CONFIG_DIR
 from lettingo.run_folders import register_resolvers
 
-pytest_plugins = ["fixtures_llm", "fixtures_encoders"]
+pytest_plugins = ["fixtures_llm", "fixtures_encoders", "fixtures_vllm"]
 
 register_resolvers()  # hydra.run.dir uses lettingo_run_dir
 

@@ -124,8 +124,12 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tiny, tiny_model_cache, m
     assert summary["resumed"] and summary["steps"] == 4
 
 
+#: What `align.engine=trl` needs besides (the Lightning-only settings TRL would ignore, refused otherwise).
+TRL = ["align.share_prompt=false", "align.val_checks_per_epoch=1"]
+
+
 def test_trl_engine_trains_dpo_on_the_same_pairs(tiny, tiny_model_cache) -> None:
-    cfg = tiny("stage=align", "align.engine=trl", "align.methods=[dpo]")
+    cfg = tiny("stage=align", "align.engine=trl", "align.methods=[dpo]", *TRL)
     write_pairs(cfg, hand_made_pairs(tiny_model_cache))
     summary = run(cfg)["dpo"]
     assert summary["engine"] == "trl" and summary["steps"] == 2

@@ -1,14 +1,13 @@
 """OpenAIBackend against a scripted local stub (fast): retries with backoff, errors, seeds, ordering,
 the API key from the environment, the total deadline against servers that stall, the rate limits
 (on a fake clock), Retry-After dates, x-ratelimit pauses, usage and cost. Against a real
-llama.cpp server (slow): a request, a request that succeeds after the server is stopped and started
-again, and the message when nothing listens."""
+llama.cpp server (slow; benchmarks/llama_cpp_server.py starts it): a request, a request that succeeds
+after the server is stopped and started again, and the message when nothing listens."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
 import sys
 import threading
 import time
@@ -16,7 +15,6 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import pytest
 from fixtures_llm import StubServer, free_port
 from hydra.utils import instantiate
@@ -32,6 +30,9 @@ from lettingo.llm.openai_http import (
     split_total,
 )
 from lettingo.llm.rate_limit import RateLimiter, parse_duration, reset_seconds, retry_after_seconds
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from llama_cpp_server import LlamaServer  # noqa: E402  (the launcher the benchmarks use too)
 
 CONFIG = Path(CONFIG_DIR) / "backbone" / "openai.yaml"
 
@@ -484,63 +485,11 @@ needs_llama_cpp = pytest.mark.skipif(
 )
 
 
-class LlamaServer:
-    """``python -m llama_cpp.server`` over the SmolLM2 GGUF on a fixed 127.0.0.1 port."""
-
-    def __init__(self, port: int) -> None:
-        from lettingo.llm.bundled import bundled_gguf
-
-        self.port = port
-        self.gguf = bundled_gguf("smollm2_135m", "unused")
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self) -> None:
-        command = [
-            sys.executable,
-            "-m",
-            "llama_cpp.server",
-            "--model",
-            str(self.gguf),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--n_threads",
-            "1",
-            "--n_ctx",
-            "1024",
-            "--model_alias",
-            "smollm2",
-        ]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"llama_cpp.server exited with {self.process.returncode}")
-            try:
-                if httpx.get(f"{self.base_url}/models", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.2)
-        raise TimeoutError("llama_cpp.server did not start within 120 s")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
-            self.process = None
-
-
 @pytest.fixture
-def llama_server():
-    server = LlamaServer(free_port())
-    server.start()
-    yield server
-    server.stop()
+def llama_server() -> Iterator[LlamaServer]:
+    """The llama.cpp server of the benchmarks, one thread, on a free port; stopped after the test."""
+    with LlamaServer(threads=1) as server:
+        yield server
 
 
 @pytest.mark.slow

@@ -1,86 +1,24 @@
-"""VLLMBackend: one shared engine per model, LoRA adapters per request, chunked calls (against a fake
-`vllm` module that records what it is asked), a clear error where vLLM is not installed, and on a
-machine with vLLM (and a GPU) a real run."""
+"""VLLMBackend: one shared engine per model, LoRA adapters per request, chunked calls (against the fake
+`vllm` module of fixtures_vllm.py, which records what it is asked), a clear error where vLLM is not
+installed, and on a machine with vLLM (and a GPU) a real run."""
 
 from __future__ import annotations
 
 import importlib.util
-import sys
-import types
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fixtures_vllm import Recorder
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from lettingo.llm import vllm_backend
 from lettingo.llm.base import sample_seed
 from lettingo.llm.pool import BackendPool, shared_engine_order
-from lettingo.llm.vllm_backend import EngineRegistry, VLLMBackend, close_engines
+from lettingo.llm.vllm_backend import VLLMBackend, close_engines
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
-
-
-@dataclass
-class Recorder:
-    """What the fake vllm saw: every engine built (its kwargs), every generate call, every shutdown."""
-
-    engines: list[dict[str, Any]] = field(default_factory=list)
-    calls: list[dict[str, Any]] = field(default_factory=list)
-    shutdowns: list[str] = field(default_factory=list)
-
-
-@pytest.fixture
-def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> Recorder:
-    """A `vllm` module (LLM, SamplingParams, lora.request.LoRARequest) that records calls; a fresh registry."""
-    from transformers import AutoTokenizer
-
-    seen = Recorder()
-
-    class SamplingParams:
-        def __init__(self, n: int = 1, temperature: float = 1.0, max_tokens: int = 16, seed: int | None = None):
-            self.n, self.temperature, self.max_tokens, self.seed = n, temperature, max_tokens, seed
-
-    @dataclass(frozen=True)
-    class LoRARequest:
-        lora_name: str
-        lora_int_id: int
-        lora_path: str
-
-    class LLM:
-        def __init__(self, **kwargs: Any) -> None:
-            seen.engines.append(kwargs)
-            self.model = kwargs["model"]
-            self.tokenizer = AutoTokenizer.from_pretrained(kwargs["tokenizer"])
-
-        def get_tokenizer(self) -> Any:
-            return self.tokenizer
-
-        def generate(self, inputs, params, lora_request=None, use_tqdm=True):
-            assert len(inputs) == len(params) and not use_tqdm
-            seen.calls.append({"model": self.model, "sequences": len(inputs), "lora": lora_request,
-                               "seeds": [p.seed for p in params], "n": {p.n for p in params}})
-            lora = None if lora_request is None else lora_request.lora_int_id
-            return [types.SimpleNamespace(
-                prompt_token_ids=item["prompt_token_ids"],
-                outputs=[types.SimpleNamespace(text=f"seed={p.seed} lora={lora}", token_ids=[1, 2, 3])],
-            ) for item, p in zip(inputs, params, strict=True)]
-
-        def shutdown(self) -> None:
-            seen.shutdowns.append(self.model)
-
-    vllm = types.ModuleType("vllm")
-    vllm.LLM, vllm.SamplingParams = LLM, SamplingParams
-    lora = types.ModuleType("vllm.lora")
-    request = types.ModuleType("vllm.lora.request")
-    request.LoRARequest = LoRARequest
-    vllm.lora, lora.request = lora, request
-    for name, module in {"vllm": vllm, "vllm.lora": lora, "vllm.lora.request": request}.items():
-        monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.setattr(vllm_backend, "ENGINES", EngineRegistry())
-    return seen
 
 
 def adapter_folder(root: Path, name: str) -> str:

@@ -15,10 +15,11 @@ from omegaconf import OmegaConf
 
 from lettingo import CONFIG_DIR
 from lettingo.data.schema import LABELS
+from lettingo.llm.models import resolve_dtype
 from lettingo.recommender.base import RecClassifierModule
 from lettingo.recommender.cases import RecCase, label_codes, shifted_cases
 from lettingo.recommender.cross_encoder import CrossEncoderModule
-from lettingo.recommender.llm import LoraLLMModule
+from lettingo.recommender.llm import LoraLLMModule, lora_base_dtype
 from lettingo.recommender.training import (
     RecDataModule,
     balanced_class_weights,
@@ -53,12 +54,13 @@ def make_cross_encoder(folder: Path) -> CrossEncoderModule:
     )
 
 
-def make_lora(tmp_path: Path) -> LoraLLMModule:
+def make_lora(tmp_path: Path, dtype: str = "float32") -> LoraLLMModule:
     prompt = OmegaConf.load(f"{CONFIG_DIR}/recommender/shared/llm_prompt.yaml")
     lora = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
     torch.manual_seed(0)
     return LoraLLMModule(name="llm_lora", model="tiny_random", cache_dir=tmp_path, optimizer=partial(
-        torch.optim.AdamW, lr=1e-2), lora=lora, prompt=prompt, label_words=LABEL_WORDS, item_text=ITEM_TEXT)
+        torch.optim.AdamW, lr=1e-2), lora=lora, prompt=prompt, label_words=LABEL_WORDS, item_text=ITEM_TEXT,
+        dtype=dtype)
 
 
 def trainable(module: RecClassifierModule) -> dict[str, torch.Tensor]:
@@ -96,6 +98,21 @@ def test_lora_step_trains_only_the_adapter_and_lowers_loss(tmp_path) -> None:
     names = [n for n, p in module.named_parameters() if p.requires_grad]
     assert names and all("lora_" in n for n in names)
     step_changes_weights_and_lowers_loss(module)
+
+
+def test_lora_base_is_bfloat16_where_it_trains_on_cuda_and_its_adapter_float32(tmp_path, monkeypatch) -> None:
+    assert OmegaConf.load(f"{CONFIG_DIR}/recommender/llm_lora.yaml").model.dtype == "auto"
+    assert lora_base_dtype("float32") == torch.float32 and lora_base_dtype("bfloat16") == torch.bfloat16
+    assert lora_base_dtype() == resolve_dtype("auto", torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # where Lightning's gpu accelerator trains it
+    assert lora_base_dtype() == torch.bfloat16
+    module = make_lora(tmp_path, dtype="auto")
+    monkeypatch.undo()
+    frozen = {p.dtype for p in module.lm.parameters() if not p.requires_grad}
+    adapter = {p.dtype for p in module.lm.parameters() if p.requires_grad}
+    assert (frozen, adapter) == ({torch.bfloat16}, {torch.float32})  # PEFT upcasts the adapter
+    assert next(module.lm.parameters()).device.type == "cpu"  # Lightning moves it
+    step_changes_weights_and_lowers_loss(module)  # and it trains (here in bfloat16 on the CPU)
 
 
 def test_lora_predict_matches_its_training_logits(tmp_path) -> None:

@@ -79,6 +79,31 @@ def test_a_bad_value_fails_in_one_line_naming_key_and_value(compose_cfg, overrid
     assert isinstance(caught.value, ValueError)
 
 
+TRL_OK = ["align.engine=trl", "align.share_prompt=false", "align.val_checks_per_epoch=1"]
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "value"),
+    [
+        ("align.share_prompt=true", "align.share_prompt", "true"),
+        ("align.val_checks_per_epoch=2", "align.val_checks_per_epoch", "2"),
+        ("align.precision=bf16-mixed", "align.precision", "bf16-mixed"),
+    ],
+)
+def test_the_trl_engine_refuses_the_settings_it_would_ignore(compose_cfg, override: str, key: str,
+                                                             value: str) -> None:
+    validate_config(compose_cfg(TRL_OK))
+    with pytest.raises(ConfigError) as caught:
+        validate_config(compose_cfg([*TRL_OK, override]))
+    message = str(caught.value)
+    assert message.startswith(f"{key}={value}: TRL ") and "\n" not in message, message
+    assert message.endswith("engine=trl (dpo by TRL's DPOTrainer) needs share_prompt=false, "
+                            "val_checks_per_epoch=1, precision=null"), message
+    # Only a preference method trains with TRL; SFT alone trains with Lightning, where they all apply.
+    validate_config(compose_cfg([*TRL_OK, override, "align.methods=[sft]"]))
+    validate_config(compose_cfg(["align.engine=lightning", override]))
+
+
 def test_backbone_names_must_differ_across_explore_slots(compose_cfg) -> None:
     with pytest.raises(ConfigError, match=r"^sampling\.backbones\.gemma3_270m\.name=gemma3_270m: "):
         validate_config(compose_cfg(["sampling=multi", "backbone=gemma3_270m"]))

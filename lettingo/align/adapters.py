@@ -7,15 +7,19 @@ import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
+from lettingo.align.sharding import without_wrappers
 from lettingo.llm.base import GenerationBackend
 from lettingo.llm.peft_compat import peft_calls
+
+if TYPE_CHECKING:
+    import torch
 
 
 def lora_config(r: int, alpha: float, dropout: float, target_modules: Sequence[str]) -> LoraConfig:
@@ -37,9 +41,11 @@ def attach_lora(model: PreTrainedModel, lora: Mapping[str, Any]) -> PeftModel:
         return get_peft_model(model, config)
 
 
-def save_adapter(model: PeftModel, folder: str | Path) -> Path:
+def save_adapter(model: PeftModel, folder: str | Path, weights: Mapping[str, torch.Tensor] | None = None) -> Path:
     """Save the adapter in PEFT format (``adapter_config.json`` + ``adapter_model.safetensors``) atomically.
 
+    ``weights`` (keyed as ``model.state_dict()`` keys them) replace the model's own, which a sharding
+    strategy leaves split over the ranks (see :func:`lettingo.align.sharding.gather_adapter`).
     The files are written into a temporary folder beside ``folder`` and moved into place only when
     complete, so a crash never leaves a half-written adapter.
     """
@@ -47,7 +53,11 @@ def save_adapter(model: PeftModel, folder: str | Path) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
-        model.save_pretrained(tmp)
+        if weights is None:
+            model.save_pretrained(tmp)
+        else:
+            with without_wrappers(model):  # PEFT names the adapter's keys after the modules
+                model.save_pretrained(tmp, state_dict=dict(weights))
         if folder.exists():
             shutil.rmtree(folder)
         os.rename(tmp, folder)

@@ -11,6 +11,7 @@ from peft import PeftModel
 from lettingo.align.data import Example, completion_batch
 from lettingo.align.logprobs import completion_logps
 from lettingo.align.module import AdapterModule, OptimizerFactory
+from lettingo.align.sharding import call_in_forward, is_sharded
 
 
 def dpo_loss(policy: torch.Tensor, reference: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,7 +44,7 @@ def reference_logps(model: PeftModel, batch: dict[str, torch.Tensor], share_prom
 
 
 def attach_reference_logps(model: PeftModel, examples: list[Example], loader: Iterable[dict[str, torch.Tensor]],
-                           share_prompt: bool = True, rank: int = 0, world: int = 1) -> int:
+                           share_prompt: bool = True, rank: int = 0, world: int = 1, lockstep: bool = False) -> int:
     """Write each example's reference log-probs into it (``ref_logps``); return how many were computed.
 
     ``loader`` yields collated batches of ``examples`` (``index`` points into it): pass the very
@@ -52,19 +53,28 @@ def attach_reference_logps(model: PeftModel, examples: list[Example], loader: It
     profile. Batches whose examples all have them are skipped, so this runs once per dataset.
 
     With ``world`` > 1 processes (a collective: every rank calls it with the same examples and loader)
-    rank ``rank`` computes every ``world``-th batch of the loader, and the rows of all ranks are
+    rank ``rank`` computes every ``world``-th batch still to compute, and the rows of all ranks are
     gathered, so each rank ends with every example's reference, computed in the same batches.
+    With ``lockstep`` (a sharded model, whose every forward is a collective) every rank runs as many
+    forwards: a rank with one batch fewer reruns one and drops the result.
     """
     rows: dict[int, list[float]] = {}
     was_training = model.training
     model.eval()
+    todo, spare = 0, None  # batches still without references (the same on every rank), one of them
     try:
-        for b, batch in enumerate(loader):
+        for batch in loader:
             members = batch["index"].tolist()
-            if b % world != rank or all("ref_logps" in examples[i] for i in members):
+            if all("ref_logps" in examples[i] for i in members):
+                continue
+            todo, spare = todo + 1, batch if spare is None else spare
+            if (todo - 1) % world != rank:
                 continue
             logps = reference_logps(model, {k: v.to(model.device) for k, v in batch.items()}, share_prompt)
             rows.update(zip(members, logps.tolist(), strict=True))
+        if lockstep and spare is not None:
+            for _ in range(-(-todo // world) - len(range(rank, todo, world))):
+                reference_logps(model, {k: v.to(model.device) for k, v in spare.items()}, share_prompt)
     finally:
         model.train(was_training)
     if world > 1:
@@ -87,9 +97,9 @@ class DpoModule(AdapterModule):
     """DPO on preference examples (prompt, [chosen, rejected]) with the sigmoid loss and ``beta``.
 
     With ``precompute_reference`` the reference log-probs of the whole train and validation sets
-    are computed once when fitting starts, in the datamodule's own batches (under DDP each process
-    computes its share of the batches and every process gets all of them); batches without them get
-    them on the fly.
+    are computed once when fitting starts, in the datamodule's own batches (under DDP or FSDP each
+    process computes its share of the batches and every process gets all of them; under FSDP inside
+    the strategy wrapper's forward, as a step runs); batches without them get them on the fly.
     """
 
     def __init__(self, model: PeftModel, optimizer: OptimizerFactory, beta: float = 0.1, share_prompt: bool = True,
@@ -108,10 +118,15 @@ class DpoModule(AdapterModule):
         # Under the training steps' precision (e.g. bf16 autocast), so that policy and reference
         # agree exactly while the adapter is still the identity.
         rank, world = self.trainer.global_rank, self.trainer.world_size
-        with self.trainer.precision_plugin.forward_context():
-            for examples, loader in ((datamodule.train, datamodule.train_dataloader()),
-                                     (datamodule.val, datamodule.val_dataloader())):
-                attach_reference_logps(self.model, examples, loader, self.share_prompt, rank, world)
+        sharded = is_sharded(self.trainer.strategy)
+
+        def precompute() -> None:
+            with self.trainer.precision_plugin.forward_context():
+                for examples, loader in ((datamodule.train, datamodule.train_dataloader()),
+                                         (datamodule.val, datamodule.val_dataloader())):
+                    attach_reference_logps(self.model, examples, loader, self.share_prompt, rank, world, sharded)
+
+        call_in_forward(self, precompute)
 
     def step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """DPO loss of a batch with its reward metrics."""

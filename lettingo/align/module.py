@@ -9,6 +9,8 @@ import lightning as L
 import torch
 from peft import PeftModel
 
+from lettingo.align.sharding import is_sharded, trainable_names
+
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 
 
@@ -62,9 +64,22 @@ class AdapterModule(L.LightningModule):
         """The configured optimizer over the trainable (adapter) parameters."""
         return self.optimizer_factory([p for p in self.model.parameters() if p.requires_grad])
 
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Clip as the trainer says; under FSDP by the norm over every rank's shard (the root unit's
+        ``clip_grad_norm_``: Lightning's FSDP refuses to clip by norm itself)."""
+        strategy = self.trainer.strategy
+        if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and is_sharded(strategy):
+            strategy.model.clip_grad_norm_(float(gradient_clip_val))
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Drop the frozen base weights from the checkpoint; keep the validation history."""
-        trainable = {f"model.{name}" for name, p in self.model.named_parameters() if p.requires_grad}
+        """Drop the frozen base weights from the checkpoint; keep the validation history.
+
+        Names are compared without FSDP's wrapper prefixes: a sharded strategy's full state dict has none.
+        """
+        trainable = {f"model.{name}" for name in trainable_names(self.model)}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["val_history"] = self.history
 

@@ -16,6 +16,8 @@ from omegaconf import DictConfig, ListConfig
 from lettingo.align.adapters import lora_config
 from lettingo.align.data import AlignDataModule, check_pairs, positive_examples, preference_examples
 from lettingo.align.module import AdapterModule
+from lettingo.align.sharding import gather_adapter, is_sharded
+from lettingo.llm.memory import enable_gradient_checkpointing
 from lettingo.llm.models import training_device
 
 log = logging.getLogger(__name__)
@@ -68,11 +70,13 @@ def generator_pairs(pairs: pd.DataFrame, profiles: pd.DataFrame | None, backbone
 
 def fit_lightning(acfg: DictConfig, method_cfg: DictConfig, model: Any, tokenizer: Any, train: pd.DataFrame,
                   val: pd.DataFrame, make_trainer: Any, folder: Path, resume: bool, seed: int,
-                  devices: int) -> tuple[Any, dict[str, Any]]:
+                  devices: int) -> tuple[Any, dict[str, Any], dict[str, torch.Tensor] | None]:
     """Train ``model`` (LoRA attached) with the method's module; checkpoints at epoch ends under ``folder``.
 
     With ``resume`` the fit continues from the last epoch-end checkpoint there: the interrupted epoch
     restarts with the order it had (see `EpochSeededSampler`), so the adapter equals an uninterrupted run's.
+    Returns the trained model, a summary, and under a sharding strategy (FSDP) the adapter's gathered
+    weights (on rank 0; pass them to `save_adapter`: the model's own are sharded), else None.
     """
     lengths = (int(acfg.data.max_prompt_tokens), int(acfg.data.max_completion_tokens))
     make = EXAMPLE_BUILDERS[str(method_cfg.examples)]
@@ -84,6 +88,8 @@ def fit_lightning(acfg: DictConfig, method_cfg: DictConfig, model: Any, tokenize
     accumulate = accumulation_steps(int(acfg.batch.global_size), micro, devices)
     data = AlignDataModule(train_examples, val_examples, micro, tokenizer.pad_token_id, seed)
     module: AdapterModule = instantiate(method_cfg.module)(model)
+    if acfg.get("gradient_checkpointing", False):
+        checkpoint_activations(module)
     # save_top_k=1 without a monitor keeps the newest epoch; Lightning writes last.ckpt only beside a save.
     checkpoint = ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=1, every_n_epochs=1,
                                  save_on_train_epoch_end=True)
@@ -97,6 +103,7 @@ def fit_lightning(acfg: DictConfig, method_cfg: DictConfig, model: Any, tokenize
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
     if trainer.interrupted:
         raise KeyboardInterrupt("align interrupted; rerun the same command to resume from the last epoch")
+    weights = gather_adapter(trainer, module) if is_sharded(trainer.strategy) else None
     summary = {
         "examples_train": len(train_examples), "examples_val": len(val_examples),
         "prompts_cut": train_cut.prompts_cut + val_cut.prompts_cut,
@@ -104,7 +111,19 @@ def fit_lightning(acfg: DictConfig, method_cfg: DictConfig, model: Any, tokenize
         "accumulate_grad_batches": accumulate, "steps": int(trainer.global_step),
         "resumed": resume, "val_history": module.history,
     }
-    return module.model, summary
+    return module.model, summary, weights
+
+
+def checkpoint_activations(module: AdapterModule) -> None:
+    """Switch on gradient checkpointing of the module's policy (`align.gradient_checkpointing`).
+
+    A checkpointed layer keeps no KV cache in training, so a prompt's cache cannot be shared by its
+    completions: the module must run each prompt+completion as its own row (``share_prompt`` off).
+    """
+    if module.share_prompt:
+        raise ValueError("align.gradient_checkpointing=true needs align.share_prompt=false: a checkpointed layer "
+                         "keeps no KV cache in training, so the prompt's cache cannot be shared")
+    enable_gradient_checkpointing(module.model.get_base_model())
 
 
 def fit_trl(acfg: DictConfig, method_cfg: DictConfig, model: Any, tokenizer: Any, train: pd.DataFrame,

@@ -52,6 +52,17 @@ class EngineSettings:
     max_lora_rank: int = 64
     max_num_seqs: int | None = None
 
+    @classmethod
+    def from_values(cls, **values: Any) -> EngineSettings:
+        """Settings from config values, each cast to its field's type, so that equal values from two configs
+        (a backbone's and an f_Rec's) name one engine; unknown names raise ``TypeError``."""
+        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise TypeError(f"unknown vLLM engine settings {unknown}; known: {sorted(cls.__dataclass_fields__)}")
+        casts: dict[str, Callable[[Any], Any]] = {"dtype": str, "gpu_memory_utilization": float, "enable_lora": bool}
+        return cls(**{key: None if key == "max_num_seqs" and value is None else casts.get(key, int)(value)
+                      for key, value in values.items()})
+
     def llm_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``vllm.LLM`` (``max_num_seqs`` only when set: vLLM's default otherwise)."""
         kwargs = asdict(self)
@@ -169,6 +180,25 @@ def close_engines() -> None:
     ENGINES.close_all()
 
 
+def open_engine(model: str, cache_dir: str | Path, settings: EngineSettings,
+                registry: EngineRegistry | None = None) -> tuple[EngineRegistry, str, Engine]:
+    """The shared engine of ``model`` (a bundled name, Hub id or local folder, see
+    :func:`lettingo.llm.models.resolve_model_path`) under ``settings``, started on first use: the registry
+    it lives in (:data:`ENGINES` unless given), the model's local folder and the engine.
+
+    Raises ``ImportError`` with instructions where vLLM is not installed (before resolving or converting
+    the model), unless ``registry`` builds its engines with a factory of its own (tests).
+    """
+    registry = ENGINES if registry is None else registry
+    if registry.factory is default_factory:
+        try:
+            import vllm  # noqa: F401
+        except ImportError as error:
+            raise ImportError(MISSING_VLLM) from error
+    path = str(resolve_model_path(model, cache_dir))  # a local folder, also for a Hub id
+    return registry, path, registry.acquire(path, settings)
+
+
 class VLLMBackend(TokenizerPrompts, GenerationBackend):
     """A view over the process's shared ``vllm.LLM`` for ``model`` (a bundled name, Hub id or local folder,
     resolved as for the local backend by :func:`lettingo.llm.models.resolve_model_path`), optionally through
@@ -202,23 +232,16 @@ class VLLMBackend(TokenizerPrompts, GenerationBackend):
         """Get (or start) the shared engine; raises ``ImportError`` with instructions where vLLM is not installed."""
         if sequences_per_call < 1:
             raise ValueError(f"sequences_per_call must be at least 1, got {sequences_per_call}")
-        registry = ENGINES if registry is None else registry
-        if registry.factory is default_factory:
-            try:
-                import vllm  # noqa: F401  (fail before resolving or converting the model)
-            except ImportError as error:
-                raise ImportError(MISSING_VLLM) from error
         self.name = name
         self.lead_in = lead_in
         self.sequences_per_call = sequences_per_call
         self.adapter = None if adapter is None else str(adapter)
-        settings = EngineSettings(
-            dtype=str(dtype), gpu_memory_utilization=float(gpu_memory_utilization), max_model_len=int(max_model_len),
-            tensor_parallel_size=int(tensor_parallel_size), enable_lora=bool(enable_lora), max_loras=int(max_loras),
-            max_lora_rank=int(max_lora_rank), max_num_seqs=None if max_num_seqs is None else int(max_num_seqs),
+        settings = EngineSettings.from_values(
+            dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+            tensor_parallel_size=tensor_parallel_size, enable_lora=enable_lora, max_loras=max_loras,
+            max_lora_rank=max_lora_rank, max_num_seqs=max_num_seqs,
         )
-        path = str(resolve_model_path(model, cache_dir))  # a local folder, also for a Hub id
-        self.engine: Engine | None = registry.acquire(path, settings)
+        self.engine: Engine | None = open_engine(model, cache_dir, settings, registry)[2]
         self.tokenizer = self.engine.tokenizer
         self.lora = None if self.adapter is None else self.engine.lora_request(name, self.adapter)
 

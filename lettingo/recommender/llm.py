@@ -9,20 +9,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from lettingo.llm.models import load_causal_lm
+from lettingo.llm.models import load_causal_lm, resolve_device, resolve_dtype
 from lettingo.llm.padding import pad_sequences
 from lettingo.llm.peft_compat import peft_calls
 from lettingo.recommender.base import Batch, RecClassifierModule, label_tensor
 from lettingo.recommender.cases import RecCase
-from lettingo.recommender.llm_scoring import LabelWordScorer, PromptTemplate, answer_logits
-from lettingo.recommender.text import ItemTextConfig
-
-
-def _scorer(tokenizer: Any, prompt: Mapping[str, Any], item_text: Mapping[str, Any],
-            label_words: Mapping[str, str]) -> LabelWordScorer:
-    return LabelWordScorer(
-        tokenizer, PromptTemplate(**dict(prompt)), ItemTextConfig.from_mapping(item_text), dict(label_words)
-    )
+from lettingo.recommender.llm_scoring import LabelWordScorer, answer_logits
 
 
 class ZeroShotLLM:
@@ -50,11 +42,21 @@ class ZeroShotLLM:
         self.batch_size = batch_size
         self.reuse_prefix = reuse_prefix
         self.model, self.tokenizer = load_causal_lm(model, cache_dir, dtype=dtype, device=device)
-        self.scorer = _scorer(self.tokenizer, prompt, item_text, label_words)
+        self.scorer = LabelWordScorer.from_config(self.tokenizer, prompt, item_text, label_words)
 
     def predict(self, cases: Sequence[RecCase]) -> np.ndarray:
         """Label probabilities (n, 3) in LABELS order."""
         return self.scorer.probabilities(self.model, cases, self.batch_size, self.reuse_prefix)
+
+
+def lora_base_dtype(dtype: str | torch.dtype = "auto") -> torch.dtype:
+    """The dtype of a trainable f_Rec's frozen base: ``dtype`` resolved for the device it trains on.
+
+    That is CUDA when one is visible (Lightning's ``gpu`` and ``auto`` accelerators pick it), else the
+    CPU; ``auto`` follows :func:`lettingo.llm.models.resolve_dtype` there (bfloat16 on CUDA and on CPUs
+    with native bfloat16, else float32).
+    """
+    return resolve_dtype(dtype, resolve_device("auto"))
 
 
 class LoraLLMModule(RecClassifierModule):
@@ -72,17 +74,22 @@ class LoraLLMModule(RecClassifierModule):
         item_text: Mapping[str, Any],
         batch_size: int = 8,
         reuse_prefix: bool = True,
+        dtype: str = "auto",
     ) -> None:
-        """Load ``model`` in float32 on the CPU (Lightning moves it) and wrap it in a PEFT LoRA adapter."""
+        """Load ``model`` on the CPU (Lightning moves it) and wrap it in a PEFT LoRA adapter.
+
+        The frozen base is loaded in :func:`lora_base_dtype` (``auto``: bfloat16 when it will train on
+        CUDA, as an 8B base in float32 would not fit one GPU); PEFT keeps the adapter in float32.
+        """
         from peft import LoraConfig, get_peft_model
 
         super().__init__(name, optimizer, predict_batch_size=batch_size)
-        base, tokenizer = load_causal_lm(model, cache_dir, dtype="float32", device="cpu")
+        base, tokenizer = load_causal_lm(model, cache_dir, dtype=lora_base_dtype(dtype), device="cpu")
         lora = dict(lora)
         lora["target_modules"] = list(lora["target_modules"])
         with peft_calls():
             self.lm = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", **lora))
-        self.scorer = _scorer(tokenizer, prompt, item_text, label_words)
+        self.scorer = LabelWordScorer.from_config(tokenizer, prompt, item_text, label_words)
         self.reuse_prefix = reuse_prefix
 
     def collate(self, cases: Sequence[RecCase]) -> Batch:

@@ -14,6 +14,7 @@ import copy
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -212,6 +213,17 @@ class LabelWordScorer:
         self.label_ids = label_token_ids(tokenizer, label_words, leading_space=not self.encoder.chat)
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
 
+    @classmethod
+    def from_config(
+        cls,
+        tokenizer: PreTrainedTokenizerBase,
+        prompt: Mapping[str, Any],
+        item_text: Mapping[str, Any],
+        label_words: Mapping[str, str],
+    ) -> LabelWordScorer:
+        """The scorer of an f_Rec config: its ``prompt``, ``item_text`` and ``label_words`` nodes."""
+        return cls(tokenizer, PromptTemplate(**dict(prompt)), ItemTextConfig.from_mapping(item_text), dict(label_words))
+
     def encode(self, cases: Sequence[RecCase]) -> list[EncodedPrompt]:
         """Encoded prompts of cases, in order."""
         return [self.encoder.encode(case) for case in cases]
@@ -221,3 +233,13 @@ class LabelWordScorer:
     ) -> np.ndarray:
         """Label probabilities (n, 3) of cases under ``model`` (see :func:`score_prompts`)."""
         return score_prompts(model, self.encode(cases), self.label_ids, self.pad_id, batch_size, reuse_prefix)
+
+
+def label_probabilities(logprobs: Sequence[Sequence[float]]) -> np.ndarray:
+    """Label probabilities (n, 3) from each case's log-probabilities of the three label tokens: the softmax
+    over the three, each label's share of them (what :func:`score_prompts` computes from the logits)."""
+    rows = np.asarray(logprobs, dtype=np.float64).reshape(len(logprobs), len(LABELS))
+    if not len(rows):
+        return rows
+    weights = np.exp(rows - rows.max(axis=1, keepdims=True))
+    return weights / weights.sum(axis=1, keepdims=True)

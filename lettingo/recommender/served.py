@@ -21,7 +21,6 @@ rate limits and usage meter of the generation backbones.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,8 +31,7 @@ import numpy as np
 from lettingo.data.schema import LABELS
 from lettingo.llm.openai_http import BackendRequestError, OpenAIClient
 from lettingo.recommender.cases import RecCase
-from lettingo.recommender.llm_scoring import LabelWordScorer, PromptTemplate
-from lettingo.recommender.text import ItemTextConfig
+from lettingo.recommender.llm_scoring import LabelWordScorer, label_probabilities
 
 PROMPT_AS = ("text", "token_ids")
 
@@ -93,9 +91,7 @@ class ServedLabelScorer:
         self.label_bias = label_bias
         self.prompt_as = prompt_as
         self.tokenizer = load_tokenizer(tokenizer, cache_dir)
-        self.scorer = LabelWordScorer(
-            self.tokenizer, PromptTemplate(**dict(prompt)), ItemTextConfig.from_mapping(item_text), dict(label_words)
-        )
+        self.scorer = LabelWordScorer.from_config(self.tokenizer, prompt, item_text, label_words)
         self.label_tokens = [token_strings(self.tokenizer, i) for i in self.scorer.label_ids]
         if len({t for strings in self.label_tokens for t in strings}) != sum(len(t) for t in self.label_tokens):
             raise ValueError(f"the label words' first tokens {self.label_tokens} read the same; choose other words")
@@ -114,8 +110,7 @@ class ServedLabelScorer:
         """Label probabilities (n, 3) in LABELS order, ``concurrency`` cases scored at once."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix=f"served-{self.name}")
-        rows = list(self._pool.map(self.label_logprobs, cases))
-        return np.array([_normalise(row) for row in rows], dtype=np.float64).reshape(len(cases), len(LABELS))
+        return label_probabilities(list(self._pool.map(self.label_logprobs, cases)))
 
     def label_logprobs(self, case: RecCase) -> list[float]:
         """The model's log-probability of each label's first token after the prompt (LABELS order)."""
@@ -187,10 +182,3 @@ def token_strings(tokenizer: Any, token_id: int) -> tuple[str, ...]:
     after = tokenizer.decode(context + [token_id])[len(tokenizer.decode(context)) :]
     raw = tokenizer.convert_ids_to_tokens(token_id)
     return (after,) if raw == after else (after, raw)
-
-
-def _normalise(logprobs: Sequence[float]) -> list[float]:
-    """Softmax of the label log-probabilities: each label's share of the three."""
-    top = max(logprobs)
-    weights = [math.exp(lp - top) for lp in logprobs]
-    return [w / sum(weights) for w in weights]

@@ -54,6 +54,7 @@ def align_method(ctx: StageContext, method: str, pairs: pd.DataFrame) -> dict[st
     engine = str(acfg.engine)
     work = checkpoints(method)
     resume = store.begin(work, fp) == "partial"
+    weights = None  # the adapter's gathered weights when the fit sharded the model
     if engine == "trl" and method_cfg.examples == "preference":
         if ctx.fit_gate is not None:
             raise ValueError("align.engine=trl trains in one process; use align.engine=lightning with a "
@@ -67,12 +68,13 @@ def align_method(ctx: StageContext, method: str, pairs: pd.DataFrame) -> dict[st
             return instantiate(cfg.trainer, **overrides, **kwargs, logger=ctx.tracker.lightning_logger())
 
         ctx.ready_to_fit()
-        trained, summary = fit_lightning(acfg, method_cfg, attach_lora(model, acfg.lora), tokenizer, train, val,
-                                         make_trainer, store.path(work), resume, seed, device_count(cfg.trainer))
+        trained, summary, weights = fit_lightning(acfg, method_cfg, attach_lora(model, acfg.lora), tokenizer, train,
+                                                  val, make_trainer, store.path(work), resume, seed,
+                                                  device_count(cfg.trainer))
     if not ctx.is_main:
         return {"method": method, "rank": ctx.rank}
     seconds = time.perf_counter() - began
-    save_adapter(trained, store.path(name))
+    save_adapter(trained, store.path(name), weights)
     summary |= {"method": method, "engine": engine, "pairs_train": len(train), "pairs_val": len(val),
                 "users_train": int(train["user_id"].nunique()), "users_val": int(val["user_id"].nunique()),
                 "seconds": seconds, "seconds_per_pair": seconds / max(1, len(train) * int(acfg.epochs))}
