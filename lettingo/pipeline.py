@@ -113,10 +113,14 @@ def save_run_config(cfg: DictConfig, run_dir: Path, stage: str) -> Path:
 
 
 def record_time(run_dir: Path, stage: str, seconds: float) -> None:
-    """Add a stage's wall time to the run folder's `stage_times.json`."""
+    """Add a stage's wall time to the run folder's `stage_times.json`.
+
+    The times add up over the invocations that ran the stage in this folder, so a stage resumed after a
+    kill or a failure counts every part (a part cut off by SIGKILL is lost); a stage reused whole adds ~0.
+    """
     path = run_dir / TIMES_FILE
     times = json.loads(path.read_text()) if path.exists() else {}
-    times[stage] = round(seconds, 1)
+    times[stage] = round(float(times.get(stage, 0.0)) + seconds, 1)
     write_json_atomic(path, times)
 
 
@@ -508,12 +512,14 @@ def lead(cfg: DictConfig, stages: list[Stage], run_dir: Path, ranks: Ranks) -> d
             for stage in stages:
                 log.info("=== stage %s in %s ===", stage.name, run_dir)
                 began = time.perf_counter()
-                ctx = StageContext(cfg=cfg, run_dir=run_dir, store=store, tracker=tracker, stage=stage,
-                                   declared=declared, rank=0, fit_gate=ranks.gate(stage))
-                results[stage.name] = stage.run(ctx)
-                ranks.end_stage(stage)
-                seconds = time.perf_counter() - began
-                record_time(run_dir, stage.name, seconds)
+                try:
+                    ctx = StageContext(cfg=cfg, run_dir=run_dir, store=store, tracker=tracker, stage=stage,
+                                       declared=declared, rank=0, fit_gate=ranks.gate(stage))
+                    results[stage.name] = stage.run(ctx)
+                    ranks.end_stage(stage)
+                finally:  # a failed or interrupted stage's time counts too: its finished chunks are kept
+                    seconds = time.perf_counter() - began
+                    record_time(run_dir, stage.name, seconds)
                 tracker.log_metrics({f"{stage.name}/all/seconds": seconds})
                 log.info("stage %s took %.1f s", stage.name, seconds)
         except BaseException:

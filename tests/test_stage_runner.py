@@ -15,7 +15,7 @@ import lettingo.llm.pool
 import lettingo.recommender.loading
 import lettingo.stages.data
 from lettingo.artifacts import PROFILES, ArtifactStore
-from lettingo.pipeline import run
+from lettingo.pipeline import TIMES_FILE, record_time, run
 from lettingo.schemas import ConfigError
 
 STAGES = ("data", "explore", "train_rec", "evaluate", "align", "test")
@@ -127,3 +127,10 @@ def test_a_history_longer_than_the_data_fails_in_one_line(tiny) -> None:
     with pytest.raises(ValueError, match=expected) as error:
         run(tiny("stage=data", "history.length=500"))
     assert "\n" not in str(error.value)
+
+
+def test_stage_times_add_up_over_the_invocations_of_a_folder(tmp_path) -> None:
+    record_time(tmp_path, "explore", 60.0)
+    record_time(tmp_path, "data", 2.04)
+    record_time(tmp_path, "explore", 30.5)  # the same stage resumed in a later invocation
+    assert json.loads((tmp_path / TIMES_FILE).read_text()) == {"explore": 90.5, "data": 2.0}
