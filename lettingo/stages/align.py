@@ -13,7 +13,6 @@ import time
 from typing import Any
 
 import pandas as pd
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from lettingo.align.adapters import attach_lora, save_adapter
@@ -21,7 +20,7 @@ from lettingo.align.data import select_pairs, split_by_user
 from lettingo.align.training import device_count, fit_lightning, fit_trl, generator_pairs
 from lettingo.artifacts import PAIRS, PROFILES, adapter_artifact
 from lettingo.llm.models import load_causal_lm, resolve_dtype, training_device
-from lettingo.runtime import seed_everything
+from lettingo.runtime import lightning_trainer, seed_everything
 from lettingo.stages.base import Output, Stage, StageContext
 
 log = logging.getLogger(__name__)
@@ -65,7 +64,7 @@ def align_method(ctx: StageContext, method: str, pairs: pd.DataFrame) -> dict[st
         overrides = {} if acfg.get("precision") is None else {"precision": str(acfg.precision)}
 
         def make_trainer(**kwargs: Any) -> Any:
-            return instantiate(cfg.trainer, **overrides, **kwargs, logger=ctx.tracker.lightning_logger())
+            return lightning_trainer(cfg.trainer, **overrides, **kwargs, logger=ctx.tracker.lightning_logger())
 
         ctx.ready_to_fit()
         trained, summary, weights = fit_lightning(acfg, method_cfg, attach_lora(model, acfg.lora), tokenizer, train,

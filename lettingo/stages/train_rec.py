@@ -20,6 +20,7 @@ from lettingo.llm.pool import BackendPool, backbones_by_name
 from lettingo.profiles.explore import explore
 from lettingo.profiles.oracle import oracle_profiles
 from lettingo.recommender.training import RecDataModule, fit, split_users, training_cases
+from lettingo.runtime import lightning_trainer
 from lettingo.stages.base import Output, Stage, StageContext
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     data = RecDataModule(train, val, module.collate, int(tcfg.batch_size), str(tcfg.balance), seed)
 
     def make_trainer(**kwargs: Any) -> Any:
-        return instantiate(cfg.trainer, **OmegaConf.to_container(tcfg.trainer, resolve=True), **kwargs)
+        return lightning_trainer(cfg.trainer, **OmegaConf.to_container(tcfg.trainer, resolve=True), **kwargs)
 
     ctx.ready_to_fit()
     result = fit(module, data, make_trainer, store.path(REC_MODEL), int(tcfg.patience),

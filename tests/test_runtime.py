@@ -1,0 +1,29 @@
+"""The Trainer every stage builds from the composed `trainer` config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from omegaconf import DictConfig
+
+from lettingo.runtime import lightning_trainer
+
+
+def test_trainer_draws_tqdm_progress_and_keeps_the_stage_callbacks(compose_cfg: Callable[..., DictConfig]) -> None:
+    cfg = compose_cfg()
+    checkpoint = ModelCheckpoint()
+    trainer = lightning_trainer(cfg.trainer, max_epochs=2, callbacks=[checkpoint], logger=False)
+    assert isinstance(trainer.progress_bar_callback, TQDMProgressBar)  # not Rich's, which logs nothing until the end
+    assert checkpoint in trainer.callbacks
+    assert trainer.max_epochs == 2
+
+
+@pytest.mark.parametrize("where", ["config", "override"])
+def test_trainer_without_progress_bar_has_none(compose_cfg: Callable[..., DictConfig], where: str) -> None:
+    if where == "config":
+        trainer = lightning_trainer(compose_cfg(["trainer.enable_progress_bar=false"]).trainer, logger=False)
+    else:
+        trainer = lightning_trainer(compose_cfg().trainer, enable_progress_bar=False, logger=False)
+    assert trainer.progress_bar_callback is None
