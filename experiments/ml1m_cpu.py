@@ -54,6 +54,7 @@ from lettingo.evaluation.methods import (
 from lettingo.evaluation.plots import plot_intervals
 from lettingo.evaluation.tables import results_table, to_markdown
 from lettingo.feedback.pairs import GROUP, build_pairs
+from lettingo.provenance import INVOCATIONS_FILE, read_invocations
 from lettingo.reports import (
     PAPER_TABLE2,
     PAPER_TABLE3,
@@ -232,7 +233,20 @@ def section_run(folder: Path, record: Mapping[str, Any], run: RunRecord) -> str:
         f"generator(s): {', '.join(backbones) or config_value(config, 'backbone.name')}, "
         f"N = {config_value(config, 'sampling.n')} profiles per user; seed {config_value(config, 'seed')}",
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + invocation_lines(folder)) + "\n"
+
+
+def invocation_lines(folder: Path) -> list[str]:
+    """One line per recorded invocation of the run folder: when, which stage, the commit and the command."""
+    invocations = read_invocations(folder)
+    if not invocations:
+        return [f"- invocations: not recorded (the folder predates `{INVOCATIONS_FILE}`)"]
+    lines = [f"- invocations ({len(invocations)}, from `{INVOCATIONS_FILE}`; stage times add up over them):"]
+    for entry in invocations:
+        commit = str(entry.get("git_commit") or "unknown")[:12] + (" + local changes" if entry.get("git_dirty") else "")
+        lines.append(f"  - {entry.get('started')}: stage {entry.get('stage')} at commit `{commit}`: "
+                     f"`{entry.get('command')}`")
+    return lines
 
 
 def section_times(folder: Path, numbers: Numbers) -> str:

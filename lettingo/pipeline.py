@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 import lettingo
 from lettingo.align.training import device_count
 from lettingo.artifacts import ArtifactStore, write_json_atomic, write_text_atomic
+from lettingo.provenance import code_version, record_invocation
 from lettingo.runtime import seed_everything
 from lettingo.schemas import validate_config
 from lettingo.stages import BY_NAME, STAGES, declarations
@@ -104,10 +105,20 @@ def runs_here(stage: Stage) -> bool:
     return stage.distributed or process_rank() == 0
 
 
+def job_overrides() -> list[str]:
+    """This job's Hydra overrides (a multirun job's own); none outside the `lettingo` command line."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
 def save_run_config(cfg: DictConfig, run_dir: Path, stage: str) -> Path:
-    """Write the resolved config and the package version beside the results (per invoked stage, and latest)."""
-    record = {"lettingo_version": lettingo.__version__, "stage": stage,
+    """Write the resolved config, the package version and the code's commit beside the results (per invoked
+    stage, and latest), and append this invocation to the folder's `invocations.jsonl`."""
+    version = code_version()
+    record = {"lettingo_version": lettingo.__version__, **version, "stage": stage,
               "config": OmegaConf.to_container(cfg, resolve=True)}
+    record_invocation(run_dir, stage, sys.argv, job_overrides(), version)
     write_json_atomic(run_dir / "configs" / f"{stage}.json", record)
     return write_json_atomic(run_dir / "run_config.json", record)
 

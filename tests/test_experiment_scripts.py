@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from lettingo.artifacts import ArtifactStore
 from lettingo.evaluation.bootstrap import PairedDifference, paired_bootstrap
 from lettingo.evaluation.comparison import Comparison, read_comparison
 from lettingo.evaluation.methods import (
@@ -147,6 +149,10 @@ def test_ml1m_cpu_results_file_from_a_real_run(tiny_run: Path, tmp_path: Path) -
     record = json.loads((tiny_run / "run_config.json").read_text())
     commit = record.get("git_commit") or record["config"].get("git_commit") or "unknown"  # recorded by the runner
     assert f"- git commit: `{commit}`" in markdown
+    assert commit != "unknown"
+    invocation = line_starting(markdown, "  - ")  # the one invocation that made the tiny run
+    assert f": stage pipeline at commit `{commit[:12]}" in invocation
+    assert "`python -m lettingo stage=pipeline debug=tiny run_dir=" in invocation
     times = json.loads((tiny_run / "stage_times.json").read_text())
     assert set(times) == {"data", "explore", "train_rec", "evaluate", "align", "test"}
     for stage, seconds in times.items():
@@ -299,3 +305,59 @@ def test_scripts_import_no_training_stack() -> None:
             + f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {stack!r}))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------------------------- prompt length
+def test_prompt_length_compares_the_shortened_and_full_prompts_on_the_same_users(tiny_run: Path,
+                                                                                tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    shutil.copytree(tiny_run, folder, ignore=shutil.ignore_patterns(".lock"))
+    record = json.loads((folder / "run_config.json").read_text())
+    record["config"]["prompt"] |= {"listed_items": 2, "item_attributes": False}  # a shortened prompt
+    (folder / "run_config.json").write_text(json.dumps(record))
+    script = load_script("prompt_length")
+    paths = script.build(folder, tmp_path / "out", n_users=3)
+    history = record["config"]["history"]["length"]
+    own = f"run's prompt (newest 2 of {history} items, without attributes)"
+    work = ArtifactStore(folder / "prompt_length")
+    generated = {name: work.read_table(name).sort_values("user_id", ignore_index=True)
+                 for name in ("profiles_lettingo", "profiles_lettingo_full")}
+    short, full = generated["profiles_lettingo"], generated["profiles_lettingo_full"]
+    assert len(short) == len(full) == 3 and list(short["user_id"]) == list(full["user_id"])
+    assert (full["prompt_tokens"] > short["prompt_tokens"]).all()  # every item, with its genres
+    def listed(prompt: str) -> int:
+        return len(re.findall(r"^\d+\. ", prompt, flags=re.MULTILINE))
+
+    assert [listed(p) for p in full["prompt"]] == [history] * 3 and [listed(p) for p in short["prompt"]] == [2] * 3
+    table = pd.read_csv(paths["csv"])
+    methods = set(table.loc[table["section"] == "methods", "row"])
+    assert methods == {own, script.FULL, NO_PROFILE, ORACLE_FACTS}
+    assert set(table.loc[table["section"] == "methods", "n"]) == {3}
+    paired = table[(table["section"] == "paired") & (table["metric"] == "accuracy")]
+    predictions = work.read_table("predictions")
+    correct = predictions.groupby("method")["correct"].mean()
+    assert paired["value"].item() == pytest.approx(correct[script.FULL] - correct[own])
+    texts = table[table["section"] == "texts"]
+    assert set(texts["row"]) == {own, script.FULL}
+    tokens = texts[(texts["row"] == own) & (texts["metric"] == "prompt tokens")]["value"].item()
+    assert tokens == pytest.approx(short["prompt_tokens"].mean())
+    markdown = paths["markdown"].read_text(encoding="utf-8")
+    assert f"## Paired difference, {script.FULL} {MINUS} {own}" in markdown
+    # Resumable: a second build generates and scores nothing new and writes the same numbers.
+    again = script.build(folder, tmp_path / "again", n_users=3)
+    assert pd.read_csv(again["csv"]).equals(table)
+
+
+def test_text_facts_count_the_users_own_genres_and_mean() -> None:
+    script = load_script("prompt_length")
+    items = [{"item_id": f"i{k}", "rating": r, "label": "like" if r >= 4 else "dislike" if r <= 2 else "neutral",
+              "attributes": [g]} for k, (r, g) in enumerate([(5, "Comedy"), (5, "Comedy"), (4, "Comedy"),
+                                                            (1, "Horror"), (2, "Horror"), (1, "Horror")])]
+    sample = {"user_id": "u1", "older": items}
+    samples = pd.DataFrame([sample])
+    facts_cfg = {"rating_stats": True, "genre_preferences": True, "attribute_label": "genres", "min_support": 3,
+                 "top_k": 1}
+    texts = pd.DataFrame({"user_id": ["u1"], "text": ["Loves comedy; rates 3.0 on average."]})
+    stated = script.text_facts(samples, texts, 6, facts_cfg)
+    assert stated == {"names a highest-rated genre": 1.0, "names a lowest-rated genre": 0.0,
+                      "states the mean rating": 1.0}

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
+import lettingo
 import lettingo.llm.pool
 import lettingo.recommender.loading
 import lettingo.stages.data
 from lettingo.artifacts import PROFILES, ArtifactStore
 from lettingo.pipeline import TIMES_FILE, record_time, run
+from lettingo.provenance import read_invocations
 from lettingo.schemas import ConfigError
 
 STAGES = ("data", "explore", "train_rec", "evaluate", "align", "test")
@@ -41,6 +43,15 @@ def test_stage_by_stage_continues_the_latest_folder_and_equals_the_pipeline(tmp_
     assert len(folders) == 1, folders  # six invocations, one run folder, none named by the user
     assert (tmp_path / "outputs" / "steps" / "latest").resolve() == folders[0].resolve()
     assert sorted(p.stem for p in (folders[0] / "configs").glob("*.json")) == sorted(STAGES)
+    # Every invocation is recorded, with its own overrides and the code's commit (this checkout's HEAD).
+    invocations = read_invocations(folders[0])
+    assert [entry["stage"] for entry in invocations] == list(STAGES)
+    assert [entry["overrides"] for entry in invocations] == [["debug=tiny", f"stage={s}", "experiment_name=steps"]
+                                                             for s in STAGES]
+    head = subprocess.run(["git", "-C", str(Path(lettingo.__file__).parents[1]), "rev-parse", "HEAD"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert {entry["git_commit"] for entry in invocations} == {head}
+    assert json.loads((folders[0] / "run_config.json").read_text())["git_commit"] == head
 
     done = lettingo_cli(tmp_path, "stage=pipeline", "experiment_name=whole")
     assert done.returncode == 0, done.stderr[-2000:]
