@@ -1,4 +1,4 @@
-"""experiments/ml1m_cpu.py and experiments/reference_table.py on a real tiny run folder.
+"""experiments/ml1m_cpu.py, experiments/reference_table.py and benchmarks/prompt_quality.py on a real tiny run folder.
 
 The run folder is made once per module by ``python -m lettingo stage=pipeline debug=tiny`` (about
 30 s on a CPU); the scripts run on it (or on copies with known predictions) as a user would.
@@ -40,8 +40,8 @@ MINUS = "\u2212"
 SCRIPTS = ("ml1m_cpu", "reference_table")
 
 
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"experiments_{name}", ROOT / "experiments" / f"{name}.py")
+def load_script(name: str, folder: str = "experiments"):
+    spec = importlib.util.spec_from_file_location(f"{folder}_{name}", ROOT / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -307,19 +307,19 @@ def test_scripts_import_no_training_stack() -> None:
     assert done.stdout.strip() == "[]"
 
 
-# ----------------------------------------------------------------------------------------------- prompt length
-def test_prompt_length_compares_the_shortened_and_full_prompts_on_the_same_users(tiny_run: Path,
+# ----------------------------------------------------------------------------------------------- prompt quality
+def test_prompt_quality_compares_the_shortened_and_full_prompts_on_the_same_users(tiny_run: Path,
                                                                                 tmp_path: Path) -> None:
     folder = tmp_path / "run"
     shutil.copytree(tiny_run, folder, ignore=shutil.ignore_patterns(".lock"))
     record = json.loads((folder / "run_config.json").read_text())
     record["config"]["prompt"] |= {"listed_items": 2, "item_attributes": False}  # a shortened prompt
     (folder / "run_config.json").write_text(json.dumps(record))
-    script = load_script("prompt_length")
+    script = load_script("prompt_quality", "benchmarks")
     paths = script.build(folder, tmp_path / "out", n_users=3)
     history = record["config"]["history"]["length"]
     own = f"run's prompt (newest 2 of {history} items, without attributes)"
-    work = ArtifactStore(folder / "prompt_length")
+    work = ArtifactStore(folder / "prompt_quality")
     generated = {name: work.read_table(name).sort_values("user_id", ignore_index=True)
                  for name in ("profiles_lettingo", "profiles_lettingo_full")}
     short, full = generated["profiles_lettingo"], generated["profiles_lettingo_full"]
@@ -349,7 +349,7 @@ def test_prompt_length_compares_the_shortened_and_full_prompts_on_the_same_users
 
 
 def test_text_facts_count_the_users_own_genres_and_mean() -> None:
-    script = load_script("prompt_length")
+    script = load_script("prompt_quality", "benchmarks")
     items = [{"item_id": f"i{k}", "rating": r, "label": "like" if r >= 4 else "dislike" if r <= 2 else "neutral",
               "attributes": [g]} for k, (r, g) in enumerate([(5, "Comedy"), (5, "Comedy"), (4, "Comedy"),
                                                             (1, "Horror"), (2, "Horror"), (1, "Horror")])]

@@ -4,15 +4,16 @@ The run's base generator writes one greedy profile per user (as the test stage's
 two prompts that differ only in the item list: the run's own prompt (e.g. `experiment=ml1m_cpu`'s newest
 10 of the H older items, without genres) and the full prompt (all H items with their genres; the same
 facts). The run's f_Rec scores both on the same users, next to its no-profile and oracle-facts rows for
-scale. Written to `<out>/prompt_length_k<K>.md` and `.csv`: accuracy, macro-F1 and weighted-F1 with 95%
+scale. Written to `<out>/prompt_quality_k<K>.md` and `.csv`: accuracy, macro-F1 and weighted-F1 with 95%
 intervals, the paired difference full - run's prompt (an effect is claimed only where its interval
 excludes zero), and what the texts state: the share naming one of the user's highest-rated genres, one of
 the lowest-rated, the user's mean rating; the prompt and profile tokens and seconds per profile.
 
-Generation and scoring are resumable: their artifacts live in `<run>/prompt_length/`, so a killed
-run continues where it stopped (the run's own artifacts are only read).
+Generation and scoring are resumable: their artifacts live in `<run>/prompt_quality/`, so a killed
+run continues where it stopped (the run's own artifacts are only read). `benchmarks/prompt_cost.py`
+measures the other side: what each prompt costs in seconds.
 
-Run: python experiments/prompt_length.py outputs/ml1m_cpu_k3/latest [--users 100] [--out results]
+Run: python benchmarks/prompt_quality.py outputs/ml1m_cpu_k3/latest [--users 100] [--out results]
 """
 
 from __future__ import annotations
@@ -40,10 +41,10 @@ from lettingo.recommender.loading import LazyRecommender
 from lettingo.reports import RUN_CONFIG_FILE, effect_verdict, markdown_table
 from lettingo.stages.test import method_predictions, reference_rows, test_users
 
-NAME = "prompt_length"
+NAME = "prompt_quality"
 DEFAULT_OUT = "results"
 DEFAULT_USERS = 100
-WORK = "prompt_length"  # the script's artifact folder inside the run folder
+WORK = "prompt_quality"  # the script's artifact folder inside the run folder
 FULL = "full prompt"  # every older item listed, with its attributes
 CSV_COLUMNS = ("section", "row", "metric", "value", "low", "high", "n")
 
@@ -170,7 +171,7 @@ def write(out: Path, recent: int, cfg: DictConfig, comparison: Comparison, gener
     accuracy = difference["accuracy"]
     markdown = "\n\n".join([
         f"# What the shortened prompt costs (K = {recent}, H = {history}, {len(comparison.users)} held-out users)",
-        f"Made by `python experiments/{NAME}.py <run folder>` from run `{cfg.experiment_name}`: the base generator "
+        f"Made by `python benchmarks/{NAME}.py <run folder>` from run `{cfg.experiment_name}`: the base generator "
         f"`{cfg.backbone.name}` writes one greedy profile per user from each prompt; f_Rec `{cfg.recommender.name}` "
         f"scores both on the same users. For scale, `{no_profile_label(recent)}` is what the f_Rec predicts without a "
         f"profile and `{ORACLE_FACTS}` with the older history's facts stated exactly.",
