@@ -39,7 +39,7 @@ from lettingo.profiles.prompts import history_items
 from lettingo.profiles.user_facts import user_facts
 from lettingo.recommender.loading import LazyRecommender
 from lettingo.reports import RUN_CONFIG_FILE, effect_verdict, markdown_table
-from lettingo.stages.test import method_predictions, reference_rows, test_users
+from lettingo.stages.test import explore_settings, method_predictions, reference_rows, test_users
 
 NAME = "prompt_quality"
 DEFAULT_OUT = "results"
@@ -90,17 +90,16 @@ def profiles_artifact(prompt_cfg: Mapping[str, Any]) -> str:
 def generate(cfg: DictConfig, users: pd.DataFrame, prompts: Mapping[str, DictConfig], store: ArtifactStore,
              samples_fp: str) -> pd.DataFrame:
     """One greedy profile per user and prompt from the run's base generator (artifact per prompt)."""
-    decoding = {"history_len": int(cfg.history.length), "n": 1, "temperature": float(cfg.test.temperature),
-                "max_new_tokens": int(cfg.test.max_new_tokens), "seed": int(cfg.seed)}
+    settings = explore_settings(cfg)  # as the test stage writes its profiles
     identity = {"samples": samples_fp, "backbone": OmegaConf.to_container(cfg.backbone, resolve=True),
-                "item_text": OmegaConf.to_container(cfg.dataset.item_text, resolve=True), **decoding}
+                **{k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v
+                   for k, v in settings.items() if k != "users_per_chunk"}}
     frames = []
     with BackendPool({str(cfg.backbone.name): cfg.backbone}) as pool:
         for label, prompt_cfg in prompts.items():
             fp = fingerprint({**identity, "prompt": OmegaConf.to_container(prompt_cfg, resolve=True)})
             frame = explore(users, pool, prompt_cfg=prompt_cfg, store=store,
-                            artifact_name=profiles_artifact(prompt_cfg), fp=fp, item_text_cfg=cfg.dataset.item_text,
-                            users_per_chunk=int(cfg.test.users_per_chunk), **decoding)
+                            artifact_name=profiles_artifact(prompt_cfg), fp=fp, **settings)
             frames.append(frame.assign(method=label))
     return pd.concat(frames, ignore_index=True)
 
