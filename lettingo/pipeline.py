@@ -484,6 +484,33 @@ class Ranks:
             time.sleep(POLL_S)
 
 
+class Terminated(SystemExit):
+    """SIGTERM arrived: the process exits with status 128 + 15 once the running stage has unwound."""
+
+
+@contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """While inside, SIGTERM (a kill, a cluster's preemption) raises :class:`Terminated` in the main thread.
+
+    Python's default ends the process at once; as an exception it unwinds the stage, so the stage's time
+    is recorded and the tracker closed like any other failure (the finished chunks were kept anyway).
+    Inside a Lightning fit, Lightning calls this handler after its own notice. Off the main thread,
+    where handlers cannot be set, nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _exit(signum: int, frame: Any) -> None:
+        raise Terminated(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def rank_env(rank: int, world: int, port: int) -> dict[str, str]:
     """The rank variables of process ``rank`` of ``world`` on this node (what torchrun would set)."""
     return {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), "NODE_RANK": "0",
@@ -511,7 +538,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def lead(cfg: DictConfig, stages: list[Stage], run_dir: Path, ranks: Ranks) -> dict[str, Any]:
     """Rank 0 (or the only process): hold the run folder, run every stage, write every artifact and log."""
     store = ArtifactStore(run_dir)
-    with store.lock():
+    with store.lock(), sigterm_as_exit():
         point_latest(run_dir, Path(cfg.paths.output_root) / str(cfg.experiment_name))
         seed_everything(int(cfg.seed), cfg.get("num_threads"))
         save_run_config(cfg, run_dir, str(cfg.stage))
@@ -533,7 +560,9 @@ def lead(cfg: DictConfig, stages: list[Stage], run_dir: Path, ranks: Ranks) -> d
                     record_time(run_dir, stage.name, seconds)
                 tracker.log_metrics({f"{stage.name}/all/seconds": seconds})
                 log.info("stage %s took %.1f s", stage.name, seconds)
-        except BaseException:
+        except BaseException as error:
+            if isinstance(error, Terminated):
+                log.warning("SIGTERM: stopped (exit status %s); continue with run_dir=%s", error.code, run_dir)
             tracker.finish(exit_code=1)
             raise
         tracker.finish(exit_code=0)
