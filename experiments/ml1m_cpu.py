@@ -481,8 +481,19 @@ def section_baselines(folder: Path, numbers: Numbers) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- build
-def build(folder: str | Path, out: str | Path = DEFAULT_OUT) -> dict[str, Path]:
-    """Write ``ml1m_cpu.md``, ``.csv`` and ``.png`` into ``out`` from the finished run folder ``folder``."""
+def remarks_paragraph(remarks: Sequence[str]) -> str:
+    """The ``--remark`` lines as a list under the stage times, marked as the person's, not the script's."""
+    if not remarks:
+        return ""
+    return ("Remarks given with `--remark` by whoever ran this script (not read from the run folder):\n\n"
+            + "\n".join(f"- {remark}" for remark in remarks) + "\n")
+
+
+def build(folder: str | Path, out: str | Path = DEFAULT_OUT, remarks: Sequence[str] = ()) -> dict[str, Path]:
+    """Write ``ml1m_cpu.md``, ``.csv`` and ``.png`` into ``out`` from the finished run folder ``folder``.
+
+    ``remarks`` (e.g. a pause that counts in a stage's time) are printed under the stage times as given.
+    """
     folder, out = Path(folder), Path(out)
     for needed in (RUN_CONFIG_FILE, RESULTS_FILE):
         if not (folder / needed).is_file():
@@ -501,7 +512,7 @@ def build(folder: str | Path, out: str | Path = DEFAULT_OUT) -> dict[str, Path]:
     numbers.add("run", "test", "n_users", n_users)
     parts = [
         f"# {title}\n", section_run(folder, record, run),
-        "## Wall time per stage\n", section_times(folder, numbers),
+        "## Wall time per stage\n", section_times(folder, numbers) + remarks_paragraph(remarks),
         "## Every method on the same test users\n",
         f"n = {n_users} test users, every method on the same users; {100 * confidence:g}% percentile bootstrap "
         f"intervals over users ({meta.get('n_resamples')} resamples, seed {meta.get('seed')}); values in %. "
@@ -534,8 +545,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help="one finished run folder of `lettingo experiment=ml1m_cpu`")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"folder of the results file (default: {DEFAULT_OUT})")
+    parser.add_argument("--remark", action="append", default=[],
+                        help="a line printed under the stage times, as yours (repeatable), e.g. a pause in a stage")
     args = parser.parse_args(argv)
-    return build(args.run, args.out)
+    return build(args.run, args.out, args.remark)
 
 
 if __name__ == "__main__":

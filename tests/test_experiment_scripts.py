@@ -136,7 +136,7 @@ def test_effect_verdict_needs_the_interval_to_exclude_zero() -> None:
 # ----------------------------------------------------------------------------------------------- ml1m_cpu
 def test_ml1m_cpu_results_file_from_a_real_run(tiny_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "results"
-    done = run_script("ml1m_cpu", str(tiny_run), "--out", str(out))
+    done = run_script("ml1m_cpu", str(tiny_run), "--out", str(out), "--remark", "explore was paused 10 s")
     # named by the run's K (the tiny run reads the paper's K = 10)
     assert sorted(p.name for p in out.iterdir()) == ["ml1m_cpu_k10.csv", "ml1m_cpu_k10.md", "ml1m_cpu_k10.png"]
     markdown = (out / "ml1m_cpu_k10.md").read_text(encoding="utf-8")
@@ -157,6 +157,8 @@ def test_ml1m_cpu_results_file_from_a_real_run(tiny_run: Path, tmp_path: Path) -
     assert set(times) == {"data", "explore", "train_rec", "evaluate", "align", "test"}
     for stage, seconds in times.items():
         assert row_named(section(markdown, "Wall time"), stage).split("|")[2].strip() == f"{seconds:.1f}"
+    assert "by whoever ran this script" in section(markdown, "Wall time")
+    assert "- explore was paused 10 s" in section(markdown, "Wall time")
     assert f"n = {len(comparison.users)} test users" in markdown
     assert "An effect is claimed only where its paired interval excludes zero." in markdown
     # The differences: DPO minus no DPO and minus SFT are stored reversed (vs DPO), the others as they are.
