@@ -485,7 +485,7 @@ def remarks_paragraph(remarks: Sequence[str]) -> str:
     """The ``--remark`` lines as a list under the stage times, marked as the person's, not the script's."""
     if not remarks:
         return ""
-    return ("Remarks given with `--remark` by whoever ran this script (not read from the run folder):\n\n"
+    return ("\nRemarks given with `--remark` by whoever ran this script (not read from the run folder):\n\n"
             + "\n".join(f"- {remark}" for remark in remarks) + "\n")
 
 

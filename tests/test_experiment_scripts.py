@@ -157,7 +157,7 @@ def test_ml1m_cpu_results_file_from_a_real_run(tiny_run: Path, tmp_path: Path) -
     assert set(times) == {"data", "explore", "train_rec", "evaluate", "align", "test"}
     for stage, seconds in times.items():
         assert row_named(section(markdown, "Wall time"), stage).split("|")[2].strip() == f"{seconds:.1f}"
-    assert "by whoever ran this script" in section(markdown, "Wall time")
+    assert "|\n\nRemarks given with `--remark` by whoever ran this script" in section(markdown, "Wall time")
     assert "- explore was paused 10 s" in section(markdown, "Wall time")
     assert f"n = {len(comparison.users)} test users" in markdown
     assert "An effect is claimed only where its paired interval excludes zero." in markdown
