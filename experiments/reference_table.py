@@ -4,9 +4,10 @@ Reads `baselines/comparison.json` and `run_config.json` of every run folder unde
 (a sweep over K = `history.recent` and H = `history.length`; the latest run of each (dataset, K, H)
 wins) and writes `<out>/reference_table.md` and `.csv`: per (K, H) the accuracy with its 95% interval
 of the no-profile row (f_Rec reads the K recent items only), shuffled oracle facts, oracle facts (the
-older history's facts as the profile), the tabular f_Rec and tabular + oracle facts, and the paired
-differences oracle facts - no-profile row and tabular + oracle facts - tabular on the same users
-(stored by the stage, or computed from the stored predictions with the comparison's own resamples).
+older history's facts as the profile), the tabular f_Rec, tabular + oracle facts and the majority
+class, and the paired differences oracle facts - no-profile row and tabular + oracle facts - tabular on
+the same users (stored by the stage, or computed from the stored predictions with the comparison's own
+resamples); and how each run's text f_Rec was trained (its rec_model record).
 An effect is claimed only where the paired interval excludes zero.
 
 Run: python experiments/reference_table.py <sweep folder or run folders ...> [--out results]
@@ -22,11 +23,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from lettingo.artifacts import BASELINES, atomic_path
+from lettingo.artifacts import BASELINES, META_FILE, REC_MODEL, atomic_path
 from lettingo.evaluation.bootstrap import Interval, PairedDifference
 from lettingo.evaluation.comparison import FILE_STEM, Comparison, read_comparison
 from lettingo.evaluation.methods import (
     DEFAULT_RECENT,
+    MAJORITY,
     ORACLE_FACTS,
     SHUFFLED_ORACLE,
     TABULAR,
@@ -44,7 +46,7 @@ NO_PROFILE_COLUMN = "no profile"  # stands for the row's own no_profile_label(K)
 #: column key -> method label (None: the row's no-profile label), in table order.
 COLUMNS: dict[str, str | None] = {"no_profile": None, "shuffled_oracle_facts": SHUFFLED_ORACLE,
                                   "oracle_facts": ORACLE_FACTS, "tabular": TABULAR,
-                                  "tabular_oracle_facts": TABULAR_ORACLE}
+                                  "tabular_oracle_facts": TABULAR_ORACLE, "majority_class": MAJORITY}
 #: difference key -> (method, reference) column keys, method minus reference.
 DIFFERENCES: dict[str, tuple[str, str]] = {"oracle_facts_minus_no_profile": ("oracle_facts", "no_profile"),
                                            "tabular_oracle_facts_minus_tabular": ("tabular_oracle_facts", "tabular")}
@@ -56,9 +58,18 @@ class BaselineRun:
     (A plain class, not a dataclass: the scripts are also loaded by path, outside ``sys.modules``.)
     """
 
-    def __init__(self, folder: Path, dataset: str, recent: int, history: int | None, comparison: Comparison) -> None:
+    def __init__(self, folder: Path, dataset: str, recent: int, history: int | None, comparison: Comparison,
+                 rec_model: dict[str, Any]) -> None:
         self.folder, self.dataset, self.recent, self.history = folder, dataset, recent, history
-        self.comparison = comparison
+        self.comparison, self.rec_model = comparison, rec_model
+
+    def training_line(self) -> str:
+        """How the text f_Rec of the run was trained (from its rec_model artifact), to judge its rows by."""
+        meta = self.rec_model
+        if not meta.get("trained"):
+            return "f_Rec not trained here" if meta else "no rec_model record"
+        return (f"f_Rec trained {meta.get('epochs')} epochs, {meta.get('steps')} steps on {meta.get('train_cases')} "
+                f"cases of {meta.get('train_users')} users, validation macro-F1 {float(meta['val_macro_f1']):.3f}")
 
     def label(self, column: str) -> str:
         """The method label of a column key in this run (the no-profile label depends on K)."""
@@ -93,8 +104,10 @@ def read_baseline_run(folder: Path) -> BaselineRun:
     config = json.loads((folder / RUN_CONFIG_FILE).read_text())["config"]
     history = config.get("history", {})
     length = history.get("length")
+    rec_meta = folder / REC_MODEL / META_FILE
     return BaselineRun(folder, str(config.get("dataset", {}).get("name")), int(history.get("recent", DEFAULT_RECENT)),
-                       None if length is None else int(length), read_comparison(folder / BASELINES_FILE))
+                       None if length is None else int(length), read_comparison(folder / BASELINES_FILE),
+                       json.loads(rec_meta.read_text()) if rec_meta.is_file() else {})
 
 
 def collect(roots: Iterable[str | Path]) -> list[BaselineRun]:
@@ -139,6 +152,8 @@ def csv_row(run: BaselineRun) -> dict[str, Any]:
         for field in ("value", "low", "high", "p_value"):
             row[f"{key}_{METRIC}_{field}"] = math.nan if diff is None else getattr(diff, field)
         row[f"{key}_excludes_zero"] = "" if diff is None else excludes_zero(diff)
+    for field in ("epochs", "steps", "train_cases", "val_macro_f1"):
+        row[f"rec_model_{field}"] = run.rec_model.get(field, "")
     return row
 
 
@@ -171,12 +186,15 @@ def build(roots: Iterable[str | Path], out: str | Path = DEFAULT_OUT) -> dict[st
         "bootstrap intervals over users. The no-profile row reads only the K recent items (its label is "
         "`<K>H (no profile)`); oracle facts adds the facts of the H older items as the profile; shuffled oracle "
         "facts gives each user another user's facts; tabular is gradient-boosted trees over the recent window "
-        "and item statistics, tabular + oracle facts the same with the older history's facts as numbers.\n\n"
+        "and item statistics, tabular + oracle facts the same with the older history's facts as numbers; majority "
+        "class predicts the training users' most common label. How each run's text f_Rec was trained is listed "
+        "with its folder below.\n\n"
         + markdown_table([*key, *(_column_title(c) for c in COLUMNS)], accuracy)
         + f"\n## Paired differences (method minus reference, same users, points, {level} interval, p-value)\n\n"
         "An effect is claimed only where its paired interval excludes zero.\n\n"
         + markdown_table([*key, *verdict_header], paired)
-        + "\nRun folders:\n\n" + "".join(f"- K = {r.recent}, H = {r.history}: `{r.folder}`\n" for r in runs)
+        + "\nRun folders:\n\n"
+        + "".join(f"- K = {r.recent}, H = {r.history}: `{r.folder}` ({r.training_line()})\n" for r in runs)
     )
     paths = {"markdown": out / f"{NAME}.md", "csv": out / f"{NAME}.csv"}
     with atomic_path(paths["markdown"]) as tmp:

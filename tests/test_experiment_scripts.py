@@ -23,6 +23,7 @@ from lettingo.evaluation.bootstrap import PairedDifference, paired_bootstrap
 from lettingo.evaluation.comparison import Comparison, read_comparison
 from lettingo.evaluation.methods import (
     DPO,
+    MAJORITY,
     NO_DPO,
     NO_PROFILE,
     ORACLE_FACTS,
@@ -266,6 +267,10 @@ def test_reference_table_rows_per_k_and_h(tiny_run: Path, tmp_path: Path) -> Non
     sweep = tmp_path / "sweep"
     for recent, history in ((10, 30), (10, 50), (3, 30)):
         copy_run(tiny_run, sweep / f"k{recent}_h{history}", recent, history)
+    trained = {"fingerprint": "0", "recommender": "cross_encoder", "trained": True, "epochs": 2, "steps": 200,
+               "train_cases": 1600, "train_users": 400, "val_macro_f1": 0.44572}  # as train_rec records a fit
+    (sweep / "k3_h30" / "rec_model").mkdir()
+    (sweep / "k3_h30" / "rec_model" / "_meta.json").write_text(json.dumps(trained))
     out = tmp_path / "results"
     run_script("reference_table", str(sweep), "--out", str(out))
     assert sorted(p.name for p in out.iterdir()) == ["reference_table.csv", "reference_table.md"]
@@ -281,12 +286,21 @@ def test_reference_table_rows_per_k_and_h(tiny_run: Path, tmp_path: Path) -> Non
         no_profile = baselines.intervals[NO_PROFILE]["accuracy"]
         assert row.split("|")[5].strip() == (f"{100 * no_profile.value:.1f} [{100 * no_profile.low:.1f}, "
                                              f"{100 * no_profile.high:.1f}]")
+        majority = baselines.intervals[MAJORITY]["accuracy"]
+        assert row.split("|")[10].strip() == f"{100 * majority.value:.1f} [{100 * majority.low:.1f}, " \
+                                             f"{100 * majority.high:.1f}]"
         cells = [c.strip() for c in line_starting(paired, f"| ml100k  | {recent:>3} | {history:>3} |").split("|")]
         assert cells[5].startswith(f"{points(oracle.value)} [{points(oracle.low)}, {points(oracle.high)}]")
         assert cells[7].startswith(f"{points(tabular.value)} [{points(tabular.low)}, {points(tabular.high)}]")
         assert cells[6] == effect_verdict(oracle) and cells[8] == effect_verdict(tabular)
+    for recent, history in ((10, 30), (10, 50)):  # the tiny run's zero-shot f_Rec has no rec_model
+        assert f"- K = {recent}, H = {history}: `{(sweep / f'k{recent}_h{history}').resolve()}` " \
+               "(no rec_model record)" in markdown
+    assert f"- K = 3, H = 30: `{(sweep / 'k3_h30').resolve()}` (f_Rec trained 2 epochs, 200 steps on 1600 cases " \
+           "of 400 users, validation macro-F1 0.446)" in markdown  # the record planted below
     table = pd.read_csv(out / "reference_table.csv")
     assert list(zip(table["K"], table["H"], strict=True)) == [(3, 30), (10, 30), (10, 50)]
+    assert table["rec_model_steps"].fillna(0).tolist() == [200, 0, 0]
     assert table["tabular_oracle_facts_minus_tabular_accuracy_value"].tolist() == pytest.approx([tabular.value] * 3)
     assert table["oracle_facts_minus_no_profile_accuracy_low"].tolist() == pytest.approx([oracle.low] * 3)
 
