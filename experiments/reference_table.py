@@ -69,7 +69,15 @@ class BaselineRun:
         if not meta.get("trained"):
             return "f_Rec not trained here" if meta else "no rec_model record"
         return (f"f_Rec trained {meta.get('epochs')} epochs, {meta.get('steps')} steps on {meta.get('train_cases')} "
-                f"cases of {meta.get('train_users')} users, validation macro-F1 {float(meta['val_macro_f1']):.3f}")
+                f"cases of {meta.get('train_users')} users, checkpoint by validation {self.select_by()} "
+                f"{self.val_score():.3f}")
+
+    def select_by(self) -> str:
+        """The validation metric that chose the checkpoint (records before select_by existed: macro-F1)."""
+        return str(self.rec_model.get("select_by", "macro_f1"))
+
+    def val_score(self) -> float:
+        return float(self.rec_model.get("val_score", self.rec_model.get("val_macro_f1", math.nan)))
 
     def label(self, column: str) -> str:
         """The method label of a column key in this run (the no-profile label depends on K)."""
@@ -152,8 +160,9 @@ def csv_row(run: BaselineRun) -> dict[str, Any]:
         for field in ("value", "low", "high", "p_value"):
             row[f"{key}_{METRIC}_{field}"] = math.nan if diff is None else getattr(diff, field)
         row[f"{key}_excludes_zero"] = "" if diff is None else excludes_zero(diff)
-    for field in ("epochs", "steps", "train_cases", "val_macro_f1"):
+    for field in ("epochs", "steps", "train_cases"):
         row[f"rec_model_{field}"] = run.rec_model.get(field, "")
+    row["rec_model_select_by"], row["rec_model_val_score"] = run.select_by(), run.val_score()
     return row
 
 

@@ -267,8 +267,9 @@ def test_reference_table_rows_per_k_and_h(tiny_run: Path, tmp_path: Path) -> Non
     sweep = tmp_path / "sweep"
     for recent, history in ((10, 30), (10, 50), (3, 30)):
         copy_run(tiny_run, sweep / f"k{recent}_h{history}", recent, history)
+    # a fit's record as train_rec writes it
     trained = {"fingerprint": "0", "recommender": "cross_encoder", "trained": True, "epochs": 2, "steps": 200,
-               "train_cases": 1600, "train_users": 400, "val_macro_f1": 0.44572}  # as train_rec records a fit
+               "train_cases": 1600, "train_users": 400, "select_by": "loss", "val_score": 0.87230}
     (sweep / "k3_h30" / "rec_model").mkdir()
     (sweep / "k3_h30" / "rec_model" / "_meta.json").write_text(json.dumps(trained))
     out = tmp_path / "results"
@@ -297,7 +298,7 @@ def test_reference_table_rows_per_k_and_h(tiny_run: Path, tmp_path: Path) -> Non
         assert f"- K = {recent}, H = {history}: `{(sweep / f'k{recent}_h{history}').resolve()}` " \
                "(no rec_model record)" in markdown
     assert f"- K = 3, H = 30: `{(sweep / 'k3_h30').resolve()}` (f_Rec trained 2 epochs, 200 steps on 1600 cases " \
-           "of 400 users, validation macro-F1 0.446)" in markdown  # the record planted below
+           "of 400 users, checkpoint by validation loss 0.872)" in markdown  # the record planted above
     table = pd.read_csv(out / "reference_table.csv")
     assert list(zip(table["K"], table["H"], strict=True)) == [(3, 30), (10, 30), (10, 50)]
     assert table["rec_model_steps"].fillna(0).tolist() == [200, 0, 0]

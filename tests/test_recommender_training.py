@@ -23,6 +23,7 @@ from lettingo.recommender.llm import LoraLLMModule, lora_base_dtype
 from lettingo.recommender.training import (
     RecDataModule,
     balanced_class_weights,
+    check_select_by,
     fit,
     load_checkpoint,
     split_users,
@@ -142,10 +143,38 @@ def test_fit_keeps_the_best_checkpoint_with_only_trainable_state(tmp_path, tiny_
                            enable_model_summary=False, default_root_dir=tmp_path, log_every_n_steps=1)
     result = fit(module, data, make_trainer, tmp_path / "ckpt", patience=2)
     assert result.checkpoint == tmp_path / "ckpt" / "best.ckpt" and result.checkpoint.exists()
-    assert 0 <= result.val_macro_f1 <= 1 and result.steps > 0
+    assert result.select_by == "macro_f1" and 0 <= result.val_score <= 1 and result.steps > 0
     restored = make_cross_encoder(tiny_bert)
     load_checkpoint(restored, result.checkpoint)
     np.testing.assert_allclose(restored.predict(cases), module.predict(cases), atol=1e-6)
+
+
+class ValidationLosses(L.Callback):
+    """Records the validation loss of every epoch."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.losses.append(float(trainer.callback_metrics["val/loss"]))
+
+
+def test_fit_by_validation_loss_keeps_the_epoch_of_the_lowest_loss(tmp_path, tiny_bert) -> None:
+    module = make_cross_encoder(tiny_bert)
+    cases = fixed_batch()
+    data = RecDataModule(cases, cases, module.collate, batch_size=3, balance="none", seed=0)
+    seen = ValidationLosses()
+
+    def make_trainer(callbacks: list, **kwargs) -> L.Trainer:
+        return L.Trainer(accelerator="cpu", max_epochs=3, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path, log_every_n_steps=1, callbacks=[seen, *callbacks], **kwargs)
+
+    result = fit(module, data, make_trainer, tmp_path / "ckpt", patience=3, select_by="loss")
+    assert len(seen.losses) == 3 and result.select_by == "loss"
+    assert result.val_score == pytest.approx(min(seen.losses))
+    with pytest.raises(ValueError, match="select_by=f1: choose one of macro_f1, accuracy, loss"):
+        check_select_by("f1")
 
 
 def test_lora_checkpoint_holds_the_adapter_not_the_base_model(tmp_path) -> None:

@@ -17,7 +17,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from lettingo.data.schema import LABELS
-from lettingo.recommender.base import VAL_METRIC, Batch, RecClassifierModule
+from lettingo.recommender.base import Batch, RecClassifierModule
 from lettingo.recommender.cases import RecCase, label_codes, shifted_cases
 
 log = logging.getLogger(__name__)
@@ -143,12 +143,25 @@ class RecDataModule(L.LightningDataModule):
         return DataLoader(self.val_cases, self.batch_size, sampler=sampler, collate_fn=self.collate)
 
 
+#: What the checkpoint choice and early stopping can follow (``recommender.training.select_by``): the
+#: validation metric and whether higher ("max") or lower ("min") is better.
+SELECT_BY = {"macro_f1": "max", "accuracy": "max", "loss": "min"}
+
+
+def check_select_by(select_by: str) -> str:
+    """``select_by`` if it names a validation metric of :data:`SELECT_BY`, else a one-line ValueError."""
+    if select_by not in SELECT_BY:
+        raise ValueError(f"recommender.training.select_by={select_by}: choose one of {', '.join(SELECT_BY)}")
+    return select_by
+
+
 @dataclass(frozen=True)
 class FitResult:
-    """Where the best checkpoint is and how it scored on validation."""
+    """Where the best checkpoint is and how it scored on validation (by the metric it was chosen by)."""
 
     checkpoint: Path
-    val_macro_f1: float
+    select_by: str
+    val_score: float
     epochs: int
     steps: int
 
@@ -160,27 +173,32 @@ def fit(
     checkpoint_dir: Path,
     patience: int,
     logger: Any = False,
+    select_by: str = "macro_f1",
 ) -> FitResult:
-    """Train with early stopping on validation macro-F1; load the best checkpoint into ``module``.
+    """Train with early stopping on validation ``select_by``; load the best checkpoint into ``module``.
+
+    ``select_by`` is a key of :data:`SELECT_BY`: macro-F1 suits class-weighted training, validation
+    loss (cross-entropy, a proper score) or accuracy a plain one judged by accuracy.
 
     ``make_trainer(logger=..., callbacks=...)`` builds the Trainer (from the ``trainer`` config). Under
-    DDP the monitored macro-F1 is that of every rank's predictions together, so all ranks stop and keep
+    DDP the monitored metric is that of every rank's predictions together, so all ranks stop and keep
     the same checkpoint (written by rank 0).
     """
     if data.balance == "class_weights":
         module.set_class_weights(balanced_class_weights(data.train_cases))
+    monitor, mode = f"val/{check_select_by(select_by)}", SELECT_BY[select_by]
     checkpoint = ModelCheckpoint(
-        dirpath=checkpoint_dir, filename="best", monitor=VAL_METRIC, mode="max", save_top_k=1,
+        dirpath=checkpoint_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
         save_weights_only=True, enable_version_counter=False,
     )
-    stopping = EarlyStopping(monitor=VAL_METRIC, mode="max", patience=patience)
+    stopping = EarlyStopping(monitor=monitor, mode=mode, patience=patience)
     trainer = make_trainer(logger=logger, callbacks=[checkpoint, stopping])
     trainer.fit(module, datamodule=data)
     if not checkpoint.best_model_path:
         raise RuntimeError("training wrote no checkpoint: did validation run? (check trainer.limit_val_batches)")
     load_checkpoint(module, Path(checkpoint.best_model_path))
-    return FitResult(Path(checkpoint.best_model_path), float(checkpoint.best_model_score), trainer.current_epoch,
-                     trainer.global_step)
+    return FitResult(Path(checkpoint.best_model_path), select_by, float(checkpoint.best_model_score),
+                     trainer.current_epoch, trainer.global_step)
 
 
 def load_checkpoint(module: RecClassifierModule, path: Path) -> None:

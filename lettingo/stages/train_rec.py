@@ -19,7 +19,7 @@ from lettingo.data.splits import REC_TRAIN
 from lettingo.llm.pool import BackendPool, backbones_by_name
 from lettingo.profiles.explore import explore
 from lettingo.profiles.oracle import oracle_profiles
-from lettingo.recommender.training import RecDataModule, fit, split_users, training_cases
+from lettingo.recommender.training import RecDataModule, check_select_by, fit, split_users, training_cases
 from lettingo.runtime import lightning_trainer
 from lettingo.stages.base import Output, Stage, StageContext
 
@@ -78,6 +78,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     samples = ctx.read_table(SAMPLES)
     users = rec_train_samples(cfg, samples)
     tcfg = rcfg.training
+    select_by = check_select_by(str(tcfg.select_by))  # before any profile is generated
     profiles = None
     if int(tcfg.profiles_per_user) > 0:
         made = rec_train_profiles(ctx, users) if ctx.is_main else ctx.read_table(REC_TRAIN_PROFILES)
@@ -85,7 +86,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     fp = ctx.fingerprint(REC_MODEL)
     if store.prepare(REC_MODEL, fp) == "done":
         meta = store.meta(REC_MODEL)
-        print(f"train_rec: reusing {store.path(REC_MODEL)} (validation macro-F1 {meta['val_macro_f1']:.3f})")
+        print(f"train_rec: reusing {store.path(REC_MODEL)} (validation {meta['select_by']} {meta['val_score']:.3f})")
         return meta
     began = time.perf_counter()
     texts = {} if profiles is None else profiles.groupby("user_id")["text"].apply(list).to_dict()
@@ -107,20 +108,20 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     ctx.ready_to_fit()
     result = fit(module, data, make_trainer, store.path(REC_MODEL), int(tcfg.patience),
-                 logger=ctx.tracker.lightning_logger())
+                 logger=ctx.tracker.lightning_logger(), select_by=select_by)
     if not ctx.is_main:
         return {"recommender": str(rcfg.name), "trained": True, "rank": ctx.rank}
     summary = {
         "recommender": str(rcfg.name), "trained": True, "checkpoint": result.checkpoint.name,
-        "val_macro_f1": result.val_macro_f1, "epochs": result.epochs, "steps": result.steps,
+        "select_by": select_by, "val_score": result.val_score, "epochs": result.epochs, "steps": result.steps,
         "train_cases": len(train), "val_cases": len(val), "train_users": len(train_users),
         "val_users": len(val_users), "seconds": time.perf_counter() - began,
     }
     store.finish(REC_MODEL, fp, **summary)
-    ctx.tracker.log_metrics({"train_rec/val/macro_f1": result.val_macro_f1,
+    ctx.tracker.log_metrics({f"train_rec/val/{select_by}": result.val_score,
                              "train_rec/train/seconds": summary["seconds"]})
     print(f"train_rec: {rcfg.name} trained on {len(train)} cases of {len(train_users)} users in "
-          f"{summary['seconds']:.0f} s; best validation macro-F1 {result.val_macro_f1:.3f} ({len(val)} cases)")
+          f"{summary['seconds']:.0f} s; best validation {select_by} {result.val_score:.3f} ({len(val)} cases)")
     return summary
 
 
