@@ -160,7 +160,6 @@ class FitResult:
     """Where the best checkpoint is and how it scored on validation (by the metric it was chosen by)."""
 
     checkpoint: Path
-    select_by: str
     val_score: float
     epochs: int
     steps: int
@@ -197,8 +196,8 @@ def fit(
     if not checkpoint.best_model_path:
         raise RuntimeError("training wrote no checkpoint: did validation run? (check trainer.limit_val_batches)")
     load_checkpoint(module, Path(checkpoint.best_model_path))
-    return FitResult(Path(checkpoint.best_model_path), select_by, float(checkpoint.best_model_score),
-                     trainer.current_epoch, trainer.global_step)
+    return FitResult(Path(checkpoint.best_model_path), float(checkpoint.best_model_score), trainer.current_epoch,
+                     trainer.global_step)
 
 
 def load_checkpoint(module: RecClassifierModule, path: Path) -> None:
