@@ -24,7 +24,8 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBas
 
 __all__ = [
     "SCHEMAS", "AlignMethodSchema", "AlignSchema", "BootstrapSchema", "ConfigError", "EvaluateSchema",
-    "HistorySchema", "PairsSchema", "SamplingSchema", "TestSchema", "check_model_spec", "validate_config",
+    "HistorySchema", "PairsSchema", "RecTrainingSchema", "SamplingSchema", "TestSchema", "check_model_spec",
+    "validate_config",
 ]
 
 
@@ -330,6 +331,50 @@ class AlignSchema:
                 f"TRL trains in bf16 on CUDA, float32 on CPU; {needs}")
 
 
+#: How a trainable f_Rec's training loss treats the label classes (``recommender.training.balance``).
+BALANCE_MODES = ("none", "class_weights", "sampler")
+#: What the checkpoint choice and early stopping can follow (``recommender.training.select_by``): the
+#: validation metric and whether higher ("max") or lower ("min") is better.
+SELECT_BY = {"macro_f1": "max", "accuracy": "max", "loss": "min"}
+
+
+def _rate(key: str, value: float) -> None:
+    require(0.0 <= value <= 1.0, key, value, "must be in [0, 1]")
+
+
+@dataclass
+class RecTrainingSchema:
+    """`recommender.training`: how stage train_rec trains a trainable f_Rec (a zero-shot one has no node)."""
+
+    profiles_per_user: int
+    max_users: int | None
+    n_targets: int
+    empty_profile_rate: float
+    oracle_profile_rate: float
+    empty_recent_rate: float
+    val_fraction: float
+    batch_size: int
+    balance: str
+    select_by: str
+    patience: int
+    trainer: dict[str, Any]  # overrides of the `trainer` config for this fit
+
+    def __post_init__(self) -> None:
+        at_least("profiles_per_user", self.profiles_per_user, 0)  # 0: oracle-fact and empty profiles only
+        optional_at_least("max_users", self.max_users, 1)
+        at_least("n_targets", self.n_targets, 1)
+        _rate("empty_profile_rate", self.empty_profile_rate)
+        _rate("oracle_profile_rate", self.oracle_profile_rate)
+        _rate("empty_recent_rate", self.empty_recent_rate)
+        require(self.empty_profile_rate + self.oracle_profile_rate <= 1.0, "oracle_profile_rate",
+                self.oracle_profile_rate, f"must be at most 1 - empty_profile_rate ({self.empty_profile_rate:g})")
+        require(0.0 < self.val_fraction < 1.0, "val_fraction", self.val_fraction, "must be in (0, 1)")
+        at_least("batch_size", self.batch_size, 1)
+        one_of("balance", self.balance, BALANCE_MODES)
+        one_of("select_by", self.select_by, tuple(SELECT_BY))
+        at_least("patience", self.patience, 0)
+
+
 #: Config node -> its schema, in the order :func:`validate_config` checks them.
 SCHEMAS: dict[str, type] = {
     "history": HistorySchema,
@@ -339,7 +384,11 @@ SCHEMAS: dict[str, type] = {
     "align": AlignSchema,
     "test": TestSchema,
     "bootstrap": BootstrapSchema,
+    "recommender.training": RecTrainingSchema,
 }
+#: Node -> the key that must be true for it to be checked: only a trainable f_Rec is trained (a zero-shot one
+#: may still carry an experiment's training settings, unread).
+CHECKED_WHEN = {"recommender.training": "recommender.trainable"}
 
 
 def register_schemas() -> None:
@@ -447,10 +496,11 @@ def _build(node: DictConfig, path: str) -> None:
 
 def validate_node(cfg: DictConfig, name: str, schema: type) -> None:
     """Check node ``name`` of ``cfg`` against ``schema``; raise :class:`ConfigError` (one line)."""
-    if name not in cfg or OmegaConf.is_missing(cfg, name):
-        raise ConfigError(name, "???", f"the config has no {name} node (conf/{name}/ or config.yaml)")
+    node = OmegaConf.select(cfg, name, throw_on_missing=False)
+    if node is None:
+        raise ConfigError(name, "???", f"the config has no {name} node (conf/{name.split('.')[0]}/ or config.yaml)")
     try:
-        plain = OmegaConf.to_container(cfg[name], resolve=True)
+        plain = OmegaConf.to_container(node, resolve=True)
     except OmegaConfBaseException as error:  # keys are already full here
         raise _from_omegaconf("", error, None) from None
     if not isinstance(plain, dict):
@@ -471,6 +521,7 @@ def validate_config(cfg: DictConfig) -> None:
     Raises :class:`ConfigError` (a ``ValueError``) whose message is one line ``<key>=<value>: <allowed>``.
     """
     for name, schema in SCHEMAS.items():
-        validate_node(cfg, name, schema)
+        if name not in CHECKED_WHEN or OmegaConf.select(cfg, CHECKED_WHEN[name], default=False) is True:
+            validate_node(cfg, name, schema)
     for key, spec in model_specs(cfg):
         check_model_spec(key, spec)

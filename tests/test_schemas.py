@@ -70,13 +70,40 @@ def test_debug_tiny_validates(compose_cfg, extra: list[str]) -> None:
     ],
 )
 def test_a_bad_value_fails_in_one_line_naming_key_and_value(compose_cfg, override: str, key: str, value: str) -> None:
-    cfg = compose_cfg([override])
+    _fails_in_one_line(compose_cfg([override]), key, value)
+
+
+def _fails_in_one_line(cfg, key: str, value: str) -> None:
     with pytest.raises(ConfigError) as caught:
         validate_config(cfg)
     message = str(caught.value)
     assert message.startswith(f"{key}={value}: "), message
     assert "\n" not in message and len(message.split(": ", 1)[1]) > 0
     assert isinstance(caught.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "value"),
+    [
+        ("recommender.training.select_by=f1", "recommender.training.select_by", "f1"),
+        ("recommender.training.balance=weights", "recommender.training.balance", "weights"),
+        ("recommender.training.empty_profile_rate=1.5", "recommender.training.empty_profile_rate", "1.5"),
+        ("recommender.training.oracle_profile_rate=0.9", "recommender.training.oracle_profile_rate", "0.9"),  # + 0.3
+        ("recommender.training.val_fraction=0", "recommender.training.val_fraction", "0.0"),
+        ("recommender.training.n_targets=0", "recommender.training.n_targets", "0"),
+        ("+recommender.training.epochs=3", "recommender.training.epochs", "3"),  # trainer.max_epochs is the key
+    ],
+)
+def test_a_trainable_f_rec_training_node_is_checked_before_any_stage(compose_cfg, override: str, key: str,
+                                                                     value: str) -> None:
+    _fails_in_one_line(compose_cfg(["recommender=cross_encoder", override]), key, value)
+
+
+def test_a_zero_shot_f_rec_ignores_a_training_node_it_never_reads(compose_cfg) -> None:
+    # debug=tiny swaps in a zero-shot f_Rec; quickstart's recommender.training settings stay, unread
+    cfg = compose_cfg(["experiment=quickstart", "debug=tiny"])
+    assert not cfg.recommender.trainable and "select_by" not in cfg.recommender.training
+    validate_config(cfg)
 
 
 TRL_OK = ["align.engine=trl", "align.share_prompt=false", "align.val_checks_per_epoch=1"]

@@ -19,10 +19,9 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from lettingo.data.schema import LABELS
 from lettingo.recommender.base import Batch, RecClassifierModule
 from lettingo.recommender.cases import RecCase, label_codes, shifted_cases
+from lettingo.schemas import BALANCE_MODES, SELECT_BY
 
 log = logging.getLogger(__name__)
-
-BALANCE_MODES = ("none", "class_weights", "sampler")
 
 
 def split_users(user_ids: Sequence[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -141,11 +140,6 @@ class RecDataModule(L.LightningDataModule):
         sampler = UnrepeatedDistributedSampler(self.val_cases, num_replicas=trainer.world_size,
                                                rank=trainer.global_rank, shuffle=False)
         return DataLoader(self.val_cases, self.batch_size, sampler=sampler, collate_fn=self.collate)
-
-
-#: What the checkpoint choice and early stopping can follow (``recommender.training.select_by``): the
-#: validation metric and whether higher ("max") or lower ("min") is better.
-SELECT_BY = {"macro_f1": "max", "accuracy": "max", "loss": "min"}
 
 
 def check_select_by(select_by: str) -> str:

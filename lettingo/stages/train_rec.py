@@ -19,7 +19,7 @@ from lettingo.data.splits import REC_TRAIN
 from lettingo.llm.pool import BackendPool, backbones_by_name
 from lettingo.profiles.explore import explore
 from lettingo.profiles.oracle import oracle_profiles
-from lettingo.recommender.training import RecDataModule, check_select_by, fit, split_users, training_cases
+from lettingo.recommender.training import RecDataModule, fit, split_users, training_cases
 from lettingo.runtime import lightning_trainer
 from lettingo.stages.base import Output, Stage, StageContext
 
@@ -78,7 +78,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     samples = ctx.read_table(SAMPLES)
     users = rec_train_samples(cfg, samples)
     tcfg = rcfg.training
-    select_by = check_select_by(str(tcfg.select_by))  # before any profile is generated
+    select_by = str(tcfg.select_by)  # checked with the whole config (schemas.RecTrainingSchema)
     profiles = None
     if int(tcfg.profiles_per_user) > 0:
         made = rec_train_profiles(ctx, users) if ctx.is_main else ctx.read_table(REC_TRAIN_PROFILES)
