@@ -10,7 +10,12 @@ the same users (stored by the stage, or computed from the stored predictions wit
 resamples); and how each run's text f_Rec was trained (its rec_model record).
 An effect is claimed only where the paired interval excludes zero.
 
-Run: python experiments/reference_table.py <sweep folder or run folders ...> [--out results]
+Run: python experiments/reference_table.py <sweep folder or run folders ...> [--out results] [--keep DIR]
+
+``--keep DIR`` copies the few files the table reads of each run (its run_config.json, evaluate's
+comparison and the rec_model record; no checkpoint) into ``DIR/<dataset>_k<K>_h<H>/``, so the grid can be
+filled over several machines or checkouts: pass ``DIR`` again with the new runs, e.g.
+``python experiments/reference_table.py results/reference_runs outputs/sweep_reference --keep results/reference_runs``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import argparse
 import csv
 import json
 import math
+import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,6 +56,11 @@ COLUMNS: dict[str, str | None] = {"no_profile": None, "shuffled_oracle_facts": S
 #: difference key -> (method, reference) column keys, method minus reference.
 DIFFERENCES: dict[str, tuple[str, str]] = {"oracle_facts_minus_no_profile": ("oracle_facts", "no_profile"),
                                            "tabular_oracle_facts_minus_tabular": ("tabular_oracle_facts", "tabular")}
+REC_META_FILE = f"{REC_MODEL}/{META_FILE}"
+#: What --keep copies of a run: everything this table reads.
+KEPT_FILES = (RUN_CONFIG_FILE, BASELINES_FILE, REC_META_FILE)
+#: In a kept copy: the run folder it was copied from.
+KEPT_FROM_FILE = "kept_from.json"
 
 
 class BaselineRun:
@@ -59,9 +70,13 @@ class BaselineRun:
     """
 
     def __init__(self, folder: Path, dataset: str, recent: int, history: int | None, comparison: Comparison,
-                 rec_model: dict[str, Any]) -> None:
+                 rec_model: dict[str, Any], kept_from: str | None = None) -> None:
         self.folder, self.dataset, self.recent, self.history = folder, dataset, recent, history
-        self.comparison, self.rec_model = comparison, rec_model
+        self.comparison, self.rec_model, self.kept_from = comparison, rec_model, kept_from
+
+    def origin(self) -> str:
+        """Where the run ran, for a kept copy (``--keep``); empty for a run folder itself."""
+        return "" if self.kept_from is None else f"kept from `{self.kept_from}`; "
 
     def training_line(self) -> str:
         """How the text f_Rec of the run was trained (from its rec_model artifact), to judge its rows by."""
@@ -112,10 +127,35 @@ def read_baseline_run(folder: Path) -> BaselineRun:
     config = json.loads((folder / RUN_CONFIG_FILE).read_text())["config"]
     history = config.get("history", {})
     length = history.get("length")
-    rec_meta = folder / REC_MODEL / META_FILE
+    rec_meta, kept = folder / REC_META_FILE, folder / KEPT_FROM_FILE
     return BaselineRun(folder, str(config.get("dataset", {}).get("name")), int(history.get("recent", DEFAULT_RECENT)),
                        None if length is None else int(length), read_comparison(folder / BASELINES_FILE),
-                       json.loads(rec_meta.read_text()) if rec_meta.is_file() else {})
+                       json.loads(rec_meta.read_text()) if rec_meta.is_file() else {},
+                       json.loads(kept.read_text())["folder"] if kept.is_file() else None)
+
+
+def keep(runs: Iterable[BaselineRun], folder: str | Path) -> list[Path]:
+    """Copy :data:`KEPT_FILES` of each run into ``folder/<dataset>_k<K>_h<H>/`` (modification times kept, so
+    the latest run still wins when the copies are read back); returns the copies. A copy of an older run of
+    the same (dataset, K, H) is replaced, as the table itself would prefer the newer run."""
+    copies = []
+    for run in runs:
+        target = (Path(folder) / f"{run.dataset}_k{run.recent}_h{run.history}").resolve()
+        copies.append(target)
+        if target == run.folder:
+            continue  # read from its own kept copy
+        if (target / KEPT_FROM_FILE).is_file():
+            print(f"keep: replacing {target} (a copy of {json.loads((target / KEPT_FROM_FILE).read_text())['folder']})")
+        staging = target.with_name(target.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        for name in KEPT_FILES:
+            if (run.folder / name).is_file():
+                (staging / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(run.folder / name, staging / name)
+        (staging / KEPT_FROM_FILE).write_text(json.dumps({"folder": run.kept_from or str(run.folder)}) + "\n")
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+    return copies
 
 
 def collect(roots: Iterable[str | Path]) -> list[BaselineRun]:
@@ -150,7 +190,8 @@ def _difference_title(key: str) -> str:
 def csv_row(run: BaselineRun) -> dict[str, Any]:
     """One CSV row: dataset, K, H, n_users, folder, then value/low/high per column and per difference."""
     row: dict[str, Any] = {"dataset": run.dataset, "K": run.recent, "H": run.history,
-                           "n_users": len(run.comparison.users), "folder": str(run.folder)}
+                           "n_users": len(run.comparison.users), "folder": str(run.folder),
+                           "kept_from": run.kept_from or ""}
     for column in COLUMNS:
         found = run.interval(column)
         for field in ("value", "low", "high"):
@@ -166,13 +207,17 @@ def csv_row(run: BaselineRun) -> dict[str, Any]:
     return row
 
 
-def build(roots: Iterable[str | Path], out: str | Path = DEFAULT_OUT) -> dict[str, Path]:
-    """Write ``reference_table.md`` and ``.csv`` into ``out`` from the run folders under ``roots``."""
+def build(roots: Iterable[str | Path], out: str | Path = DEFAULT_OUT,
+          kept: str | Path | None = None) -> dict[str, Path]:
+    """Write ``reference_table.md`` and ``.csv`` into ``out`` from the run folders under ``roots``; with
+    ``kept``, first copy what the table reads of each run there (:func:`keep`) and tabulate the copies."""
     roots = list(roots)
     runs = collect(roots)
     if not runs:
         raise ValueError(f"no run folder under {[str(r) for r in roots]} holds {RUN_CONFIG_FILE} and {BASELINES_FILE} "
                          "(the evaluate stage writes it); nothing to tabulate")
+    if kept is not None:
+        runs = [read_baseline_run(copy) for copy in keep(runs, kept)]
     out = Path(out)
     key = ["dataset", "K", "H", "n"]
     accuracy = [[r.dataset, r.recent, r.history, len(r.comparison.users),
@@ -203,7 +248,7 @@ def build(roots: Iterable[str | Path], out: str | Path = DEFAULT_OUT) -> dict[st
         "An effect is claimed only where its paired interval excludes zero.\n\n"
         + markdown_table([*key, *verdict_header], paired)
         + "\nRun folders:\n\n"
-        + "".join(f"- K = {r.recent}, H = {r.history}: `{r.folder}` ({r.training_line()})\n" for r in runs)
+        + "".join(f"- K = {r.recent}, H = {r.history}: `{r.folder}` ({r.origin()}{r.training_line()})\n" for r in runs)
     )
     paths = {"markdown": out / f"{NAME}.md", "csv": out / f"{NAME}.csv"}
     with atomic_path(paths["markdown"]) as tmp:
@@ -222,8 +267,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run folders, or folders above them (a sweep folder)")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"folder of the table (default: {DEFAULT_OUT})")
+    parser.add_argument("--keep", default=None, metavar="DIR",
+                        help="copy what the table reads of each run into DIR/<dataset>_k<K>_h<H>/ and tabulate those")
     args = parser.parse_args(argv)
-    return build(args.runs, args.out)
+    return build(args.runs, args.out, args.keep)
 
 
 if __name__ == "__main__":

@@ -306,6 +306,34 @@ def test_reference_table_rows_per_k_and_h(tiny_run: Path, tmp_path: Path) -> Non
     assert table["oracle_facts_minus_no_profile_accuracy_low"].tolist() == pytest.approx([oracle.low] * 3)
 
 
+def test_reference_table_keeps_what_it_reads_so_a_later_checkout_can_fill_the_grid(tiny_run: Path,
+                                                                                  tmp_path: Path) -> None:
+    script = load_script("reference_table")
+    first, kept = tmp_path / "first_sweep", tmp_path / "results" / "reference_runs"
+    copy_run(tiny_run, first / "k10_h30", 10, 30)
+    copy_run(tiny_run, first / "k3_h30", 3, 30)
+    script.build([first], tmp_path / "results", kept=kept)
+    copy = kept / "ml100k_k3_h30"
+    assert sorted(str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file()) == \
+        ["baselines/comparison.json", "kept_from.json", "run_config.json"]  # no checkpoint, no profiles
+    assert (copy / "baselines" / "comparison.json").read_bytes() == \
+        (first / "k3_h30" / "baselines" / "comparison.json").read_bytes()
+    shutil.rmtree(first)  # a new checkout: outputs/ is gone, the kept copies were committed
+    second = tmp_path / "second_sweep"
+    copy_run(tiny_run, second / "k1_h50", 1, 50)
+    rerun = copy_run(tiny_run, second / "k3_h30", 3, 30)  # the same cell run again: newer, so it wins
+    os.utime(rerun / "baselines" / "comparison.json")
+    script.build([kept, second], tmp_path / "results", kept=kept)
+    table = pd.read_csv(tmp_path / "results" / "reference_table.csv")
+    assert list(zip(table["K"], table["H"], strict=True)) == [(1, 50), (3, 30), (10, 30)]
+    assert table["kept_from"].tolist() == [str((second / "k1_h50").resolve()), str(rerun.resolve()),
+                                           str((first / "k10_h30").resolve())]
+    assert sorted(p.name for p in kept.iterdir()) == ["ml100k_k10_h30", "ml100k_k1_h50", "ml100k_k3_h30"]
+    markdown = (tmp_path / "results" / "reference_table.md").read_text(encoding="utf-8")
+    assert f"- K = 10, H = 30: `{(kept / 'ml100k_k10_h30').resolve()}` (kept from " \
+           f"`{(first / 'k10_h30').resolve()}`; no rec_model record)" in markdown
+
+
 def test_reference_table_refuses_no_runs(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="nothing to tabulate"):
         load_script("reference_table").build([tmp_path], tmp_path / "out")
