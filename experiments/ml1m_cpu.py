@@ -30,8 +30,10 @@ import yaml
 
 from lettingo.artifacts import (
     BASELINES,
+    META_FILE,
     PAIRS,
     PROFILES,
+    REC_MODEL,
     REWARDS,
     SENSITIVITY,
     TABULAR_MODELS,
@@ -65,6 +67,7 @@ from lettingo.reports import (
     markdown_table,
     paired_difference,
     read_run,
+    rec_model_line,
 )
 
 NAME = "ml1m_cpu"
@@ -359,14 +362,15 @@ def section_sensitivity(folder: Path, comparison: Comparison, numbers: Numbers) 
         rows.append([name, _difference(diff), _pct(accuracy[method]["accuracy"].value),
                      _pct(accuracy[floor]["accuracy"].value), _pct(_flip_rate(source, method, floor)),
                      len(source.users), len(source.users), effect_verdict(diff)])
+    trained = f"\nThe f_Rec: {rec_model_line(_read_json(folder / REC_MODEL / META_FILE) or {})}.\n"
     if not rows:
-        return f"_No {SENSITIVITY}/data.json in the run folder and no shuffled rows._\n"
+        return f"_No {SENSITIVITY}/data.json in the run folder and no shuffled rows._\n" + trained
     return ("f_Rec's accuracy with each user's own profiles minus with another user's (shuffled), paired over "
             "users: for the generated profiles it judges (the rewards) and, on held-out users, for the base "
             "generator's profiles and for the oracle facts. Flip rate: share of predictions the shuffle changes. "
             "Near zero: f_Rec does not read that kind of profile.\n\n"
             + markdown_table(["profiles", "Δ accuracy (true − shuffled)", "accuracy, true", "accuracy, shuffled",
-                              "flip rate", "users", "cases", "verdict"], rows))
+                              "flip rate", "users", "cases", "verdict"], rows) + trained)
 
 
 def _flip_rate(comparison: Comparison, method: str, other: str) -> float:

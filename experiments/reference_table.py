@@ -41,7 +41,14 @@ from lettingo.evaluation.methods import (
     TABULAR_ORACLE,
     no_profile_label,
 )
-from lettingo.reports import RUN_CONFIG_FILE, effect_verdict, excludes_zero, markdown_table, paired_difference
+from lettingo.reports import (
+    RUN_CONFIG_FILE,
+    effect_verdict,
+    excludes_zero,
+    markdown_table,
+    paired_difference,
+    rec_model_line,
+)
 
 NAME = "reference_table"
 DEFAULT_OUT = "results"
@@ -80,12 +87,7 @@ class BaselineRun:
 
     def training_line(self) -> str:
         """How the text f_Rec of the run was trained (from its rec_model artifact), to judge its rows by."""
-        meta = self.rec_model
-        if not meta.get("trained"):
-            return "f_Rec not trained here" if meta else "no rec_model record"
-        return (f"f_Rec trained {meta.get('epochs')} epochs, {meta.get('steps')} steps on {meta.get('train_cases')} "
-                f"cases of {meta.get('train_users')} users, checkpoint by validation {self.select_by()} "
-                f"{self.val_score():.3f}")
+        return rec_model_line(self.rec_model)
 
     def select_by(self) -> str:
         """The validation metric that chose the checkpoint (records before select_by existed: macro-F1)."""
@@ -204,6 +206,7 @@ def csv_row(run: BaselineRun) -> dict[str, Any]:
     for field in ("epochs", "steps", "train_cases"):
         row[f"rec_model_{field}"] = run.rec_model.get(field, "")
     row["rec_model_select_by"], row["rec_model_val_score"] = run.select_by(), run.val_score()
+    row["rec_model_cut_share"] = run.rec_model.get("cut_share", "")
     return row
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,6 +204,23 @@ def excludes_zero(difference: PairedDifference | Interval) -> bool:
 def effect_verdict(difference: PairedDifference | Interval) -> str:
     """The words a report uses for a paired difference: an effect is claimed only when its interval excludes 0."""
     return "interval excludes zero" if excludes_zero(difference) else "no effect shown (interval includes zero)"
+
+
+def rec_model_line(meta: Mapping[str, Any]) -> str:
+    """How a run's f_Rec was trained, from its ``rec_model/_meta.json`` record, to judge its rows by.
+
+    Records from before ``select_by`` existed chose by macro-F1; ``cut_share`` (pairs longer than the
+    model reads) is said only where the record has it.
+    """
+    if not meta.get("trained"):
+        return "f_Rec not trained here" if meta else "no rec_model record"
+    score = float(meta.get("val_score", meta.get("val_macro_f1", math.nan)))
+    line = (f"f_Rec trained {meta.get('epochs')} epochs, {meta.get('steps')} steps on {meta.get('train_cases')} "
+            f"cases of {meta.get('train_users')} users, checkpoint by validation {meta.get('select_by', 'macro_f1')} "
+            f"{score:.3f}")
+    if meta.get("cut_share") is not None:
+        line += f", {100 * float(meta['cut_share']):.0f}% of its pairs cut to fit"
+    return line
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

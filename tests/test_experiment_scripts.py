@@ -188,6 +188,7 @@ def test_ml1m_cpu_results_file_from_a_real_run(tiny_run: Path, tmp_path: Path) -
     by_hand = (right[0] - right[1]) / len(truth)
     row = row_named(shuffle_check, "oracle facts, evaluate's held-out users")
     assert row.split("|")[2].strip().startswith(points(by_hand) + " [")
+    assert "\nThe f_Rec: no rec_model record.\n" in shuffle_check  # debug=tiny's f_Rec is zero-shot: nothing trained
     summary = json.loads((tiny_run / "pairs" / "_meta.json").read_text())["summary"]
     assert f"**{summary['pairs']} pairs from {summary['users_with_pairs']} users**" in markdown
     dpo = json.loads((tiny_run / "adapter_dpo" / "_meta.json").read_text())
@@ -269,7 +270,8 @@ def test_reference_table_rows_per_k_and_h(tiny_run: Path, tmp_path: Path) -> Non
         copy_run(tiny_run, sweep / f"k{recent}_h{history}", recent, history)
     # a fit's record as train_rec writes it
     trained = {"fingerprint": "0", "recommender": "cross_encoder", "trained": True, "epochs": 2, "steps": 200,
-               "train_cases": 1600, "train_users": 400, "select_by": "loss", "val_score": 0.87230}
+               "train_cases": 1600, "train_users": 400, "select_by": "loss", "val_score": 0.87230,
+               "cut_share": 0.25}
     (sweep / "k3_h30" / "rec_model").mkdir()
     (sweep / "k3_h30" / "rec_model" / "_meta.json").write_text(json.dumps(trained))
     out = tmp_path / "results"
@@ -298,7 +300,7 @@ def test_reference_table_rows_per_k_and_h(tiny_run: Path, tmp_path: Path) -> Non
         assert f"- K = {recent}, H = {history}: `{(sweep / f'k{recent}_h{history}').resolve()}` " \
                "(no rec_model record)" in markdown
     assert f"- K = 3, H = 30: `{(sweep / 'k3_h30').resolve()}` (f_Rec trained 2 epochs, 200 steps on 1600 cases " \
-           "of 400 users, checkpoint by validation loss 0.872)" in markdown  # the record planted above
+           "of 400 users, checkpoint by validation loss 0.872, 25% of its pairs cut to fit)" in markdown  # planted above
     table = pd.read_csv(out / "reference_table.csv")
     assert list(zip(table["K"], table["H"], strict=True)) == [(3, 30), (10, 30), (10, 50)]
     assert table["rec_model_steps"].fillna(0).tolist() == [200, 0, 0]

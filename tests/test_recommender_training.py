@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 from functools import partial
 from pathlib import Path
 
@@ -47,11 +48,11 @@ def fixed_batch() -> list[RecCase]:
     return cases
 
 
-def make_cross_encoder(folder: Path) -> CrossEncoderModule:
+def make_cross_encoder(folder: Path, max_length: int = 64) -> CrossEncoderModule:
     cfg = OmegaConf.load(f"{CONFIG_DIR}/recommender/cross_encoder.yaml").model
     return CrossEncoderModule(
         name="cross_encoder", model=str(folder), optimizer=partial(torch.optim.AdamW, lr=1e-2), context=cfg.context,
-        profile=cfg.profile, empty_profile=cfg.empty_profile, item_text=ITEM_TEXT, max_length=64, dropout=0.0,
+        profile=cfg.profile, empty_profile=cfg.empty_profile, item_text=ITEM_TEXT, max_length=max_length, dropout=0.0,
     )
 
 
@@ -92,6 +93,33 @@ def test_cross_encoder_step_changes_weights_and_lowers_loss(tiny_bert) -> None:
     module = make_cross_encoder(tiny_bert)
     assert all(p.requires_grad for p in module.parameters())
     step_changes_weights_and_lowers_loss(module)
+
+
+def test_cross_encoder_counts_the_pairs_it_cuts_and_warns_once(tiny_bert, caplog) -> None:
+    module = make_cross_encoder(tiny_bert, max_length=96)
+    assert module.cut_share() is None
+    short = fixed_batch()
+    lengths = [len(module.tokenizer(*module.texts(c))["input_ids"]) for c in short]
+    assert max(lengths) <= 96  # the fixed cases fit
+    module.collate(short)
+    assert module.cut_share() == 0.0 and "longer than max_length" not in caplog.text
+    long = [RecCase(c.user_id, c.profile + " and drama" * 40, c.recent, c.target) for c in short[:2]]
+    with caplog.at_level(logging.WARNING, logger="lettingo.recommender.cross_encoder"):
+        batch = module.collate(long)
+        module.collate(long)
+    assert batch["input_ids"].shape[1] == 96
+    assert module.pairs_seen == 10 and module.pairs_cut == 4 and module.cut_share() == pytest.approx(0.4)
+    warnings = [r.getMessage() for r in caplog.records if "longer than max_length" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("cross_encoder: 2 of 2 pairs of a batch are longer than "
+                                                         "max_length=96 tokens"), warnings
+
+
+def test_cross_encoder_refuses_a_max_length_its_encoder_cannot_read(tiny_bert) -> None:
+    cfg = OmegaConf.load(f"{CONFIG_DIR}/recommender/cross_encoder.yaml").model
+    with pytest.raises(ValueError, match=r"^recommender.model.max_length=512: this encoder reads 1 to 256 tokens$"):
+        CrossEncoderModule(name="cross_encoder", model=str(tiny_bert), optimizer=torch.optim.AdamW,
+                           context=cfg.context, profile=cfg.profile, empty_profile=cfg.empty_profile,
+                           item_text=ITEM_TEXT, max_length=512)
 
 
 def test_lora_step_trains_only_the_adapter_and_lowers_loss(tmp_path) -> None:

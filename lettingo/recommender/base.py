@@ -59,6 +59,10 @@ class RecClassifierModule(L.LightningModule):
         """Label logits of shape (batch, 3), in LABELS order."""
         raise NotImplementedError
 
+    def cut_share(self) -> float | None:
+        """Share of the cases collated so far that were cut to fit the model; None where not counted."""
+        return None
+
     def set_class_weights(self, weights: Sequence[float]) -> None:
         """Per-class weights of the training loss (LABELS order)."""
         self.class_weights.copy_(torch.as_tensor(list(weights), dtype=torch.float32))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from lettingo.llm.hub import resolve_pretrained
 from lettingo.recommender.base import Batch, RecClassifierModule, label_tensor
 from lettingo.recommender.cases import RecCase
 from lettingo.recommender.text import ItemTextConfig, case_fields, fill
+
+log = logging.getLogger(__name__)
 
 BUNDLED_MINILM = "bundled:all_minilm_l6_v2"
 
@@ -61,7 +64,12 @@ class CrossEncoderModule(RecClassifierModule):
         self.templates = {"context": context, "profile": profile}
         self.empty_profile = empty_profile
         self.item_text = ItemTextConfig.from_mapping(item_text)
+        limit = int(self.encoder.config.max_position_embeddings)
+        if not 1 <= max_length <= limit:
+            raise ValueError(f"recommender.model.max_length={max_length}: this encoder reads 1 to {limit} tokens")
         self.max_length = max_length
+        self.pairs_seen = 0  # pairs collated so far (training, validation and scoring)
+        self.pairs_cut = 0  # of which longer than max_length (cut by truncation)
 
     def texts(self, case: RecCase) -> tuple[str, str]:
         """The (context, profile) text pair of a case."""
@@ -72,11 +80,28 @@ class CrossEncoderModule(RecClassifierModule):
     def collate(self, cases: Sequence[RecCase]) -> Batch:
         """Tokenized pairs (longest first truncated to ``max_length``) with the true labels."""
         firsts, seconds = zip(*(self.texts(c) for c in cases), strict=True)
+        self._count_cut(firsts, seconds)
         encoded = self.tokenizer(
             list(firsts), list(seconds), truncation="longest_first", max_length=self.max_length,
             padding=True, return_tensors="pt",
         )
         return {**encoded, "labels": label_tensor(cases)}
+
+    def _count_cut(self, firsts: Sequence[str], seconds: Sequence[str]) -> None:
+        """Count the pairs longer than ``max_length``; warn at the first batch that has any."""
+        lengths = [len(ids) for ids in self.tokenizer(list(firsts), list(seconds), verbose=False)["input_ids"]]
+        cut = sum(n > self.max_length for n in lengths)
+        if cut and not self.pairs_cut:
+            log.warning("%s: %d of %d pairs of a batch are longer than max_length=%d tokens (longest %d): truncation "
+                        "drops the oldest recent items and the end of the profile; raise recommender.model.max_length "
+                        "(this encoder reads up to %d)", self.name, cut, len(lengths), self.max_length, max(lengths),
+                        self.encoder.config.max_position_embeddings)
+        self.pairs_seen += len(lengths)
+        self.pairs_cut += cut
+
+    def cut_share(self) -> float | None:
+        """Share of the pairs collated so far that were longer than ``max_length`` (None before any)."""
+        return self.pairs_cut / self.pairs_seen if self.pairs_seen else None
 
     def logits(self, batch: Batch) -> torch.Tensor:
         """Label logits from the mean of the non-padding token states."""

@@ -116,6 +116,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "select_by": select_by, "val_score": result.val_score, "epochs": result.epochs, "steps": result.steps,
         "train_cases": len(train), "val_cases": len(val), "train_users": len(train_users),
         "val_users": len(val_users), "seconds": time.perf_counter() - began,
+        "cut_share": module.cut_share(),  # training and validation pairs longer than the model reads
     }
     store.finish(REC_MODEL, fp, **summary)
     ctx.tracker.log_metrics({f"train_rec/val/{select_by}": result.val_score,
