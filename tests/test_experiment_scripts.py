@@ -300,7 +300,7 @@ def test_reference_table_rows_per_k_and_h(tiny_run: Path, tmp_path: Path) -> Non
         assert f"- K = {recent}, H = {history}: `{(sweep / f'k{recent}_h{history}').resolve()}` " \
                "(no rec_model record)" in markdown
     assert f"- K = 3, H = 30: `{(sweep / 'k3_h30').resolve()}` (f_Rec trained 2 epochs, 200 steps on 1600 cases " \
-           "of 400 users, checkpoint by validation loss 0.872, 25% of its pairs cut to fit)" in markdown  # planted above
+           "of 400 users, checkpoint by validation loss 0.872, 25% of its pairs cut to fit)" in markdown
     table = pd.read_csv(out / "reference_table.csv")
     assert list(zip(table["K"], table["H"], strict=True)) == [(3, 30), (10, 30), (10, 50)]
     assert table["rec_model_steps"].fillna(0).tolist() == [200, 0, 0]
