@@ -173,7 +173,8 @@ class ArtifactStore:
         if not folder.exists():
             return None
         self._writable(f"moving {name} aside")
-        stale = folder.with_name(f"{name}.stale-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        # folder.name, not name: a nested artifact (align/dpo) stays in its parent folder
+        stale = folder.with_name(f"{folder.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
         folder.rename(stale)
         log.warning("%s was made from other inputs than this config: moved aside to %s", name, stale)
         return stale

@@ -54,6 +54,15 @@ def test_prepare_reuses_same_inputs_and_moves_other_inputs_aside(tmp_path) -> No
     assert not store.path("t").exists()
 
 
+def test_a_nested_artifact_is_moved_aside_inside_its_parent_folder(tmp_path) -> None:
+    store = ArtifactStore(tmp_path)  # e.g. align/dpo, an adapter's work folder inside the align folder
+    store.write_table("align/dpo", pd.DataFrame({"x": [1]}), "fp1")
+    assert store.prepare("align/dpo", "fp2") == "new"
+    stale = [p for p in (tmp_path / "align").iterdir() if p.name.startswith("dpo.stale-")]
+    assert len(stale) == 1 and (stale[0] / "data.parquet").exists()
+    assert not store.path("align/dpo").exists()
+
+
 def test_chunks_resume_grow_and_move_aside_on_new_inputs(tmp_path) -> None:
     store = ArtifactStore(tmp_path)
     assert store.start_chunks("c", "fp") is None
