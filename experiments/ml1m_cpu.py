@@ -362,7 +362,7 @@ def section_sensitivity(folder: Path, comparison: Comparison, numbers: Numbers) 
         rows.append([name, _difference(diff), _pct(accuracy[method]["accuracy"].value),
                      _pct(accuracy[floor]["accuracy"].value), _pct(_flip_rate(source, method, floor)),
                      len(source.users), len(source.users), effect_verdict(diff)])
-    trained = f"\nThe f_Rec: {rec_model_line(_read_json(folder / REC_MODEL / META_FILE) or {})}.\n"
+    trained = f"\n{rec_model_line(_read_json(folder / REC_MODEL / META_FILE) or {})}.\n"
     if not rows:
         return f"_No {SENSITIVITY}/data.json in the run folder and no shuffled rows._\n" + trained
     return ("f_Rec's accuracy with each user's own profiles minus with another user's (shuffled), paired over "
