@@ -163,6 +163,9 @@ def test_cross_encoder_learns_from_generated_oracle_and_empty_profiles(tiny, exp
     after = trainable(build_recommender(cfg.recommender.model, explored / REC_MODEL / summary["checkpoint"]))
     assert any(not torch.equal(before[name], after[name]) for name in before)
     assert losses[1] < losses[0]
+    # max_length 64 is shorter than every pair here (10 recent items): the record says all were cut
+    assert summary["cut_share"] == 1.0
+    assert ArtifactStore(explored).meta(REC_MODEL)["cut_share"] == summary["cut_share"]
 
     changed = tiny("stage=train_rec", *mix[:-2], "recommender.training.oracle_profile_rate=0.2", mix[-1])
     assert not list(explored.glob(f"{REC_MODEL}.stale-*"))
