@@ -20,10 +20,17 @@ $(STAMP): pyproject.toml requirements.txt
 	touch $(STAMP)
 
 # The test suite also needs llama-cpp-python's OpenAI-compatible server (a real server for the HTTP
-# backend's tests). It compiles llama.cpp from source: ~20 minutes on 2 cores the first time, then pip
-# reuses its wheel cache.
+# backend's tests). It compiles llama.cpp from source (~5-20 minutes on 2 cores) the first time, for
+# any x86-64 CPU with AVX2 rather than for this one: pip's default build (GGML_NATIVE) carried to another
+# CPU by pip's wheel cache loaded the model and then died on the first request (a CI run). The wheel is
+# kept in a folder named by those flags, so neither pip's cache nor a native build is picked instead.
+LLAMA_CPP := llama-cpp-python==0.3.36
+LLAMA_FLAGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF
+LLAMA_WHEELS := $(HOME)/.cache/lettingo/wheels/llama-cpp-avx2
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/pip install -q -e '.[dev,server]'
+	ls $(LLAMA_WHEELS)/$(subst ==,-,$(subst -,_,$(LLAMA_CPP)))-*.whl > /dev/null 2>&1 || \
+		CMAKE_ARGS="$(LLAMA_FLAGS)" $(BIN)/pip wheel -q --no-cache-dir --no-deps -w $(LLAMA_WHEELS) '$(LLAMA_CPP)'
+	$(BIN)/pip install -q --find-links $(LLAMA_WHEELS) -e '.[dev,server]' '$(LLAMA_CPP)'
 	touch $(TEST_STAMP)
 
 install: $(STAMP)

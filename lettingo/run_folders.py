@@ -42,14 +42,18 @@ def job_hash(overrides: str) -> str:
     return hashlib.blake2b(str(overrides).encode(), digest_size=3).hexdigest()
 
 
+def cpu_has_native_bfloat16() -> bool:
+    """Whether this CPU does bfloat16 arithmetic natively (AVX512-BF16 or AMX), as torch reports it."""
+    import torch
+
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
 def native_bf16_precision() -> str:
     """Lightning precision for CPU training: bf16-mixed where the CPU has native bfloat16 (AVX512-BF16 or
     AMX), else 32-true (emulated bfloat16 made the quickstart's f_Rec training many times slower)."""
-    import torch
-
-    native = any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported",
-                                                                           "_is_amx_tile_supported"))
-    return "bf16-mixed" if native else "32-true"
+    return "bf16-mixed" if cpu_has_native_bfloat16() else "32-true"
 
 
 def register_resolvers() -> None:

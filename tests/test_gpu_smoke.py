@@ -109,6 +109,10 @@ def test_the_smoke_overrides_compose_validate_and_size_for_a_gpu(compose_cfg, tm
     assert cfg.recommender.name == "llm_zero_shot" and cfg.align.engine == "lightning"
     assert (cfg.backbone.batch_size, cfg.recommender.model.batch_size, cfg.align.batch.micro_size) == (256, 64, 8)
     assert (cfg.sampling.max_users, cfg.test.max_users, cfg.dataset.splits.profile_train) == (300, 150, 300)
+    assert cfg.pairs.rule == "all"  # the real model's pairs follow the paper's rule
+    plumbing = compose_cfg(gpu_smoke.pipeline_overrides(6, 4, tmp_path / "tiny", "tiny_random", "cpu"))
+    validate_config(plumbing)
+    assert (plumbing.pairs.rule, plumbing.pairs.min_margin) == ("margin", 0.0)  # any gap makes a pair to train on
     with pytest.raises(gpu_smoke.SmokeError, match="638 users"):
         gpu_smoke.pipeline_overrides(500, 150, tmp_path)
 

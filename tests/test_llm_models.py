@@ -129,7 +129,8 @@ def test_bundled_model_loads_from_its_cache_and_generates(bundled_model_cache: P
     assert backend.chat == chat
     started = time.perf_counter()
     model, _ = load_causal_lm(f"bundled:{name}", bundled_model_cache)  # now from the converted folder
-    assert time.perf_counter() - started < 30 and model.dtype == torch.float32
+    assert time.perf_counter() - started < 30
+    assert model.dtype == resolve_dtype("auto", torch.device("cpu"))  # bfloat16 only where this CPU has it natively
     prompt = backend.render("The user rated Toy Story (1995) 5/5, Fargo (1996) 4/5 and Scream (1996) 1/5.")
     assert prompt.endswith("<|im_start|>assistant\n") if chat else prompt.endswith("User profile:\n")
     result = backend.generate([prompt], n=2, max_new_tokens=8, seed=0)

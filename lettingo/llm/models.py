@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from lettingo.llm.bundled import BUNDLED_GGUF, bundled_model_dir
 from lettingo.llm.hub import resolve_pretrained
 from lettingo.llm.tiny import tiny_random_dir
+from lettingo.run_folders import cpu_has_native_bfloat16
 
 if TYPE_CHECKING:
     import torch
@@ -58,14 +59,7 @@ def training_device(accelerator: str) -> torch.device:
 
 def _native_bfloat16(device: torch.device) -> bool:
     """Whether ``device`` does bfloat16 arithmetic natively: CUDA, or a CPU with AVX512-BF16 or AMX."""
-    import torch
-
-    if device.type == "cuda":
-        return True
-    if device.type != "cpu":
-        return False
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bfloat16())
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
