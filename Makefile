@@ -21,9 +21,10 @@ $(STAMP): pyproject.toml requirements.txt
 
 # The test suite also needs llama-cpp-python's OpenAI-compatible server (a real server for the HTTP
 # backend's tests). It compiles llama.cpp from source (~5-20 minutes on 2 cores) the first time, for
-# any x86-64 CPU with AVX2 rather than for this one: pip's default build (GGML_NATIVE) carried to another
-# CPU by pip's wheel cache loaded the model and then died on the first request (a CI run). The wheel is
-# kept in a folder named by those flags, so neither pip's cache nor a native build is picked instead.
+# any x86-64 CPU with AVX2 rather than for this one: in a CI run whose install reused pip's wheel cache, the
+# server loaded the model and then died on the first request, most likely a native build (GGML_NATIVE, pip's
+# default) from another CPU. The wheel is kept in its own folder (rename it when LLAMA_FLAGS change) and
+# installed from there, so pip's cached wheel is never picked instead.
 LLAMA_CPP := llama-cpp-python==0.3.36
 LLAMA_FLAGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF
 LLAMA_WHEELS := $(HOME)/.cache/lettingo/wheels/llama-cpp-avx2
