@@ -68,6 +68,7 @@ from lettingo.reports import (
     paired_difference,
     read_run,
     rec_model_line,
+    shown_path,
 )
 
 NAME = "ml1m_cpu"
@@ -228,7 +229,7 @@ def section_run(folder: Path, record: Mapping[str, Any], run: RunRecord) -> str:
     slots = config_value(config, "sampling.backbones") or {}
     backbones = sorted({str(b.get("name", slot)) for slot, b in slots.items() if isinstance(b, Mapping)})
     lines = [
-        f"- run folder: `{folder.resolve()}`",
+        f"- run folder: `{shown_path(folder)}`",
         f"- command: `{command}` ({source})",
         f"- git commit: `{git_commit(record)}`; lettingo {record.get('lettingo_version', 'unknown')}",
         f"- dataset: {run.get('dataset.name')}; K = {run.get('history.recent')} recent items, "

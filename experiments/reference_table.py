@@ -48,6 +48,7 @@ from lettingo.reports import (
     markdown_table,
     paired_difference,
     rec_model_line,
+    shown_path,
 )
 
 NAME = "reference_table"
@@ -83,7 +84,7 @@ class BaselineRun:
 
     def origin(self) -> str:
         """Where the run ran, for a kept copy (``--keep``); empty for a run folder itself."""
-        return "" if self.kept_from is None else f"kept from `{self.kept_from}`; "
+        return "" if self.kept_from is None else f"kept from `{shown_path(self.kept_from)}`; "
 
     def training_line(self) -> str:
         """How the text f_Rec of the run was trained (from its rec_model artifact), to judge its rows by."""
@@ -192,8 +193,8 @@ def _difference_title(key: str) -> str:
 def csv_row(run: BaselineRun) -> dict[str, Any]:
     """One CSV row: dataset, K, H, n_users, folder, then value/low/high per column and per difference."""
     row: dict[str, Any] = {"dataset": run.dataset, "K": run.recent, "H": run.history,
-                           "n_users": len(run.comparison.users), "folder": str(run.folder),
-                           "kept_from": run.kept_from or ""}
+                           "n_users": len(run.comparison.users), "folder": shown_path(run.folder),
+                           "kept_from": "" if run.kept_from is None else shown_path(run.kept_from)}
     for column in COLUMNS:
         found = run.interval(column)
         for field in ("value", "low", "high"):
@@ -251,7 +252,8 @@ def build(roots: Iterable[str | Path], out: str | Path = DEFAULT_OUT,
         "An effect is claimed only where its paired interval excludes zero.\n\n"
         + markdown_table([*key, *verdict_header], paired)
         + "\nRun folders:\n\n"
-        + "".join(f"- K = {r.recent}, H = {r.history}: `{r.folder}` ({r.origin()}{r.training_line()})\n" for r in runs)
+        + "".join(f"- K = {r.recent}, H = {r.history}: `{shown_path(r.folder)}` ({r.origin()}{r.training_line()})\n"
+                  for r in runs)
     )
     paths = {"markdown": out / f"{NAME}.md", "csv": out / f"{NAME}.csv"}
     with atomic_path(paths["markdown"]) as tmp:

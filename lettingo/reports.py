@@ -223,6 +223,16 @@ def rec_model_line(meta: Mapping[str, Any]) -> str:
     return line
 
 
+def shown_path(path: str | Path) -> str:
+    """How a report names a folder: relative to the working directory when inside it (so a committed results
+    file reads the same in every checkout), else its absolute path."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(resolved)
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A markdown pipe table; the first column left-aligned, the others right-aligned."""
     cells = [[str(c).replace("|", "\\|") for c in row] for row in [header, *rows]]

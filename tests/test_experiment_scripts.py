@@ -308,8 +308,8 @@ def test_reference_table_rows_per_k_and_h(tiny_run: Path, tmp_path: Path) -> Non
     assert table["oracle_facts_minus_no_profile_accuracy_low"].tolist() == pytest.approx([oracle.low] * 3)
 
 
-def test_reference_table_keeps_what_it_reads_so_a_later_checkout_can_fill_the_grid(tiny_run: Path,
-                                                                                  tmp_path: Path) -> None:
+def test_reference_table_keeps_what_it_reads_so_a_later_checkout_can_fill_the_grid(
+        tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     script = load_script("reference_table")
     first, kept = tmp_path / "first_sweep", tmp_path / "results" / "reference_runs"
     copy_run(tiny_run, first / "k10_h30", 10, 30)
@@ -334,6 +334,15 @@ def test_reference_table_keeps_what_it_reads_so_a_later_checkout_can_fill_the_gr
     markdown = (tmp_path / "results" / "reference_table.md").read_text(encoding="utf-8")
     assert f"- K = 10, H = 30: `{(kept / 'ml100k_k10_h30').resolve()}` (kept from " \
            f"`{(first / 'k10_h30').resolve()}`; no rec_model record)" in markdown
+    monkeypatch.chdir(tmp_path)  # run from the checkout: the committed table names folders relative to it
+    script.build([kept], "results")
+    markdown = (tmp_path / "results" / "reference_table.md").read_text(encoding="utf-8")
+    assert "- K = 10, H = 30: `results/reference_runs/ml100k_k10_h30` (kept from `first_sweep/k10_h30`; " \
+           "no rec_model record)" in markdown
+    assert str(tmp_path) not in markdown
+    table = pd.read_csv(tmp_path / "results" / "reference_table.csv")
+    assert table["folder"].tolist() == [f"results/reference_runs/ml100k_k{k}_h{h}" for k, h in [(1, 50), (3, 30),
+                                                                                                   (10, 30)]]
 
 
 def test_reference_table_refuses_no_runs(tmp_path: Path) -> None:
