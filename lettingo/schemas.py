@@ -368,6 +368,11 @@ class RecTrainingSchema:
         _rate("empty_recent_rate", self.empty_recent_rate)
         require(self.empty_profile_rate + self.oracle_profile_rate <= 1.0, "oracle_profile_rate",
                 self.oracle_profile_rate, f"must be at most 1 - empty_profile_rate ({self.empty_profile_rate:g})")
+        profiled = self.oracle_profile_rate > 0 or (self.profiles_per_user > 0 and
+                                                    self.empty_profile_rate + self.oracle_profile_rate < 1.0)
+        require(self.empty_recent_rate == 0 or profiled, "empty_recent_rate", self.empty_recent_rate,
+                "must be 0 when no training case has a profile (it drops the recent items of cases with one: "
+                "set oracle_profile_rate > 0, or profiles_per_user > 0 with empty_profile_rate < 1)")
         require(0.0 < self.val_fraction < 1.0, "val_fraction", self.val_fraction, "must be in (0, 1)")
         at_least("batch_size", self.batch_size, 1)
         one_of("balance", self.balance, BALANCE_MODES)

@@ -261,6 +261,17 @@ def test_training_cases_can_drop_the_recent_items_but_never_the_profile_too() ->
         training_cases(samples, profiles, 2, 0.2, 0, empty_recent_rate=1.5)
 
 
+def test_training_cases_drop_the_recent_items_of_oracle_fact_cases_too() -> None:
+    samples = pd.DataFrame([sample(f"u{i}", [1, 2, 3, 4, 5, 4, 3]) for i in range(100)])
+    oracle = {f"u{i}": f"facts of u{i}" for i in range(100)}
+    cases = training_cases(samples, {}, 2, empty_profile_rate=0.5, seed=0, empty_recent_rate=0.5, oracle=oracle,
+                           oracle_profile_rate=0.5)  # no generated profile: oracle facts or nothing
+    no_recent = [c for c in cases if not c.recent]
+    assert all(c.profile == f"facts of {c.user_id}" for c in no_recent)
+    assert 0.15 < len(no_recent) / len(cases) < 0.35  # about 0.5 * 0.5 of the cases
+    assert all(c.recent for c in training_cases(samples, {}, 2, 0.5, 0, oracle=oracle, oracle_profile_rate=0.5))
+
+
 def test_training_cases_mix_generated_oracle_and_empty_profiles() -> None:
     samples = pd.DataFrame([sample(f"u{i}", [1, 2, 3, 4, 5, 4, 3]) for i in range(60)])
     profiles = {f"u{i}": ["generated"] for i in range(59)}  # u59 has no generated profile

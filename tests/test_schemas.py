@@ -99,6 +99,14 @@ def test_a_trainable_f_rec_training_node_is_checked_before_any_stage(compose_cfg
     _fails_in_one_line(compose_cfg(["recommender=cross_encoder", override]), key, value)
 
 
+def test_empty_recent_rate_is_refused_where_no_training_case_has_a_profile(compose_cfg) -> None:
+    # ml1m_reference trains on oracle-fact and empty profiles only (profiles_per_user 0)
+    validate_config(compose_cfg(["experiment=ml1m_reference", "recommender.training.empty_recent_rate=0.3"]))
+    no_profile = compose_cfg(["experiment=ml1m_reference", "recommender.training.empty_recent_rate=0.3",
+                              "recommender.training.oracle_profile_rate=0"])
+    _fails_in_one_line(no_profile, "recommender.training.empty_recent_rate", "0.3")
+
+
 def test_a_zero_shot_f_rec_ignores_a_training_node_it_never_reads(compose_cfg) -> None:
     # debug=tiny swaps in a zero-shot f_Rec; quickstart's recommender.training settings stay, unread
     cfg = compose_cfg(["experiment=quickstart", "debug=tiny"])

@@ -52,9 +52,9 @@ def training_cases(
     Each case's profile is left empty with probability `empty_profile_rate` (seeded), so the same
     model learns to score the 10H baseline; with probability `oracle_profile_rate` it is replaced by
     the user's oracle facts (``oracle``: user id -> text), so the model learns what a faithful profile
-    is worth beside the generated ones; otherwise its recent items are dropped with probability
-    `empty_recent_rate`, so the model must learn what the profile says about the user. A user
-    without profiles gets empty-profile (and oracle-fact) cases.
+    is worth beside the generated ones. A case left with a profile (generated or oracle facts) has its
+    recent items dropped with probability `empty_recent_rate`, so the model must learn what the profile
+    says about the user. A user without profiles gets empty-profile (and oracle-fact) cases.
     """
     rates = {"empty_profile_rate": empty_profile_rate, "empty_recent_rate": empty_recent_rate,
              "oracle_profile_rate": oracle_profile_rate}
@@ -78,6 +78,9 @@ def training_cases(
                     case = case.with_profile("")
                 elif draw < replaced:
                     case = case.with_profile(oracle[user])  # type: ignore[index]
+                    # A second draw only when it can act: at rate 0 the cases stay those of earlier runs.
+                    if empty_recent_rate > 0 and rng.random() < empty_recent_rate:
+                        case = case.without_recent()
                 elif profile and draw < replaced + (1 - replaced) * empty_recent_rate:
                     case = case.without_recent()
                 cases.append(case)
