@@ -78,10 +78,8 @@ def training_cases(
                     case = case.with_profile("")
                 elif draw < replaced:
                     case = case.with_profile(oracle[user])  # type: ignore[index]
-                    # A second draw only when it can act: at rate 0 the cases stay those of earlier runs.
-                    if empty_recent_rate > 0 and rng.random() < empty_recent_rate:
-                        case = case.without_recent()
-                elif profile and draw < replaced + (1 - replaced) * empty_recent_rate:
+                # A second draw only when it can act: at rate 0 the cases stay those of earlier runs.
+                if case.profile and empty_recent_rate > 0 and rng.random() < empty_recent_rate:
                     case = case.without_recent()
                 cases.append(case)
     return cases
