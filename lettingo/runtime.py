@@ -1,9 +1,13 @@
-"""Process set-up every stage shares: seeds, torch's CPU thread count, third-party deprecation noise, the Trainer."""
+"""Process set-up every stage shares: seeds, torch's CPU thread count, third-party deprecation noise, the Trainer,
+and giving the accelerator's memory back between stages."""
 
 from __future__ import annotations
 
+import gc
 import random
+import sys
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,6 +22,39 @@ THIRD_PARTY_DEPRECATIONS = (
     # lightning/pytorch/utilities/_pytree.py on torch >= 2.10 (Lightning's own use of torch's pytree API)
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
 )
+
+
+#: What :func:`release_accelerator_memory` shuts down first (engines of lower layers register here, e.g. vLLM's).
+_RELEASERS: list[Callable[[], None]] = []
+
+
+def on_release(release: Callable[[], None]) -> None:
+    """Have :func:`release_accelerator_memory` call ``release`` (once, however often it is registered), so that
+    an engine this module cannot import (the layers below it may not be imported here) is shut down with the rest."""
+    if release not in _RELEASERS:
+        _RELEASERS.append(release)
+
+
+def free_accelerator_cache() -> None:
+    """Collect garbage (models in reference cycles) and hand torch's cached CUDA blocks back to the driver; without
+    CUDA only the collection runs."""
+    gc.collect()
+    torch = sys.modules.get("torch")  # a process that never imported torch holds no CUDA memory
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def release_accelerator_memory() -> None:
+    """Give back what this process holds on the accelerator: shut down what registered with :func:`on_release`
+    (every vLLM engine), then :func:`free_accelerator_cache`.
+
+    Call it at the end of every stage and before an engine starts: vLLM refuses to start when less than its
+    ``gpu_memory_utilization`` share is free, which a model or an optimizer state left from an earlier stage of
+    the same process (an 8B f_Rec, a DPO fit) would take. A no-op apart from ``gc.collect()`` on a CPU.
+    """
+    for release in list(_RELEASERS):
+        release()
+    free_accelerator_cache()
 
 
 def quiet_third_party_deprecations() -> None:

@@ -5,18 +5,22 @@ installed, and on a machine with vLLM (and a GPU) a real run."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_vllm import Recorder
+from fixtures_vllm import Recorder, VLLMValidationError
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from lettingo import runtime
 from lettingo.llm import vllm_backend
 from lettingo.llm.base import sample_seed
-from lettingo.llm.pool import BackendPool, shared_engine_order
-from lettingo.llm.vllm_backend import VLLMBackend, close_engines
+from lettingo.llm.models import resolve_model_path
+from lettingo.llm.pool import BackendPool, engine_key, shared_engine_order
+from lettingo.llm.vllm_backend import VLLMBackend, close_engines, engine_dtype
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
@@ -123,6 +127,106 @@ def test_an_adapter_needs_an_engine_with_lora_support(fake_vllm: Recorder, gener
         instantiate(OmegaConf.merge(generator_configs["gen+dpo"], {"enable_lora": False}))
     assert "max_loras" not in fake_vllm.engines[0] and fake_vllm.engines[0]["enable_lora"] is False
     close_engines()
+
+
+def test_auto_and_the_dtype_it_resolves_to_share_one_engine_and_one_place_in_the_order(
+    fake_vllm: Recorder, generator_configs
+) -> None:
+    auto = generator_configs["gen"]
+    named = OmegaConf.merge(generator_configs["gen+dpo"], {"dtype": "bfloat16"})
+    assert auto.dtype == "auto" and engine_key(auto) == engine_key(named)
+    assert shared_engine_order({"gen": auto, "other": OmegaConf.merge(auto, {"dtype": "float16"}),
+                                "gen+dpo": named}) == ["gen", "gen+dpo", "other"]
+    assert instantiate(auto).engine is instantiate(named).engine
+    # the float32 checkpoint of tiny_random runs in bfloat16 on the H100 of the fixture, and vLLM is told so
+    assert len(fake_vllm.engines) == 1 and fake_vllm.engines[0]["dtype"] == "bfloat16"
+    close_engines()
+
+
+def write_config(folder: Path, **config: object) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize(("checkpoint", "capability", "expected"), [
+    ({"torch_dtype": "bfloat16"}, (9, 0), "bfloat16"),  # the checkpoint's own dtype
+    ({"dtype": "float16"}, (8, 0), "float16"),
+    ({"dtype": "float32"}, (9, 0), "bfloat16"),  # float32 checkpoints are downcast to the first supported dtype
+    ({}, (8, 6), "bfloat16"),  # no dtype named: float32
+    ({"torch_dtype": "bfloat16"}, (7, 5), "float16"),  # Turing has no bfloat16: vLLM falls back
+    ({"text_config": {"dtype": "bfloat16"}}, None, "bfloat16"),  # without CUDA: vLLM's CPU platform
+])
+def test_auto_resolves_as_vllm_resolves_it(tmp_path: Path, checkpoint: dict, capability, expected: str) -> None:
+    folder = write_config(tmp_path / "model", **checkpoint)
+    assert engine_dtype("auto", folder, capability) == expected
+    assert engine_dtype("half", folder, capability) == "float16"
+    assert engine_dtype("BFloat16", folder, None) == "bfloat16"
+    with pytest.raises(ValueError, match=r"^dtype: unknown vLLM dtype 'fp8'; known: auto, half"):
+        engine_dtype("fp8", folder, capability)
+
+
+def test_a_missing_model_config_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=rf"^{tmp_path}/config.json: cannot read the model's config"):
+        engine_dtype("auto", tmp_path, (9, 0))
+
+
+def test_an_engine_start_first_frees_the_accelerator(fake_vllm: Recorder, generator_configs,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(runtime, "_RELEASERS", [lambda: calls.append("released")])
+    monkeypatch.setattr(runtime, "free_accelerator_cache", lambda: calls.append("freed"))
+    instantiate(generator_configs["gen"])
+    assert calls == ["released", "freed"] and len(fake_vllm.engines) == 1
+    instantiate(generator_configs["gen+dpo"])  # the live engine: nothing to free
+    assert calls == ["released", "freed"]
+    close_engines()
+
+
+def test_release_accelerator_memory_shuts_the_engines_down(fake_vllm: Recorder, generator_configs) -> None:
+    backend = instantiate(generator_configs["gen"])
+    runtime.release_accelerator_memory()  # what the runner calls at the end of each stage
+    assert fake_vllm.shutdowns == [fake_vllm.engines[0]["model"]] and backend.engine.llm is None
+    runtime.release_accelerator_memory()  # nothing left: a no-op
+    assert len(fake_vllm.shutdowns) == 1
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"temperature": 2.5}, r"^temperature must be in \[0, 2\], got 2.5. \(parameter=temperature, value=2.5\)$"),
+    ({"temperature": -0.1}, r"^temperature must be non-negative, got -0.1."),
+    ({"max_tokens": 0}, r"^max_tokens must be at least 1, got 0."),
+    ({"n": 0}, r"^n must be at least 1, got 0.$"),
+    ({"n": 2, "temperature": 0.0}, r"^n must be 1 when using greedy sampling, got 2.$"),
+    ({"logprobs": -2}, r"^logprobs must be non-negative or -1, got -2."),
+])
+def test_the_fake_refuses_the_sampling_params_vllm_refuses(fake_vllm: Recorder, kwargs: dict, message: str) -> None:
+    with pytest.raises(VLLMValidationError, match=message):
+        sys.modules["vllm"].SamplingParams(**kwargs)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"logprobs": 2, "logprob_token_ids": [1, 2, 3]},
+     r"^When both logprobs and logprob_token_ids are set, logprobs must equal len\(logprob_token_ids\)\. "
+     r"Got logprobs=2, len\(logprob_token_ids\)=3\."),
+    ({"logprob_token_ids": list(range(129))},
+     r"^Requested logprob_token_ids of length 129, which is greater than max allowed: 128"),
+    ({"logprobs": 2, "logprob_token_ids": [5, 512]},
+     r"^token_id\(s\) \[512\] in logprob_token_ids contain out-of-vocab token ids\. Vocabulary size: 512"),
+    ({"logprob_token_ids": [-1]}, r"^token_id\(s\) \[-1\] in logprob_token_ids contain out-of-vocab"),
+    ({"logprobs": 21}, r"^Requested sample logprobs of 21, which is greater than max allowed: 20"),
+    ({"logprobs": -1}, r"^Requested sample logprobs of 512, which is greater than max allowed: 20"),
+])
+def test_the_fake_engine_refuses_the_requests_vllm_refuses(fake_vllm: Recorder, tiny_model_cache: Path,
+                                                           kwargs: dict, message: str) -> None:
+    vllm = sys.modules["vllm"]
+    path = str(resolve_model_path("tiny_random", tiny_model_cache))  # vocab_size 512
+    llm = vllm.LLM(model=path, tokenizer=path)
+    params = vllm.SamplingParams(max_tokens=1, **kwargs)  # accepted when built, refused when the engine takes it
+    with pytest.raises(VLLMValidationError, match=message):
+        llm.generate([{"prompt_token_ids": [1, 2]}], params, use_tqdm=False)
+    assert fake_vllm.calls == []
+    llm.generate([{"prompt_token_ids": [1, 2]}], vllm.SamplingParams(max_tokens=1, logprobs=3,
+                                                                      logprob_token_ids=[0, 7, 511]), use_tqdm=False)
 
 
 @pytest.mark.skipif(HAS_VLLM, reason="vllm is installed here, so there is no missing-package error to check")

@@ -80,6 +80,35 @@ def test_the_config_builds_an_f_rec_on_the_engine_a_generator_of_the_same_model_
     close_engines()
 
 
+def test_the_f_rec_runs_on_the_live_engine_of_a_generator_of_the_same_model_and_dtype(
+    fake_vllm: Recorder, fcfg, compose_cfg, tiny_model_cache: Path
+) -> None:
+    """The paper's generator names its dtype and a longer context (bfloat16, 8192); the f_Rec's defaults (auto,
+    4096) resolve to the same dtype, and the longer context serves its prompts: one engine, the generator's."""
+    backbone = compose_cfg(["backbone=vllm", "backbone.model=tiny_random", f"paths.model_cache={tiny_model_cache}",
+                            "backbone.dtype=bfloat16", "backbone.max_model_len=8192", "backbone.max_loras=4"])
+    generator = instantiate(backbone.backbone)
+    model = instantiate(fcfg().model)
+    model.predict(CASES[:1])
+    assert len(fake_vllm.engines) == 1 and fake_vllm.engines[0]["max_model_len"] == 8192
+    assert vllm_backend.ENGINES.acquire(model.path, model.settings, share=True) is generator.engine
+    close_engines()
+
+
+def test_the_f_rec_starts_its_own_engine_beside_a_shorter_context_or_another_dtype(
+    fake_vllm: Recorder, fcfg, compose_cfg, tiny_model_cache: Path
+) -> None:
+    for override in ("backbone.max_model_len=1024", "backbone.dtype=float16"):
+        backbone = compose_cfg(["backbone=vllm", "backbone.model=tiny_random",
+                                f"paths.model_cache={tiny_model_cache}", override])
+        instantiate(backbone.backbone)
+        instantiate(fcfg().model)
+    assert [(e["max_model_len"], e["dtype"]) for e in fake_vllm.engines] == [
+        (1024, "bfloat16"), (4096, "bfloat16"), (4096, "float16"), (4096, "bfloat16")]
+    assert len(fake_vllm.shutdowns) == 3  # one engine at a time
+    close_engines()
+
+
 def test_each_case_asks_greedily_for_one_token_and_the_three_label_token_ids(fake_vllm: Recorder, fcfg,
                                                                              tiny_model_cache: Path) -> None:
     rcfg = fcfg()

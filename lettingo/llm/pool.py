@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lettingo.llm.base import GenerationBackend
-from lettingo.llm.vllm_backend import EngineSettings, close_engines
+from lettingo.llm.vllm_backend import EngineSettings, close_engines, engine_identity
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +104,14 @@ class PoolView(Mapping[str, GenerationBackend]):
 
 
 def engine_key(config: Mapping[str, Any]) -> tuple[Any, ...] | None:
-    """What decides which engine a backbone config runs on (model and engine settings), for backbones
-    whose views share an engine (vLLM); None for the others (each builds its own model)."""
+    """What decides which engine a backbone config runs on (its model folder and engine settings, resolved as
+    the engine registry compares them: ``dtype: auto`` is the dtype vLLM picks), for backbones whose views share
+    an engine (vLLM); None for the others (each builds its own model)."""
     if str(config.get("_target_")) not in SHARED_ENGINE_TARGETS:
         return None
-    fields = EngineSettings.__dataclass_fields__
-    settings = tuple((key, config[key] if key in config else fields[key].default) for key in fields)
-    return (str(config["_target_"]), str(config["model"]), str(config.get("cache_dir")), settings)
+    settings = EngineSettings.from_values(**{key: config[key] for key in EngineSettings.__dataclass_fields__
+                                             if key in config})
+    return (str(config["_target_"]), *engine_identity(str(config["model"]), str(config["cache_dir"]), settings))
 
 
 def shared_engine_order(configs: Mapping[str, Any]) -> list[str]:

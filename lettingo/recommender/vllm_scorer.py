@@ -3,9 +3,10 @@
 The prompt tokens, label tokens and normalisation are :class:`~lettingo.recommender.llm.ZeroShotLLM`'s
 (:class:`~lettingo.recommender.llm_scoring.LabelWordScorer`,
 :func:`~lettingo.recommender.llm_scoring.label_probabilities`); only the forward pass moves to vLLM.
-The engine is the process's shared one (:func:`lettingo.llm.vllm_backend.open_engine`): a generator
-(``backbone=vllm``) on the same model with the same engine settings runs on the same ``vllm.LLM``. The
-scorer asks the registry for its engine at every ``predict``, so after
+The engine is the process's shared one (:func:`lettingo.llm.vllm_backend.open_engine`): where a generator
+(``backbone=vllm``) on the same model has a live engine of the same dtype (``auto`` resolved) and at least this
+f_Rec's context length, the f_Rec runs on it, whatever its other settings (``share=True``); otherwise it starts
+one with its own. The scorer asks the registry for its engine at every ``predict``, so after
 :func:`~lettingo.llm.vllm_backend.close_engines` (the end of a stage's generation) it starts it again
 rather than failing.
 
@@ -65,16 +66,16 @@ class VLLMLabelScorer:
         **engine: Any,
     ) -> None:
         """Get (or start) the engine of ``model`` under the ``engine`` settings (the fields of
-        :class:`~lettingo.llm.vllm_backend.EngineSettings`, as in ``backbone=vllm``; equal values share its
-        engine). ``cases_per_call``: cases handed to vLLM's ``generate`` at once. Raises ``ImportError`` with
-        instructions where vLLM is not installed.
+        :class:`~lettingo.llm.vllm_backend.EngineSettings`, as in ``backbone=vllm``); a live generator engine of
+        the same model that covers them serves instead. ``cases_per_call``: cases handed to vLLM's ``generate``
+        at once. Raises ``ImportError`` with instructions where vLLM is not installed.
         """
         if cases_per_call < 1:
             raise ValueError(f"cases_per_call must be at least 1, got {cases_per_call}")
         self.name = name
         self.cases_per_call = cases_per_call
         self.settings = EngineSettings.from_values(**engine)
-        self.registry, self.path, started = open_engine(model, cache_dir, self.settings, registry)
+        self.registry, self.path, started = open_engine(model, cache_dir, self.settings, registry, share=True)
         self.scorer = LabelWordScorer.from_config(started.tokenizer, prompt, item_text, label_words)
 
     def sampling_params(self) -> Any:
@@ -90,7 +91,7 @@ class VLLMLabelScorer:
 
     def predict(self, cases: Sequence[RecCase]) -> np.ndarray:
         """Label probabilities (n, 3) in LABELS order, ``cases_per_call`` cases per call of vLLM."""
-        llm = self.registry.acquire(self.path, self.settings).llm
+        llm = self.registry.acquire(self.path, self.settings, share=True).llm
         params = self.sampling_params()
         rows: list[list[float]] = []
         for start in range(0, len(cases), self.cases_per_call):
