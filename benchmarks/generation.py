@@ -160,7 +160,6 @@ def _local(run: dict, args: argparse.Namespace) -> tuple[int, float, float]:
         args.cache_dir,
         lead_in=LEAD_IN,
         batch_size=run["batch"],
-        num_threads=args.threads,
         dtype=run["dtype"],
     )
     prompts, prompt_tokens = _prompts(backend, run, args)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+import torch
 from omegaconf import OmegaConf
 
 from lettingo.llm.local import LocalBackend
@@ -52,8 +53,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     prompts, cfg = run_prompts(args.run, args.set, max(args.users, 32))
     backbone = cfg.sampling.backbones.primary
+    torch.set_num_threads(args.threads)
     backend = LocalBackend(str(backbone.name), str(backbone.model), cfg.paths.model_cache, batch_size=32,
-                           num_threads=args.threads, dtype=str(backbone.dtype))
+                           dtype=str(backbone.dtype))
     rendered = [backend.render(p) for p in prompts]
     tokens = sum(backend.count_tokens(r) for r in rendered) / len(rendered)
     print(f"{backbone.name} ({backend.model.dtype}), {args.threads} threads; overrides {args.set or 'none'}; "

@@ -7,14 +7,17 @@ artifact the store answers one question, :meth:`ArtifactStore.prepare`:
 - ``done``: finished for these inputs: reuse it;
 - ``partial``: chunks written for these inputs by an interrupted (or smaller) run: keep them and
   compute only the missing rows;
-- ``new``: nothing valid; an artifact made from other inputs is moved aside (never deleted) to
-  `<name>.stale-<time>/`, with one log line saying so.
+- ``new``: nothing valid; what is there (made from other inputs, left unfinished by an interrupted run,
+  or with an unreadable `_meta.json` / `_progress.json`) is moved aside (never deleted) to
+  `<name>.stale-<time>/`, with one log line saying which.
 
-Writes are atomic (temp file + rename) and readable by the group (0644).
+Writes are atomic (temp file + rename) and readable by the group (0644); a full disk or a read-only folder
+fails as one :class:`WriteFailed` line naming the file and what to do.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -35,7 +38,16 @@ META_FILE = "_meta.json"
 PROGRESS_FILE = "_progress.json"
 CHUNKS_DIR = "chunks"
 LOCK_FILE = ".lock"
+#: The key of `_meta.json` that records every file's size (bytes) when the artifact was finished.
+FILES_KEY = "files"
 FILE_MODE = 0o644
+DIR_MODE = 0o755
+_ELSEWHERE = "or write elsewhere with paths.output_root=<folder> or run_dir=<folder>"
+_FULL = f"free space on that disk, {_ELSEWHERE}"
+_LOCKED = f"make the folder writable (chmod -R u+w), {_ELSEWHERE}"
+#: What to do when a write fails for a reason the user can fix, by errno.
+WRITE_ADVICE = {errno.ENOSPC: _FULL, errno.EDQUOT: _FULL, errno.EACCES: _LOCKED, errno.EPERM: _LOCKED,
+                errno.EROFS: _LOCKED}
 
 # The artifact registry: every artifact a stage reads or writes is named here.
 SAMPLES = "samples"
@@ -53,6 +65,8 @@ RESULTS = "results"
 ADAPTER_PREFIX = "adapter_"
 
 State = Literal["done", "partial", "new"]
+#: Why an artifact is moved aside when its inputs changed (the default reason).
+OTHER_INPUTS = "was made from other inputs than this config"
 
 
 def adapter_artifact(method: str) -> str:
@@ -66,21 +80,64 @@ def fingerprint(inputs: Mapping[str, Any]) -> str:
     return hashlib.sha256(payload).hexdigest()[:16]
 
 
+class WriteFailed(OSError):
+    """A write refused for a reason the user can fix (full disk, read-only folder): one line naming the path."""
+
+    def __init__(self, target: Path, error: OSError) -> None:
+        super().__init__(error.errno, error.strerror, str(target))
+        self.message = f"cannot write {target}: {error.strerror or error}; {WRITE_ADVICE[error.errno]}"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@contextmanager
+def writing(target: Path) -> Iterator[None]:
+    """A block that writes `target`: a full disk or a read-only folder met in it raises WriteFailed naming `target`."""
+    try:
+        yield
+    except WriteFailed:
+        raise
+    except OSError as error:
+        if error.errno not in WRITE_ADVICE:
+            raise
+        raise WriteFailed(target, error) from error
+
+
+def reserve_folder(base: Path) -> Path:
+    """Create and return the new empty folder `base`, or `base_2`, `base_3`, ... when that name is taken.
+
+    Creating is the test (``mkdir`` fails on an existing folder), so two processes never get the same one.
+    """
+    folder, n = base, 1
+    with writing(base):
+        base.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                folder.mkdir()
+                return folder
+            except FileExistsError:
+                n += 1
+                folder = base.with_name(f"{base.name}_{n}")
+
+
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` (mode 0644) only if the block succeeds."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = None
     try:
-        yield tmp_path
-        if tmp_path.is_file():
-            os.chmod(tmp_path, FILE_MODE)
-        os.replace(tmp_path, target)
+        with writing(target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            os.close(fd)
+            tmp_path = Path(tmp)
+            yield tmp_path
+            if tmp_path.is_file():
+                os.chmod(tmp_path, FILE_MODE)
+            os.replace(tmp_path, target)
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
 
 
@@ -113,6 +170,15 @@ class MissingArtifact(RuntimeError):
     """A stage needs an artifact that the run folder does not hold (finished)."""
 
 
+class CorruptRecord(ValueError):
+    """A bookkeeping file (`_meta.json`, `_progress.json`) that is not the record the store wrote."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(f"{path} is truncated or corrupted ({reason}): rerun the stage that makes "
+                         f"{path.parent.name!r}; the store moves that folder aside and remakes it")
+
+
 class ReadOnlyStore(RuntimeError):
     """A write to a read-only store: a process that is not rank 0 tried to change the run folder."""
 
@@ -137,12 +203,19 @@ class ArtifactStore:
         return self.root / name
 
     def meta(self, name: str) -> dict[str, Any] | None:
-        """The recorded metadata of a finished artifact, or None when it is not finished."""
-        return _read_json(self.path(name) / META_FILE)
+        """The recorded metadata of a finished artifact, or None when it is not finished.
+
+        Raises CorruptRecord naming the file when `_meta.json` is unreadable.
+        """
+        return _read_record(self.path(name) / META_FILE)
+
+    def progress(self, name: str) -> dict[str, Any] | None:
+        """The record of the work started on artifact `name` (its `_progress.json`), or None when there is none."""
+        return _read_record(self.path(name) / PROGRESS_FILE)
 
     def fingerprint_of(self, name: str) -> str | None:
         """The fingerprint artifact `name` was made (or is being made) for; None when absent."""
-        record = self.meta(name) or _read_json(self.path(name) / PROGRESS_FILE)
+        record = self.meta(name) or self.progress(name)
         return None if record is None else str(record["fingerprint"])
 
     def identity(self, config: Mapping[str, Any], inputs: Sequence[str] = ()) -> str:
@@ -151,44 +224,91 @@ class ArtifactStore:
 
     def require(self, name: str, made_by: str) -> dict[str, Any]:
         """The metadata of finished artifact `name`; raises MissingArtifact naming the folder and the command."""
-        meta = self.meta(name)
+        command = f"`lettingo stage={made_by} run_dir={self.root}` (same overrides)"
+        try:
+            meta = self.meta(name)
+        except CorruptRecord as bad:
+            raise MissingArtifact(f"{bad.path} is truncated or corrupted ({bad.reason}): remake {name!r} with "
+                                  f"{command}; the store moves the unreadable folder aside") from None
         if meta is None:
-            raise MissingArtifact(f"no finished {name!r} in {self.root}: make it with "
-                                  f"`lettingo stage={made_by} run_dir={self.root}` (same overrides)")
+            raise MissingArtifact(f"no finished {name!r} in {self.root}: make it with {command}")
+        changed = _changed_file(self.path(name), meta)
+        if changed is not None:
+            raise MissingArtifact(f"{changed}: remake {name!r} with {command}; the store moves the damaged "
+                                  "folder aside")
         return meta
 
     def prepare(self, name: str, fp: str) -> State:
-        """Decide what to do with artifact `name` for inputs `fp` (see the module docstring)."""
-        if (self.meta(name) or {}).get("fingerprint") == fp:
-            return "done"
-        if (_read_json(self.path(name) / PROGRESS_FILE) or {}).get("fingerprint") == fp:
-            return "partial"
+        """Decide what to do with artifact `name` for inputs `fp` (see the module docstring).
+
+        An unreadable `_meta.json` or `_progress.json`, or a file whose size differs from the one recorded when
+        the artifact was finished, makes the whole folder untrusted: the store writes atomically, so such damage
+        comes from outside it (a copy cut short, a full disk, an edit) and what the folder holds is unknown.
+        The folder is moved aside and remade.
+        """
+        reason = self._damage(name)
+        if reason is None:
+            meta, progress = self.meta(name), self.progress(name)
+            if meta is not None and meta["fingerprint"] == fp:
+                return "done"
+            if progress is not None and progress["fingerprint"] == fp:
+                return "partial"
+            if meta is not None:
+                reason = OTHER_INPUTS
+            elif progress is not None:
+                reason = "was partly made from other inputs than this config"
+            else:
+                reason = _unfinished(self.path(name))
         if not self.read_only:
-            self.move_aside(name)
+            self.move_aside(name, reason)
         return "new"
 
-    def move_aside(self, name: str) -> Path | None:
-        """Rename artifact `name` to `<name>.stale-<time>` (inputs changed); return the new path."""
+    def _damage(self, name: str) -> str | None:
+        """Why nothing in artifact `name`'s folder can be trusted (see :meth:`prepare`); None when nothing says so."""
+        try:
+            meta = self.meta(name)
+            self.progress(name)
+        except CorruptRecord as bad:
+            return f"has an unreadable {bad.path.name} ({bad.reason}), so nothing in it is trusted"
+        changed = None if meta is None else _changed_file(self.path(name), meta)
+        return None if changed is None else f"has a damaged file ({changed})"
+
+    def move_aside(self, name: str, reason: str = OTHER_INPUTS) -> Path | None:
+        """Rename artifact `name` to `<name>.stale-<time>` and log why (``reason``); return the new path."""
         folder = self.path(name)
         if not folder.exists():
             return None
         self._writable(f"moving {name} aside")
         # folder.name, not name: a nested artifact (align/dpo) stays in its parent folder
-        stale = folder.with_name(f"{folder.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
-        folder.rename(stale)
-        log.warning("%s was made from other inputs than this config: moved aside to %s", name, stale)
+        stale = reserve_folder(folder.with_name(f"{folder.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}"))
+        with writing(folder):
+            folder.rename(stale)  # onto the empty folder just reserved: POSIX rename replaces an empty directory
+        log.warning("%s %s: moved aside to %s", name, reason, stale)
         return stale
 
     def finish(self, name: str, fp: str, **info: Any) -> None:
-        """Mark artifact `name` finished for fingerprint `fp` (written last, atomically)."""
+        """Mark artifact `name` finished for fingerprint `fp` (written last, atomically).
+
+        The size of every file in the folder is recorded with it, so a file cut short later (a copy, a full
+        disk) is found before it is reused (see :meth:`prepare` and :meth:`require`).
+        """
         self._writable(f"finishing {name}")
-        write_json_atomic(self.path(name) / META_FILE, {"fingerprint": fp, **info})
+        folder = self.path(name)
+        files = {str(path.relative_to(folder)): path.stat().st_size for path in sorted(folder.rglob("[!._]*"))
+                 if path.is_file()}
+        write_json_atomic(folder / META_FILE, {"fingerprint": fp, **info, FILES_KEY: files})
+
+    def _unfinish(self, name: str) -> None:
+        """Remove artifact `name`'s `_meta.json` before its data changes (it is unfinished until `finish`)."""
+        meta = self.path(name) / META_FILE
+        with writing(meta):
+            meta.unlink(missing_ok=True)
 
     def write_table(self, name: str, frame: pd.DataFrame, fp: str, **info: Any) -> Path:
         """Write a whole table artifact (`data.parquet`) and mark it finished."""
         self._writable(f"writing {name}")
         self.prepare(name, fp)
-        (self.path(name) / META_FILE).unlink(missing_ok=True)
+        self._unfinish(name)
         target = write_parquet_atomic(self.path(name) / "data.parquet", frame)
         self.finish(name, fp, rows=len(frame), **info)
         return target
@@ -228,7 +348,7 @@ class ArtifactStore:
     def append_chunk(self, name: str, frame: pd.DataFrame) -> Path:
         """Atomically add one chunk of rows to a chunked artifact (it is unfinished until `finish`)."""
         self._writable(f"adding a chunk to {name}")
-        (self.path(name) / META_FILE).unlink(missing_ok=True)
+        self._unfinish(name)
         index = len(self.chunk_paths(name))
         return write_parquet_atomic(self.path(name) / CHUNKS_DIR / f"part-{index:06d}.parquet", frame)
 
@@ -236,7 +356,7 @@ class ArtifactStore:
         """Write a JSON artifact (`<name>/data.json`) and mark it finished."""
         self._writable(f"writing {name}")
         self.prepare(name, fp)
-        (self.path(name) / META_FILE).unlink(missing_ok=True)
+        self._unfinish(name)
         target = write_json_atomic(self.path(name) / "data.json", obj)
         self.finish(name, fp, **info)
         return target
@@ -249,9 +369,10 @@ class ArtifactStore:
     def lock(self) -> Iterator[None]:
         """Hold the run folder for this process; another process gets RunFolderInUse naming our pid."""
         self._writable("locking the run folder")
-        self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / LOCK_FILE
-        handle = path.open("a+")
+        with writing(path):
+            self.root.mkdir(parents=True, exist_ok=True)
+            handle = path.open("a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -271,5 +392,34 @@ class ArtifactStore:
             handle.close()
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.exists() else None
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """The bookkeeping record in `path`; None when there is none; CorruptRecord when it is unreadable."""
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError as error:  # JSONDecodeError, or bytes that are not UTF-8
+        raise CorruptRecord(path, f"{len(text)} bytes, not JSON: {error}") from None
+    if not isinstance(record, dict) or "fingerprint" not in record:
+        raise CorruptRecord(path, "no fingerprint recorded")
+    return record
+
+
+def _changed_file(folder: Path, meta: Mapping[str, Any]) -> str | None:
+    """The first file of a finished artifact that is missing or not the size `meta` recorded; None when all are."""
+    for relative, size in (meta.get(FILES_KEY) or {}).items():
+        path = folder / relative
+        if not path.is_file():
+            return f"{path} is missing"
+        if path.stat().st_size != size:
+            return f"{path} is {path.stat().st_size} bytes where {size} were written: truncated or changed since"
+    return None
+
+
+def _unfinished(folder: Path) -> str:
+    """Why an artifact folder with neither `_meta.json` nor `_progress.json` is not trusted."""
+    temps = sorted(str(p.relative_to(folder)) for p in folder.rglob(".*.tmp"))
+    left = f"; half-written {', '.join(temps)}" if temps else ""
+    return f"was left unfinished by an interrupted run (no {META_FILE}{left})"

@@ -2,39 +2,86 @@
 
 The Hydra config sets ``hydra.run.dir`` to ``${lettingo_run_dir:<experiment root>,${stage},${run_dir}}``;
 :func:`register_resolvers` must run before Hydra composes (the console script and the tests call it).
+The Hydra callback :class:`WritableRunFolder` checks the folder can be written before Hydra writes into it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import time
+import sys
+import tempfile
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from lettingo.artifacts import WriteFailed, reserve_folder, writing
 
 RESOLVER = "lettingo_run_dir"
 JOB_HASH = "lettingo_job_hash"
 CPU_PRECISION = "lettingo_cpu_precision"
 #: The symlink, inside an experiment's folder, to the run folder a single stage continues.
 LATEST = "latest"
-#: Name of a new run folder (local time when the config is first resolved).
+#: Name of a new run folder (local time when the config is first resolved; `_2`, `_3`, ... is added when
+#: another run took that name in the same second).
 FOLDER_FORMAT = "%Y-%m-%d_%H-%M-%S"
 PIPELINE = "pipeline"
 
 
-def run_folder(root: str, stage: str, run_dir: str | None = None) -> str:
+def run_folder(root: str, stage: str, run_dir: str | None = None, now: Callable[[], datetime] = datetime.now) -> str:
     """The run folder of ``stage`` under the experiment folder ``root``.
 
     ``run_dir`` when given; else, for a single stage (not ``pipeline``), the target of ``<root>/latest``
     when that symlink exists, so ``stage=align`` continues the run whose pairs it needs; else a new
-    folder ``<root>/<date_time>``.
+    folder ``<root>/<date_time>``, created here so that no other run started in the same second gets it
+    (that one gets ``<date_time>_2``). ``now`` is the clock (tests pass a fixed one).
     """
     if run_dir is not None and str(run_dir) != "":
         return str(run_dir)
     latest = Path(root) / LATEST
     if str(stage) != PIPELINE and latest.is_symlink() and latest.exists():
         return str(latest.resolve())
-    return str(Path(root) / time.strftime(FOLDER_FORMAT))
+    return str(reserve_folder(Path(root) / now().strftime(FOLDER_FORMAT)))
+
+
+def check_writable(folder: Path) -> None:
+    """Raise WriteFailed naming ``folder`` when it (or, while it does not exist, the folder it would be made in)
+    cannot be written: a read-only folder or file system, a full disk.
+
+    The probe is an unnamed temporary file (``O_TMPFILE``), so nothing appears in the folder.
+    """
+    existing = next(path for path in (folder, *folder.parents) if path.exists())
+    with writing(folder), tempfile.TemporaryFile(dir=existing):
+        pass
+
+
+class WritableRunFolder(Callback):
+    """Hydra callback (see `conf/hydra/default.yaml`): a run folder that cannot be written ends the command with
+    one line naming it, before Hydra's own writes there (its log, `.hydra/`) would fail with a long traceback."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Check the single run's folder (resolving ``hydra.run.dir`` makes a new dated folder)."""
+        self._check(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Check the sweep's folder."""
+        self._check(config, "hydra.sweep.dir")
+
+    @staticmethod
+    def _check(config: DictConfig, key: str) -> None:
+        try:
+            check_writable(Path(str(OmegaConf.select(config, key))))
+        except Exception as error:
+            cause: BaseException | None = error  # OmegaConf wraps what a resolver raises (as the context)
+            while cause is not None and not isinstance(cause, WriteFailed):
+                cause = cause.__cause__ or cause.__context__
+            if cause is None:
+                raise
+            print(f"error: {cause}", file=sys.stderr)
+            raise SystemExit(1) from None
 
 
 def job_hash(overrides: str) -> str:

@@ -7,7 +7,6 @@ Stages log metrics named `<stage>/<split>/<metric>`, tables (pandas) and images 
 from __future__ import annotations
 
 import csv
-import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -89,7 +88,12 @@ class CsvTracker(Tracker):
 
 
 class WandbTracker(Tracker):
-    """A W&B run; offline by default, with every W&B folder inside the run folder."""
+    """A W&B run; offline by default, its files under ``dir``.
+
+    W&B's cache, config and data folders come from its environment variables (``WANDB_CACHE_DIR``, ...),
+    which the `lettingo` command sets for the job (``hydra.job.env_set``) to folders inside the run folder;
+    without them W&B uses the home folder.
+    """
 
     def __init__(
         self,
@@ -105,10 +109,6 @@ class WandbTracker(Tracker):
 
         self.dir = Path(dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        # Without these W&B also writes under the home folder.
-        for var, sub in (("WANDB_DIR", ""), ("WANDB_CACHE_DIR", ".cache"), ("WANDB_CONFIG_DIR", ".config"),
-                         ("WANDB_DATA_DIR", ".data")):
-            os.environ[var] = str(self.dir / "wandb" / sub) if sub else str(self.dir)
         self._wandb = wandb
         self.run = wandb.init(
             project=project, group=group, job_type=job_type, name=name, tags=list(tags), mode=mode,

@@ -26,7 +26,7 @@ def tiny_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_backend(tiny_model_cache: Path) -> LocalBackend:
     """``LocalBackend`` over ``tiny_random`` (chat template, 512-token vocabulary), float32, one CPU thread."""
-    return LocalBackend("tiny_random", "tiny_random", tiny_model_cache, batch_size=4, num_threads=1, dtype="float32")
+    return LocalBackend("tiny_random", "tiny_random", tiny_model_cache, batch_size=4, dtype="float32")
 
 
 @pytest.fixture(scope="session")

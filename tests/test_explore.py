@@ -94,8 +94,8 @@ class Untouchable(dict):
 def tiny(tmp_path_factory) -> dict[str, LocalBackend]:
     cache = tmp_path_factory.mktemp("models")
     return {
-        "tiny_a": LocalBackend("tiny_a", "tiny_random:0", cache, batch_size=8, num_threads=1),
-        "tiny_b": LocalBackend("tiny_b", "tiny_random:1", cache, batch_size=8, num_threads=1),
+        "tiny_a": LocalBackend("tiny_a", "tiny_random:0", cache, batch_size=8),
+        "tiny_b": LocalBackend("tiny_b", "tiny_random:1", cache, batch_size=8),
     }
 
 

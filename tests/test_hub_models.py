@@ -189,7 +189,7 @@ def test_a_snapshot_fetched_in_part_is_used_when_it_has_a_config(monkeypatch, tm
 
 
 def test_the_local_generator_loads_by_id_and_matches_tiny_random(offline_hub: Path, tiny_backend) -> None:  # noqa: F811
-    backend = LocalBackend("hub", LLAMA, "/unused", batch_size=2, num_threads=1, dtype="float32")
+    backend = LocalBackend("hub", LLAMA, "/unused", batch_size=2, dtype="float32")
     prompt = backend.render("The user rated Toy Story (1995) 5/5 and Fargo (1996) 2/5.")
     result = backend.generate([prompt], n=2, max_new_tokens=4, seed=0)
     assert all(1 <= g.completion_tokens <= 4 for g in result[0])

@@ -133,7 +133,7 @@ def test_bad_batch_size_raises(tiny_model_cache) -> None:  # noqa: F811
 
 
 def test_auto_dtype_generates_in_the_fastest_dtype_deterministically(tiny_model_cache) -> None:  # noqa: F811
-    auto = LocalBackend("t", "tiny_random", tiny_model_cache, num_threads=1)
+    auto = LocalBackend("t", "tiny_random", tiny_model_cache)
     assert auto.model.dtype == resolve_dtype("auto", torch.device("cpu")) and not auto.model.training
     assert auto.tokenizer.padding_side == "left" and auto.tokenizer.pad_token is not None
     prompts = [auto.render(i) for i in INSTRUCTIONS]
@@ -154,10 +154,8 @@ def test_a_lora_adapter_is_merged_in(tiny_model_cache, tmp_path) -> None:  # noq
             if "lora_B" in name:  # B starts at zero (a no-op adapter); make it change the model
                 parameter.normal_(0.0, 2.0)
     peft_model.save_pretrained(tmp_path / "adapter")
-    plain = LocalBackend("t", "tiny_random", tiny_model_cache, num_threads=1, dtype="float32")
-    tuned = LocalBackend(
-        "t", "tiny_random", tiny_model_cache, num_threads=1, dtype="float32", adapter=tmp_path / "adapter"
-    )
+    plain = LocalBackend("t", "tiny_random", tiny_model_cache, dtype="float32")
+    tuned = LocalBackend("t", "tiny_random", tiny_model_cache, dtype="float32", adapter=tmp_path / "adapter")
     assert not any("lora" in name for name, _ in tuned.model.named_parameters())
     prompts = [plain.render(i) for i in INSTRUCTIONS]
     assert texts(tuned.generate(prompts, temperature=0, max_new_tokens=8)) != texts(

@@ -125,7 +125,7 @@ def test_concurrent_callers_build_once(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "chat"), [("smollm2_135m", True), ("gemma3_270m", False)])
 def test_bundled_model_loads_from_its_cache_and_generates(bundled_model_cache: Path, name: str, chat: bool) -> None:  # noqa: F811
-    backend = LocalBackend(name, f"bundled:{name}", bundled_model_cache, lead_in="\n\nUser profile:\n", num_threads=2)
+    backend = LocalBackend(name, f"bundled:{name}", bundled_model_cache, lead_in="\n\nUser profile:\n")
     assert backend.chat == chat
     started = time.perf_counter()
     model, _ = load_causal_lm(f"bundled:{name}", bundled_model_cache)  # now from the converted folder

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
+from lettingo import CONFIG_DIR
 from lettingo.pipeline import run
 from lettingo.tracking import CsvTracker
 
@@ -26,6 +29,10 @@ def test_wrapper_closes_wandb_run_when_stage_raises(compose_cfg, tmp_path, monke
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    # What the `lettingo` command sets for the job (hydra.job.env_set): W&B's folders inside the run folder.
+    env_set = OmegaConf.load(Path(CONFIG_DIR) / "hydra" / "default.yaml").job.env_set
+    for var, value in OmegaConf.to_container(env_set).items():
+        monkeypatch.setenv(var, value.replace("${hydra:runtime.output_dir}", str(tmp_path / "run")))
     cfg = compose_cfg(["stage=data", "logger=wandb", "dataset=ml10m", f"dataset.path={tmp_path}/missing"])
     with pytest.raises(Exception, match="missing"):
         run(cfg)

@@ -15,6 +15,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
 from lettingo.align.sharding import without_wrappers
+from lettingo.artifacts import DIR_MODE, FILE_MODE, writing
 from lettingo.llm.base import GenerationBackend
 from lettingo.llm.peft_compat import peft_calls
 
@@ -47,22 +48,30 @@ def save_adapter(model: PeftModel, folder: str | Path, weights: Mapping[str, tor
     ``weights`` (keyed as ``model.state_dict()`` keys them) replace the model's own, which a sharding
     strategy leaves split over the ranks (see :func:`lettingo.align.sharding.gather_adapter`).
     The files are written into a temporary folder beside ``folder`` and moved into place only when
-    complete, so a crash never leaves a half-written adapter.
+    complete, so a crash never leaves a half-written adapter; the folder and its files are readable by
+    the group (0755, 0644), whatever the umask. A full disk or a read-only folder fails in one line
+    naming ``folder`` (:class:`lettingo.artifacts.WriteFailed`).
     """
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    tmp: Path | None = None
     try:
-        if weights is None:
-            model.save_pretrained(tmp)
-        else:
-            with without_wrappers(model):  # PEFT names the adapter's keys after the modules
-                model.save_pretrained(tmp, state_dict=dict(weights))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.rename(tmp, folder)
+        with writing(folder):
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+            if weights is None:
+                model.save_pretrained(tmp)
+            else:
+                with without_wrappers(model):  # PEFT names the adapter's keys after the modules
+                    model.save_pretrained(tmp, state_dict=dict(weights))
+            for path in tmp.rglob("*"):
+                path.chmod(DIR_MODE if path.is_dir() else FILE_MODE)
+            tmp.chmod(DIR_MODE)  # mkdtemp makes it 0700
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.rename(tmp, folder)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

@@ -35,7 +35,6 @@ class LocalBackend(TokenizerPrompts, GenerationBackend):
         cache_dir: str | Path,
         lead_in: str = "",
         batch_size: int = 32,
-        num_threads: int | None = None,
         dtype: str = "auto",
         device: str = "auto",
         adapter: str | Path | None = None,
@@ -43,12 +42,11 @@ class LocalBackend(TokenizerPrompts, GenerationBackend):
         """Load ``model`` (see :func:`lettingo.llm.models.load_causal_lm`), optionally with a PEFT adapter merged in.
 
         ``dtype="auto"`` generates in bfloat16 on CUDA and on CPUs with native bfloat16, else in
-        float32 (see :func:`lettingo.llm.models.resolve_dtype`).
+        float32 (see :func:`lettingo.llm.models.resolve_dtype`). torch's CPU thread count is the process's
+        (the entry point sets it: :func:`lettingo.runtime.seed_everything`).
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if num_threads:
-            torch.set_num_threads(num_threads)
         self.name = name
         self.lead_in = lead_in
         self.batch_size = batch_size
