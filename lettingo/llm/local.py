@@ -7,8 +7,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from lettingo.llm.base import Generation, GenerationBackend, Progress, sample_seed, validate_request
 from lettingo.llm.decoding import PromptBatch, sample
 from lettingo.llm.fast_decode import MASKED_SDPA
@@ -16,6 +14,7 @@ from lettingo.llm.models import load_causal_lm
 from lettingo.llm.padding import pad_sequences
 from lettingo.llm.peft_compat import peft_calls
 from lettingo.llm.prompting import TokenizerPrompts
+from lettingo.runtime import free_accelerator_cache
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +103,6 @@ class LocalBackend(TokenizerPrompts, GenerationBackend):
         return PromptBatch(ids.to(self.model.device), mask.to(self.model.device))
 
     def close(self) -> None:
-        """Drop the model so its memory can be freed."""
+        """Drop the model and give its memory back (:func:`~lettingo.runtime.free_accelerator_cache`)."""
         del self.model
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        free_accelerator_cache()
