@@ -184,7 +184,8 @@ def default_factory(path: str, settings: EngineSettings) -> Any:
 
 
 def shutdown_llm(llm: Any) -> None:
-    """Stop ``llm`` and give its GPU memory back, as far as the installed vLLM allows (best effort)."""
+    """Stop ``llm`` and its distributed state, as far as the installed vLLM allows (best effort); the registry
+    then frees the cached GPU memory (:func:`~lettingo.runtime.free_accelerator_cache`)."""
     for stop in (getattr(llm, "shutdown", None),
                  getattr(getattr(getattr(llm, "llm_engine", None), "engine_core", None), "shutdown", None)):
         if callable(stop):
