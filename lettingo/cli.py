@@ -1,7 +1,9 @@
 """The `lettingo` console script: `lettingo stage=<stage> [group=option ...] [key=value ...]`.
 
-A failure prints one line (what failed and where the full traceback went); `HYDRA_FULL_ERROR=1`
-prints the traceback itself. Every failure also goes to the run folder's log.
+The config is composed and checked first (:func:`check_command_line`, which imports no training stack),
+so a bad value fails in about a second with one line and no run folder. A later failure prints one line
+too (what failed and where the full traceback went); `HYDRA_FULL_ERROR=1` prints the traceback itself.
+Every failure of a run also goes to the run folder's log.
 """
 
 from __future__ import annotations
@@ -11,11 +13,15 @@ import os
 import sys
 
 import hydra
-from hydra.errors import InstantiationException
+from hydra._internal.utils import get_args_parser
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.errors import HydraException, InstantiationException
 from omegaconf import DictConfig
 
 from lettingo import CONFIG_DIR
 from lettingo.run_folders import register_resolvers
+from lettingo.schemas import ConfigError, compose_config, validate_config
 
 register_resolvers()
 
@@ -39,13 +45,64 @@ def one_line(error: BaseException) -> str:
     while isinstance(error, InstantiationException) and error.__cause__ is not None:
         error = error.__cause__
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    plain = type(error) in (ValueError, RuntimeError)
+    plain = type(error) in (ValueError, RuntimeError, ConfigError)
     return text if plain else f"{type(error).__name__}: {text}"
 
 
+#: Flags that show something other than this project's config (or compose another one): nothing to check.
+UNCHECKED_FLAGS = frozenset({"--help", "-h", "--hydra-help", "--version", "--shell-completion", "-sc", "--info", "-i",
+                             "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
+                             "--experimental-rerun"})
+
+
+def sweep_values(override: Override) -> list[str] | None:
+    """The values a swept override takes, None when only the sweeper can list them (``glob``)."""
+    try:
+        return list(override.sweep_string_iterator())
+    except HydraException:
+        return None
+
+
+def job_overrides(overrides: list[str]) -> list[list[str]]:
+    """The overrides of jobs that, between them, give every value of every swept key (``a=1,2 b=x,y,z``:
+    three jobs, not six); a line without sweeps is its one job. A ``glob`` sweep is left to the jobs' own check."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    swept = {i: sweep_values(o) for i, o in enumerate(parsed) if o.is_sweep_override()}
+    jobs = max((len(values) for values in swept.values() if values), default=1)
+    return [[f"{line.split('=', 1)[0]}={swept[i][min(job, len(swept[i]) - 1)]}" if swept.get(i) else line
+             for i, line in enumerate(overrides) if i not in swept or swept[i]] for job in range(jobs)]
+
+
+def check_command_line(argv: list[str]) -> None:
+    """Compose and check the config(s) a command line asks for; on an error print one line and exit 1.
+
+    Runs before Hydra starts anything, so nothing is written (Hydra's own report of a composition error spans
+    several lines, after it made the run folder) and before the training stack is imported.
+    """
+    if any(arg.split("=", 1)[0] in UNCHECKED_FLAGS for arg in argv):
+        return
+    try:
+        for job in job_overrides(get_args_parser().parse_args(argv).overrides):
+            compose_config(job, CONFIG_DIR)
+    except (ValueError, HydraException) as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        sys.exit(1)
+
+
+def main() -> None:
+    """The console script: check the command line's config, then run it with Hydra."""
+    check_command_line(sys.argv[1:])
+    run_job()
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> None:
-    """Compose the config from the command line and run the chosen stage."""
+def run_job(cfg: DictConfig) -> None:
+    """Run the stage(s) of one composed config (a multirun calls this once per job)."""
+    try:
+        validate_config(cfg)  # again for a sweep's jobs (the config's own sweeps were not on the command line)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
     from lettingo.pipeline import run
     from lettingo.runtime import quiet_third_party_deprecations
 

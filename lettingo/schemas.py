@@ -1,32 +1,45 @@
-"""Structured-config schemas of the nodes the stages read, and one check of a composed config.
+"""Structured-config schemas of every config node, and the checks of a composed config.
 
 Each dataclass mirrors one config node: its field types are what OmegaConf checks when the node is
 merged onto it, and its ``__post_init__`` checks the values (as TRL's ``DPOConfig`` does), so a bad
 value fails before any model is loaded, with one line naming the key: ``<key>=<value>: <allowed>``.
-Nodes that Hydra instantiates (backbones, modules, optimizers: they hold ``_target_``) are ``Any``.
+Nodes that Hydra instantiates (backbones, modules, optimizers, the trainer: they hold ``_target_``) are
+``Any``.
 
-The schemas are registered in Hydra's ConfigStore, group ``schema``, one name per node
-(``schema/sampling``, ...). :func:`validate_config` checks a whole composed config.
+:class:`LettingoConfig` is the whole config. It is stored in Hydra's ConfigStore as ``config_schema``,
+the first entry of conf/config.yaml's defaults list, so composition itself checks every type and refuses
+every unknown key (``--cfg job`` included). :func:`validate_config` then checks the values, and
+:func:`config_object` hands a stage the config as one typed object. :func:`compose_config` composes a
+command line and checks it, writing nothing (what the console script does before Hydra starts a run).
 
 A leaf module: it imports only the standard library, omegaconf and hydra.
 """
 
 import dataclasses
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import OverrideType
+from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 __all__ = [
-    "SCHEMAS", "AlignMethodSchema", "AlignSchema", "BootstrapSchema", "ConfigError", "EvaluateSchema",
-    "HistorySchema", "PairsSchema", "RecTrainingSchema", "SamplingSchema", "TestSchema", "check_model_spec",
-    "validate_config",
+    "MAX_NEW_TOKENS", "AlignMethodSchema", "AlignSchema", "BootstrapSchema", "ConfigError", "DatasetSchema",
+    "EvaluateSchema", "HistorySchema", "LettingoConfig", "PairsSchema", "PromptSchema", "RecTrainingSchema",
+    "RecommenderSchema", "SamplingSchema", "TestSchema", "check_global_batch", "check_model_spec", "compose_config",
+    "config_object", "configured_processes", "validate_config",
 ]
+
+#: The longest profile a generator may be asked for, in tokens. The shipped generators' contexts are 4,096
+#: (vLLM's default max_model_len) to 8,192 tokens and an H = 70 prompt takes ~2,500 of them; the paper's
+#: profiles fit in 256. A larger cap cannot fit beside a prompt and would only reserve KV cache for nothing.
+MAX_NEW_TOKENS = 4096
 
 
 class ConfigError(ValueError):
@@ -81,7 +94,112 @@ def one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
     require(value in allowed, key, value, "must be one of " + ", ".join(allowed))
 
 
+def token_cap(key: str, value: int) -> None:
+    require(1 <= value <= MAX_NEW_TOKENS, key, value,
+            f"must be in [1, {MAX_NEW_TOKENS}] (a profile longer than that cannot fit beside its prompt)")
+
+
 # --- the nodes -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PathsSchema:
+    """`paths`: the project root, the run folders and the converted-model cache (conf/paths/)."""
+
+    root_dir: str
+    output_root: str
+    run_dir: str
+    model_cache: str
+
+
+@dataclass
+class LabelsSchema:
+    """`dataset.labels`: the rating thresholds of the three sentiment labels."""
+
+    like_min: float
+    dislike_max: float
+
+    def __post_init__(self) -> None:
+        require(self.dislike_max < self.like_min, "dislike_max", self.dislike_max,
+                f"must be below dataset.labels.like_min ({self.like_min:g})")
+
+
+@dataclass
+class ItemTextSchema:
+    """`dataset.item_text`: how an item is clipped in prompts."""
+
+    max_chars: int
+    review_chars: int
+
+    def __post_init__(self) -> None:
+        at_least("max_chars", self.max_chars, 1)
+        at_least("review_chars", self.review_chars, 0)
+
+
+@dataclass
+class DatasetSchema:
+    """`dataset`: where the interactions come from, how ratings become labels and how users are split."""
+
+    name: str
+    attribute_label: str
+    loader: Any  # instantiated (`_target_`): returns the common interaction schema
+    labels: LabelsSchema
+    histories: list[int]
+    splits: dict[str, int]
+    split_seed: int
+    item_text: ItemTextSchema
+    path: str | None = None  # folder of the published files (datasets no package ships)
+
+    def __post_init__(self) -> None:
+        # A `???` in the YAML cannot mark it required: merged onto this field's default it changes nothing.
+        reads_files = isinstance(self.loader, Mapping) and "path" in self.loader
+        require(self.path is not None or not reads_files, "path", self.path,
+                f"dataset {self.name} is read from its published files: set dataset.path=<folder>")
+        require(len(self.histories) > 0, "histories", self.histories, "must name at least one H")
+        for i, h in enumerate(self.histories):
+            at_least(f"histories[{i}]", h, 1)
+        for split, size in self.splits.items():
+            at_least(f"splits.{split}", size, 0)
+
+
+@dataclass
+class FactsSchema:
+    """`prompt.facts`: the user facts computed from the older history."""
+
+    rating_stats: bool
+    genre_preferences: bool
+    attribute_label: str
+    min_support: int
+    top_k: int
+
+    def __post_init__(self) -> None:
+        at_least("min_support", self.min_support, 1)
+        at_least("top_k", self.top_k, 1)
+
+
+@dataclass
+class PromptSchema:
+    """`prompt` (and each `test.fixed_formats.<name>`): the generator's prompt."""
+
+    name: str
+    facts: FactsSchema
+    listed_items: int | None
+    item_attributes: bool
+    template: str
+    request: str
+
+    def __post_init__(self) -> None:
+        optional_at_least("listed_items", self.listed_items, 0)
+
+
+@dataclass
+class RecPromptSchema:
+    """`recommender.prompt`: the prompt of an LLM f_Rec (head before the profile, tail from it on)."""
+
+    head: str
+    tail: str
+    empty_profile: str
+    lead_in: str
 
 
 @dataclass
@@ -134,7 +252,7 @@ class SamplingSchema:
         optional_at_least("max_users", self.max_users, 0)  # 0: nobody is explored (the reference tables)
         at_least("n", self.n, 1)
         at_least("temperature", self.temperature, 0)
-        at_least("max_new_tokens", self.max_new_tokens, 1)
+        token_cap("max_new_tokens", self.max_new_tokens)
         at_least("users_per_chunk", self.users_per_chunk, 1)
 
 
@@ -202,17 +320,14 @@ class TestSchema:
     temperature: float
     max_new_tokens: int
     users_per_chunk: int
-    fixed_formats: dict[str, Any] = field(default_factory=dict)  # name -> prompt config (none: no such rows)
+    fixed_formats: dict[str, PromptSchema] = field(default_factory=dict)  # name -> prompt (none: no such rows)
 
     def __post_init__(self) -> None:
         require(bool(self.split), "split", self.split, "must name a split")
         optional_at_least("max_users", self.max_users, 1)
         at_least("temperature", self.temperature, 0)
-        at_least("max_new_tokens", self.max_new_tokens, 1)
+        token_cap("max_new_tokens", self.max_new_tokens)
         at_least("users_per_chunk", self.users_per_chunk, 1)
-        for name, prompt in self.fixed_formats.items():
-            require(isinstance(prompt, Mapping) and "template" in prompt and "request" in prompt,
-                    f"fixed_formats.{name}", prompt, "must be a prompt config (with template and request)")
 
 
 @dataclass
@@ -256,9 +371,16 @@ class BatchSchema:
 
     def __post_init__(self) -> None:
         at_least("micro_size", self.micro_size, 1)
-        at_least("global_size", self.global_size, 1)
-        require(self.global_size % self.micro_size == 0, "global_size", self.global_size,
-                f"must be a multiple of align.batch.micro_size ({self.micro_size})")
+        check_global_batch(self.global_size, self.micro_size, 1, key="global_size")
+
+
+def check_global_batch(global_size: int, micro_size: int, processes: int, key: str = "align.batch.global_size") -> None:
+    """Refuse a global batch that ``processes`` processes of ``micro_size`` pairs each cannot make up exactly."""
+    per_pass = micro_size * processes
+    where = f"align.batch.micro_size ({micro_size})" if processes == 1 else \
+        f"align.batch.micro_size x trainer.devices x trainer.num_nodes ({micro_size} x {processes} = {per_pass})"
+    require(global_size >= per_pass and global_size % per_pass == 0, key, global_size,
+            f"must be a positive multiple of {where}: each process runs micro_size pairs per forward")
 
 
 EXAMPLE_KINDS = ("preference", "positive")
@@ -380,30 +502,91 @@ class RecTrainingSchema:
         at_least("patience", self.patience, 0)
 
 
-#: Config node -> its schema, in the order :func:`validate_config` checks them.
-SCHEMAS: dict[str, type] = {
-    "history": HistorySchema,
-    "sampling": SamplingSchema,
-    "evaluate": EvaluateSchema,
-    "pairs": PairsSchema,
-    "align": AlignSchema,
-    "test": TestSchema,
-    "bootstrap": BootstrapSchema,
-    "recommender.training": RecTrainingSchema,
-}
-#: Node -> the key that must be true for it to be checked: only a trainable f_Rec is trained (a zero-shot one
-#: may still carry an experiment's training settings, unread).
-CHECKED_WHEN = {"recommender.training": "recommender.trainable"}
+@dataclass
+class RecommenderSchema:
+    """`recommender` (and `evaluate.tabular.plain` / `.oracle`): the f_Rec and, when trainable, its training."""
+
+    name: str
+    trainable: bool
+    model: Any  # instantiated (`_target_`): the f_Rec itself
+    prompt: RecPromptSchema | None = None  # the LLM f_Rec's prompt (none for the others)
+    training: RecTrainingSchema | None = None  # how stage train_rec trains it (a trainable f_Rec only)
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.model, Mapping) and "_target_" in self.model, "model", self.model,
+                "must be an f_Rec config (with _target_)")
+        require(not self.trainable or self.training is not None, "training", None,
+                "a trainable f_Rec needs a training node (conf/recommender/shared/training.yaml)")
 
 
-def register_schemas() -> None:
-    """Store every schema in Hydra's ConfigStore as ``schema/<node>``."""
-    store = ConfigStore.instance()
-    for name, schema in SCHEMAS.items():
-        store.store(group="schema", name=name, node=schema)
+@dataclass
+class DistributedSchema:
+    """`distributed`: how the ranks of a multi-process run wait for each other."""
+
+    timeout_s: float
+    stage_wait_s: float
+    monitor_interval_s: float
+    shutdown_timeout_s: int
+
+    def __post_init__(self) -> None:
+        for key in ("timeout_s", "stage_wait_s", "monitor_interval_s"):
+            require(getattr(self, key) > 0, key, getattr(self, key), "must be > 0 (seconds)")
+        at_least("shutdown_timeout_s", self.shutdown_timeout_s, 0)
 
 
-register_schemas()
+def configured_processes(trainer: Mapping[str, Any]) -> int | None:
+    """Processes a fit of ``trainer`` (a `trainer` node) runs on, devices x nodes, as far as the config says:
+    None where only the machine knows (``devices: -1`` or ``auto`` off the CPU: every visible GPU)."""
+    devices = trainer.get("devices", 1)
+    if isinstance(devices, Sequence) and not isinstance(devices, str):
+        count = len(devices)
+    elif str(devices) in ("-1", "auto"):
+        if str(trainer.get("accelerator", "cpu")) != "cpu":
+            return None
+        count = 1
+    else:
+        count = int(devices)
+    return count * int(trainer.get("num_nodes", 1))
+
+
+@dataclass
+class LettingoConfig:
+    """The whole composed config (conf/config.yaml and its groups): what a stage receives, one typed object."""
+
+    stage: str
+    stop_after: str | None
+    experiment_name: str
+    run_dir: str | None
+    seed: int
+    num_threads: int | None
+    tags: list[str]
+    paths: PathsSchema
+    dataset: DatasetSchema
+    history: HistorySchema
+    backbone: Any  # instantiated (`_target_`): the generator that is aligned
+    sampling: SamplingSchema
+    prompt: PromptSchema
+    recommender: RecommenderSchema
+    evaluate: EvaluateSchema
+    pairs: PairsSchema
+    align: AlignSchema
+    test: TestSchema
+    trainer: Any  # instantiated (`_target_`): the Lightning Trainer
+    logger: Any  # instantiated (`_target_`): the tracker
+    bootstrap: BootstrapSchema
+    distributed: DistributedSchema
+
+    def __post_init__(self) -> None:
+        at_least("seed", self.seed, 0)
+        optional_at_least("num_threads", self.num_threads, 1)
+        processes = configured_processes(self.trainer)
+        if processes is not None:  # else align checks it once the GPUs are counted
+            check_global_batch(self.align.batch.global_size, self.align.batch.micro_size, processes)
+
+
+#: The name of :class:`LettingoConfig` in Hydra's ConfigStore: the first entry of conf/config.yaml's defaults.
+CONFIG_SCHEMA = "config_schema"
+ConfigStore.instance().store(name=CONFIG_SCHEMA, node=LettingoConfig)
 
 
 # --- model specs -----------------------------------------------------------------------------------------
@@ -465,7 +648,7 @@ def _from_omegaconf(node: str, error: OmegaConfBaseException, plain: Any) -> Con
     first = text.splitlines()[0] if text.strip() else type(error).__name__
     if isinstance(error, MissingMandatoryValue):
         return ConfigError(key, "???", "a value is required").under(node)
-    if isinstance(error, ConfigKeyError):
+    if isinstance(error, ConfigKeyError | ConfigAttributeError):
         return ConfigError(key, _lookup(plain, key), "unknown key (" + first + ")").under(node)
     converted = re.search(r"could not be converted to (\w+)", first)
     allowed = CONVERSIONS.get(converted.group(1), first) if converted else first
@@ -491,7 +674,7 @@ def _build(node: DictConfig, path: str) -> None:
     for key in node.keys():
         child = node._get_node(key)
         if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
-            _build(child, f"{path}.{key}")
+            _build(child, f"{path}.{key}" if path else str(key))
     if dataclasses.is_dataclass(OmegaConf.get_type(node)):
         try:
             OmegaConf.to_object(node)
@@ -499,34 +682,106 @@ def _build(node: DictConfig, path: str) -> None:
             raise error.under(path) from None
 
 
-def validate_node(cfg: DictConfig, name: str, schema: type) -> None:
-    """Check node ``name`` of ``cfg`` against ``schema``; raise :class:`ConfigError` (one line)."""
-    node = OmegaConf.select(cfg, name, throw_on_missing=False)
-    if node is None:
-        raise ConfigError(name, "???", f"the config has no {name} node (conf/{name.split('.')[0]}/ or config.yaml)")
-    try:
-        plain = OmegaConf.to_container(node, resolve=True)
-    except OmegaConfBaseException as error:  # keys are already full here
-        raise _from_omegaconf("", error, None) from None
+#: What validation puts in place of ``paths.run_dir``: Hydra picks the folder only when a run starts, and no
+#: check reads it.
+RUN_DIR_UNKNOWN = "<run folder>"
+
+
+def _plain(cfg: DictConfig, run_dir: str | None = None) -> dict[str, Any]:
+    """``cfg`` as an unresolved plain container to build the schema from: without Hydra's node, with
+    ``paths.run_dir`` set to ``run_dir`` when given, and without the `training` node of a zero-shot f_Rec
+    (an experiment's training settings stay there, unread, when another f_Rec is picked)."""
+    plain = OmegaConf.to_container(cfg, resolve=False)
     if not isinstance(plain, dict):
-        fields = ", ".join(f.name for f in dataclasses.fields(schema))
-        raise ConfigError(name, plain, f"must be a mapping with keys {fields}")
+        raise ConfigError("", plain, "the config must be a mapping")
+    plain.pop("hydra", None)
+    if run_dir is not None and isinstance(plain.get("paths"), dict):
+        plain["paths"]["run_dir"] = run_dir
+    recommender = plain.get("recommender")
+    if isinstance(recommender, dict) and recommender.get("trainable") is not True:
+        recommender["training"] = None
+    return plain
+
+
+def _structured(plain: dict[str, Any]) -> DictConfig:
+    """``plain`` merged onto :class:`LettingoConfig` (types and keys checked); one-line :class:`ConfigError`."""
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), plain)
-        _build(merged, name)
-    except ConfigError:
-        raise
+        return OmegaConf.merge(OmegaConf.structured(LettingoConfig), plain)
     except OmegaConfBaseException as error:
-        raise _from_omegaconf(name, error, plain) from None
+        raise _from_omegaconf("", error, plain) from None
 
 
 def validate_config(cfg: DictConfig) -> None:
-    """Check every node with a schema (:data:`SCHEMAS`) and every model spec, loading nothing.
+    """Check every node against its schema (types, unknown keys, values) and every model spec, loading nothing.
 
     Raises :class:`ConfigError` (a ``ValueError``) whose message is one line ``<key>=<value>: <allowed>``.
     """
-    for name, schema in SCHEMAS.items():
-        if name not in CHECKED_WHEN or OmegaConf.select(cfg, CHECKED_WHEN[name], default=False) is True:
-            validate_node(cfg, name, schema)
+    _check(_structured(_plain(cfg, run_dir=RUN_DIR_UNKNOWN)))
     for key, spec in model_specs(cfg):
         check_model_spec(key, spec)
+
+
+def config_object(cfg: DictConfig) -> LettingoConfig:
+    """The composed config as one typed object, every node checked by its schema (what a stage reads).
+
+    Nodes Hydra instantiates stay plain dicts (``hydra.utils.instantiate`` takes them as they are).
+    """
+    merged = _structured(_plain(cfg))
+    try:
+        return OmegaConf.to_object(merged)
+    except (ConfigError, OmegaConfBaseException):
+        _check(merged)  # node by node, so that the error names the whole key
+        raise
+
+
+def _check(merged: DictConfig) -> None:
+    """Build every schema of ``merged`` deepest first; the first failure as a one-line :class:`ConfigError`."""
+    try:
+        _build(merged, "")
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as error:
+        raise _from_omegaconf("", error, None) from None
+
+
+def check_overrides(overrides: Sequence[str], cfg: DictConfig) -> None:
+    """Refuse a command-line override that Hydra would apply as a no-op: ``key={}`` on a mapping that has
+    entries (Hydra merges a mapping override into the mapping there, so ``sampling.backbones={}`` kept the
+    default backbone)."""
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        if override.type != OverrideType.CHANGE or override.is_sweep_override():
+            continue
+        key, value = override.key_or_group, override.value()
+        current = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if value == {} and isinstance(current, DictConfig) and len(current) > 0:
+            raise ConfigError(key, value, f"Hydra merges a mapping into {key}, so {{}} leaves its entries "
+                                          f"{', '.join(map(str, current))} as they were; drop one with ~{key}.<name>")
+
+
+def composition_error(error: HydraException, overrides: Sequence[str]) -> ValueError:
+    """A Hydra composition error as one line: the :class:`ConfigError` of the OmegaConf error behind it (with
+    the value ``overrides`` gave its key), or Hydra's own message up to its config search path."""
+    if not isinstance(error.__cause__, OmegaConfBaseException):
+        return ValueError(one_line(str(error).split("Config search path")[0], limit=300))
+    given = dict(line.lstrip("~+").split("=", 1) for line in overrides if "=" in line)
+    found = _from_omegaconf("", error.__cause__, None)
+    return ConfigError(found.key, given[found.key], found.allowed) if found.key in given else found
+
+
+def compose_config(overrides: Sequence[str], config_dir: str, config_name: str = "config") -> DictConfig:
+    """Compose ``config_name`` of ``config_dir`` with command-line ``overrides`` and check it, writing nothing.
+
+    Raises a ``ValueError`` whose message is one line (a :class:`ConfigError` where a key is at fault).
+    """
+    from hydra import compose, initialize_config_dir
+
+    try:
+        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=list(overrides))
+    except HydraException as error:
+        raise composition_error(error, overrides) from None
+    except OmegaConfBaseException as error:
+        raise _from_omegaconf("", error, None) from None
+    check_overrides(overrides, cfg)
+    validate_config(cfg)
+    return cfg

@@ -10,6 +10,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lettingo import CONFIG_DIR
+from lettingo.schemas import ConfigError, validate_config
 
 CONF = Path(CONFIG_DIR)
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
@@ -118,7 +119,7 @@ def compose_override(tmp_path, overrides: list[str]) -> DictConfig:
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("config", overrides=[f"paths.run_dir={tmp_path}", *overrides])
-        if OmegaConf.is_missing(cfg.dataset, "path"):
+        if "path" in cfg.dataset.loader:
             cfg = compose("config", overrides=[f"paths.run_dir={tmp_path}", *overrides, *FILL_REQUIRED])
         return cfg
 
@@ -126,7 +127,7 @@ def compose_override(tmp_path, overrides: list[str]) -> DictConfig:
 def compose_filled(compose_cfg, overrides: list[str]) -> DictConfig:
     """Compose with ``overrides``, filling the required values (`???`) of the config when it has them."""
     cfg = compose_cfg(overrides)
-    return compose_cfg([*overrides, *FILL_REQUIRED]) if OmegaConf.is_missing(cfg.dataset, "path") else cfg
+    return compose_cfg([*overrides, *FILL_REQUIRED]) if "path" in cfg.dataset.loader else cfg
 
 
 def hydra_cfg(overrides: list[str]) -> DictConfig:
@@ -143,13 +144,16 @@ def hydra_cfg(overrides: list[str]) -> DictConfig:
 @pytest.mark.parametrize("dataset", EXTERNAL_DATASETS)
 def test_external_datasets_require_their_path(compose_cfg, dataset: str) -> None:
     cfg = compose_cfg([f"dataset={dataset}"])
-    assert OmegaConf.is_missing(cfg.dataset, "path")
+    with pytest.raises(ConfigError, match=rf"^dataset\.path=null: dataset {dataset} is read from its published files"):
+        validate_config(cfg)
     assert compose_cfg([f"dataset={dataset}", "dataset.path=/data/x"]).dataset.loader.path == "/data/x"
 
 
 @pytest.mark.parametrize("dataset", ["ml100k", "ml1m"])
 def test_shipped_datasets_have_no_path(compose_cfg, dataset: str) -> None:
-    assert "path" not in compose_cfg([f"dataset={dataset}"]).dataset
+    cfg = compose_cfg([f"dataset={dataset}"])
+    assert cfg.dataset.path is None and "path" not in cfg.dataset.loader
+    validate_config(cfg)
 
 
 def test_one_bootstrap_node_and_the_evaluate_and_test_nodes(compose_cfg) -> None:

@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from lettingo.schemas import SCHEMAS, ConfigError, check_model_spec, validate_config
+from lettingo import CONFIG_DIR
+from lettingo.schemas import (
+    CONFIG_SCHEMA,
+    MAX_NEW_TOKENS,
+    ConfigError,
+    LettingoConfig,
+    check_model_spec,
+    compose_config,
+    config_object,
+    validate_config,
+)
 
 FILL_PATH = "dataset.path=/data/not-used-in-this-test"
 EXPERIMENTS = ["quickstart", "paper_base", "paper_ml1m", "paper_ml10m", "paper_amazon_books", "paper_yelp"]
@@ -18,7 +28,7 @@ def test_default_config_validates(compose_cfg) -> None:
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_validates(compose_cfg, experiment: str) -> None:
     cfg = compose_cfg([f"experiment={experiment}"])
-    if OmegaConf.is_missing(cfg.dataset, "path"):
+    if "path" in cfg.dataset.loader:
         cfg = compose_cfg([f"experiment={experiment}", FILL_PATH])
     validate_config(cfg)
 
@@ -36,7 +46,7 @@ def _options() -> list[tuple[str, str]]:
 @pytest.mark.parametrize(("group", "option"), _options())
 def test_every_group_option_validates(compose_cfg, group: str, option: str) -> None:
     cfg = compose_cfg([f"{group}={option}"])
-    if OmegaConf.is_missing(cfg.dataset, "path"):
+    if "path" in cfg.dataset.loader:
         cfg = compose_cfg([f"{group}={option}", FILL_PATH])
     validate_config(cfg)
 
@@ -67,19 +77,45 @@ def test_debug_tiny_validates(compose_cfg, extra: list[str]) -> None:
         ("test.max_users=0", "test.max_users", "0"),
         ("history.recent=0", "history.recent", "0"),
         ("+sampling.temprature=0.5", "sampling.temprature", "0.5"),  # a misspelt key
+        ("sampling.temprature=0.5", "sampling.temprature", "0.5"),  # the same without +
+        ("seed=abc", "seed", "abc"),
+        ("seed=-1", "seed", "-1"),
+        ("num_threads=0", "num_threads", "0"),
+        ("num_threads=-1", "num_threads", "-1"),
+        ("sampling.backbones={}", "sampling.backbones", "{}"),  # Hydra merges it: a no-op, not "no backbone"
+        (f"sampling.max_new_tokens={MAX_NEW_TOKENS + 1}", "sampling.max_new_tokens", str(MAX_NEW_TOKENS + 1)),
+        ("test.max_new_tokens=100000", "test.max_new_tokens", "100000"),
+        ("align.epochs=1.5", "align.epochs", "1.5"),
+        ("history.length=[30]", "history.length", "[30]"),
+        ("distributed.timeout_s=0", "distributed.timeout_s", "0.0"),
+        ("dataset.labels.dislike_max=4.5", "dataset.labels.dislike_max", "4.5"),
+        ("prompt.facts.top_k=0", "prompt.facts.top_k", "0"),
+        ("+prompt.facts.bottom_k=3", "prompt.facts.bottom_k", "3"),
+        ("+seeds=3", "seeds", "3"),  # an unknown top-level key
     ],
 )
-def test_a_bad_value_fails_in_one_line_naming_key_and_value(compose_cfg, override: str, key: str, value: str) -> None:
-    _fails_in_one_line(compose_cfg([override]), key, value)
+def test_a_bad_value_fails_in_one_line_naming_key_and_value(override: str, key: str, value: str) -> None:
+    _refused([override], key, value)
+
+
+def _refused(overrides: list[str], key: str, value: str) -> None:
+    """Composing and checking ``overrides`` (what the console script does first) fails in one line."""
+    with pytest.raises(ConfigError) as caught:
+        compose_config(overrides, CONFIG_DIR)
+    _one_line(caught.value, key, value)
 
 
 def _fails_in_one_line(cfg, key: str, value: str) -> None:
     with pytest.raises(ConfigError) as caught:
         validate_config(cfg)
-    message = str(caught.value)
+    _one_line(caught.value, key, value)
+
+
+def _one_line(error: ConfigError, key: str, value: str) -> None:
+    message = str(error)
     assert message.startswith(f"{key}={value}: "), message
     assert "\n" not in message and len(message.split(": ", 1)[1]) > 0
-    assert isinstance(caught.value, ValueError)
+    assert isinstance(error, ValueError)
 
 
 @pytest.mark.parametrize(
@@ -94,9 +130,8 @@ def _fails_in_one_line(cfg, key: str, value: str) -> None:
         ("+recommender.training.epochs=3", "recommender.training.epochs", "3"),  # trainer.max_epochs is the key
     ],
 )
-def test_a_trainable_f_rec_training_node_is_checked_before_any_stage(compose_cfg, override: str, key: str,
-                                                                     value: str) -> None:
-    _fails_in_one_line(compose_cfg(["recommender=cross_encoder", override]), key, value)
+def test_a_trainable_f_rec_training_node_is_checked_before_any_stage(override: str, key: str, value: str) -> None:
+    _refused(["recommender=cross_encoder", override], key, value)
 
 
 def test_empty_recent_rate_is_refused_where_no_training_case_has_a_profile(compose_cfg) -> None:
@@ -166,11 +201,16 @@ def test_a_remote_backbone_model_is_a_server_name(compose_cfg) -> None:
     validate_config(compose_cfg(["backbone=openai"]))  # gpt-4o-mini is neither a folder nor a Hub id
 
 
-def test_every_schema_is_in_the_config_store() -> None:
+def test_the_config_schema_is_in_the_config_store_and_first_in_the_defaults() -> None:
+    from pathlib import Path
+
     from hydra.core.config_store import ConfigStore
 
-    stored = ConfigStore.instance().repo["schema"]
-    assert {f"{name}.yaml" for name in SCHEMAS} <= set(stored)
+    from lettingo import CONFIG_DIR
+
+    assert ConfigStore.instance().repo[f"{CONFIG_SCHEMA}.yaml"].node._metadata.object_type is LettingoConfig
+    defaults = OmegaConf.load(Path(CONFIG_DIR) / "config.yaml").defaults
+    assert defaults[0] == CONFIG_SCHEMA
 
 
 def test_schemas_is_a_leaf_module() -> None:
@@ -181,3 +221,17 @@ def test_schemas_is_a_leaf_module() -> None:
     code = "import sys, lettingo.schemas; print(sorted(m for m in sys.modules if m.startswith(('lettingo', 'torch'))))"
     loaded = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert loaded.strip() == "['lettingo', 'lettingo.schemas']"
+
+
+def test_a_batch_that_the_processes_cannot_make_up_fails_before_any_stage() -> None:
+    # debug=tiny: 2 pairs per step, 2 per forward; trainer=ddp_cpu: 2 processes, so 4 pairs per forward pass
+    _refused(["debug=tiny", "trainer=ddp_cpu"], "align.batch.global_size", "2")
+    compose_config(["debug=tiny", "trainer=ddp_cpu", "align.batch.micro_size=1"], CONFIG_DIR)
+
+
+def test_the_stage_config_object_is_typed_and_checked(compose_cfg) -> None:
+    conf = config_object(compose_cfg(["debug=tiny", "sampling.n=5"]))
+    assert isinstance(conf, LettingoConfig) and conf.sampling.n == 5 and conf.recommender.training is None
+    assert isinstance(conf.trainer, dict) and conf.trainer["_target_"] == "lightning.pytorch.Trainer"
+    with pytest.raises(ConfigError, match=r"^sampling\.n=0: "):
+        config_object(compose_cfg(["sampling.n=0"]))
