@@ -8,6 +8,7 @@ The Hydra callback :class:`WritableRunFolder` checks the folder can be written b
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 import tempfile
 from collections.abc import Callable
@@ -51,11 +52,13 @@ def check_writable(folder: Path) -> None:
     """Raise WriteFailed naming ``folder`` when it (or, while it does not exist, the folder it would be made in)
     cannot be written: a read-only folder or file system, a full disk.
 
-    The probe is an unnamed temporary file (``O_TMPFILE``), so nothing appears in the folder.
+    The probe writes one byte to an unnamed temporary file (``O_TMPFILE``), so nothing appears in the folder.
     """
     existing = next(path for path in (folder, *folder.parents) if path.exists())
-    with writing(folder), tempfile.TemporaryFile(dir=existing):
-        pass
+    with writing(folder), tempfile.TemporaryFile(dir=existing) as probe:
+        probe.write(b"\0")
+        probe.flush()
+        os.fsync(probe.fileno())  # a full disk refuses the byte here, not at the write (delayed allocation)
 
 
 class WritableRunFolder(Callback):

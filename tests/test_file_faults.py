@@ -212,6 +212,14 @@ def test_a_run_folder_that_cannot_be_written_ends_in_one_line_before_hydra_write
         WritableRunFolder().on_run_start(config)
     assert ended.value.code == 1
     assert str(existing) in one_line(capsys.readouterr().err) and list(existing.iterdir()) == []
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as patch, pytest.raises(SystemExit):
+        patch.setattr("lettingo.run_folders.os.fsync", full)
+        WritableRunFolder().on_run_start(config)
+    assert "free space" in one_line(capsys.readouterr().err) and list(existing.iterdir()) == []
     root = tmp_path / "outputs"
     root.mkdir()
     fresh = OmegaConf.create({"hydra": {"run": {"dir": f"${{lettingo_run_dir:{root},pipeline,null}}"}}})
