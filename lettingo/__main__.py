@@ -2,4 +2,5 @@
 
 from lettingo.cli import main
 
-main()
+if __name__ == "__main__":  # not when a spawned rank imports this module as its parent's main
+    main()

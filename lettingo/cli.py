@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import hydra
 from hydra._internal.utils import get_args_parser
@@ -47,6 +52,32 @@ def one_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     plain = type(error) in (ValueError, RuntimeError, ConfigError)
     return text if plain else f"{type(error).__name__}: {text}"
+
+
+class Terminated(SystemExit):
+    """SIGTERM arrived: the process exits with status 128 + 15 once the running stage has unwound."""
+
+
+@contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """While inside, SIGTERM (a kill, a cluster's preemption) raises :class:`Terminated` in the main thread.
+
+    Python's default ends the process at once; as an exception it unwinds the stage, so the stage's time
+    is recorded and the tracker closed like any other failure (the finished chunks were kept anyway).
+    Off the main thread, where handlers cannot be set, nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _exit(signum: int, frame: Any) -> None:
+        raise Terminated(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 #: Flags that show something other than this project's config (or compose another one): nothing to check.
@@ -108,7 +139,11 @@ def run_job(cfg: DictConfig) -> None:
 
     quiet_third_party_deprecations()
     try:
-        run(cfg)
+        with sigterm_as_exit():
+            run(cfg)
+    except Terminated:
+        log.warning("SIGTERM: stopped; run the same command with run_dir=%s to continue", cfg.paths.run_dir)
+        raise
     except Exception as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

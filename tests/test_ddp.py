@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
+import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,18 +21,15 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf
 
-from lettingo import CONFIG_DIR
+import lettingo
 from lettingo.artifacts import ArtifactStore, ReadOnlyStore
 from lettingo.data.schema import LABELS
 from lettingo.evaluation.metrics import classification_metrics
-from lettingo.pipeline import RANKS_DIR, RankFailed, Ranks, free_port, rank_overrides, run
+from lettingo.launch import RANK_LOGS, DistributedSettings, RankFailed, launch, process_group
+from lettingo.pipeline import run
 from lettingo.recommender.base import RecClassifierModule
 from lettingo.recommender.training import RecDataModule
-from lettingo.stages import BY_NAME
 
 DDP = ("trainer=ddp_cpu", "align.batch.micro_size=1")
 
@@ -53,41 +52,49 @@ def test_a_read_only_store_reads_and_answers_but_never_writes(tmp_path: Path) ->
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t", "work"]
 
 
-# --- how the runner starts and meets the other ranks ----------------------------------------------------
-@pytest.fixture
-def hydra_job():
-    """Compose like the `lettingo` command line does for one job and make it the current Hydra job (undone after)."""
-    before = HydraConfig.instance().cfg
-
-    def _job(overrides: list[str], hydra_overrides: list[str]):
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            cfg = compose("config", overrides=[*overrides, *hydra_overrides], return_hydra_config=True)
-        cfg.hydra.overrides.task = overrides  # what Hydra records for the job (the hydra.* ones go elsewhere)
-        cfg.hydra.overrides.hydra = hydra_overrides
-        HydraConfig.instance().set_config(cfg)
-        return cfg
-
-    yield _job
-    HydraConfig.instance().cfg = before
+def free_port() -> int:
+    """A TCP port free on this host now (for the processes the tests start themselves)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
-def test_another_rank_gets_the_jobs_own_overrides_and_the_same_config(hydra_job, tmp_path: Path) -> None:
-    run_dir = tmp_path / "multirun" / "0_ab"
-    job = ["stage=pipeline", "debug=tiny", "trainer=ddp_cpu", "seed=1", f"run_dir={tmp_path / 'elsewhere'}",
-           "sweep=seeds"]
-    cfg = hydra_job(job, ["hydra.mode=MULTIRUN", f"hydra.sweep.dir={tmp_path / 'multirun'}"])
-    command = rank_overrides(cfg, run_dir, tmp_path / RANKS_DIR / "x" / "rank1")
-    assert command[0] == "--config-name=config"
-    assert "seed=1" in command and "sweep=seeds" in command and "hydra.mode=RUN" in command
-    assert not any("MULTIRUN" in o or "sweep.dir" in o or "elsewhere" in o for o in command)
-    assert command.count("stage=pipeline") == 1 and f"run_dir='{run_dir.absolute()}'" in command
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        rank1 = compose("config", overrides=command[1:], return_hydra_config=True)
-    assert rank1.hydra.mode.name == "RUN" and rank1.hydra.output_subdir is None
-    assert rank1.paths.run_dir == str(run_dir.absolute())
-    ours = {k: v for k, v in OmegaConf.to_container(cfg).items() if k not in ("hydra", "run_dir", "paths")}
-    theirs = {k: v for k, v in OmegaConf.to_container(rank1).items() if k not in ("hydra", "run_dir", "paths")}
-    assert ours == theirs
+# --- how the ranks are started and meet ---------------------------------------------------------------
+#: Short waits for the tests: a rank that fails, dies or hangs must end the run within seconds.
+QUICK = DistributedSettings(timeout_s=20.0, stage_wait_s=20.0, monitor_interval_s=0.2, shutdown_timeout_s=2)
+
+
+def _ranks_meet(behaviour: str) -> str:
+    """One rank of a launch: rank 1 misbehaves as told before the first check point; every rank then meets."""
+    with process_group(QUICK, "gloo") as ranks:
+        run_dir = ranks.agree(f"folder of rank {ranks.rank}")
+        if ranks.rank == 1 and behaviour == "raise":
+            error = ValueError("bad pairs in rank 1")
+            ranks.sync("stage align", error)
+            raise error
+        if ranks.rank == 1 and behaviour in ("kill", "hang"):
+            os.kill(os.getpid(), signal.SIGKILL if behaviour == "kill" else signal.SIGSTOP)
+        ranks.sync("stage align")
+        return run_dir
+
+
+def test_the_elastic_launcher_runs_every_rank_and_they_agree_on_rank_0s_values(tmp_path: Path) -> None:
+    assert launch(_ranks_meet, ("none",), 2, QUICK, tmp_path / "logs") == "folder of rank 0"
+
+
+@pytest.mark.parametrize(("behaviour", "line"), [
+    ("raise", r"^rank 1 failed .*ValueError: bad pairs in rank 1; its log: .*/attempt_0/1/$"),
+    ("kill", r"^rank 1 was killed by SIGKILL; its log: .*/attempt_0/1/$"),
+    ("hang", r"^rank 0 waited in vain for the others at the end of stage align: .*Ranks? 1 .*; its log: "),
+])
+def test_a_rank_that_fails_dies_or_hangs_ends_the_run_in_one_line_naming_it(tmp_path: Path, behaviour: str,
+                                                                             line: str) -> None:
+    with pytest.raises(RankFailed) as failed:
+        launch(_ranks_meet, (behaviour,), 2, QUICK, tmp_path / "logs")
+    message = str(failed.value)
+    assert len(message.splitlines()) == 1 and re.match(line, message), message
+    log_folder = Path(message.rsplit("its log: ", 1)[1])
+    assert log_folder.is_dir() and log_folder.is_relative_to(tmp_path / "logs")
 
 
 def test_slurm_tasks_must_match_the_trainers_processes(compose_cfg, monkeypatch, tmp_path: Path) -> None:
@@ -99,30 +106,12 @@ def test_slurm_tasks_must_match_the_trainers_processes(compose_cfg, monkeypatch,
     assert not (tmp_path / "run").exists()  # refused before any stage
 
 
-def test_a_waiting_rank_follows_rank_0s_markers(tmp_path: Path) -> None:
-    align, train_rec = BY_NAME["align"], BY_NAME["train_rec"]
-    rank0 = Ranks(0, 2, tmp_path, distributed=("train_rec", "align"))
-    rank1 = Ranks(1, 2, tmp_path)
-    rank0.end_stage(train_rec)  # ended without a fit: nothing to join
-    assert rank1.wait_for_stage(train_rec) is False
-    threading.Timer(0.3, rank0.gate(align)).start()  # rank 0 reaches its first fit a little later
-    assert rank1.wait_for_stage(align) is True
-    rank1.gate(align)()  # fit 0: joined at once
-    rank0.end_stage(align)
-    with pytest.raises(RuntimeError, match="without it"):
-        rank1.gate(align)()  # a second fit rank 0 never started
-
-
-def test_a_waiting_rank_stops_when_rank_0_fails(tmp_path: Path) -> None:
-    rank0, rank1 = Ranks(0, 2, tmp_path), Ranks(1, 2, tmp_path)
-    threading.Timer(0.3, rank0.mark_failed, [ValueError("bad pairs")]).start()
-    began = time.monotonic()
-    with pytest.raises(RankFailed, match="bad pairs"):
-        rank1.wait_for_stage(BY_NAME["align"])
-    assert time.monotonic() - began < 5
-    rank1.mark_failed(RuntimeError("out of memory"))  # and rank 0 learns of a failed rank at its next fit
-    with pytest.raises(RankFailed, match="rank1 failed .*out of memory"):
-        rank0.gate(BY_NAME["align"])()
+def test_the_library_starts_no_process_and_sets_no_handler_outside_the_entry_point() -> None:
+    package = Path(lettingo.__file__).parent
+    pattern = re.compile(r"subprocess\.Popen|import _thread|os\._exit|\.ranks|signal\.signal\(")
+    found = [f"{path.relative_to(package)}:{number}" for path in package.rglob("*.py") if path.name != "cli.py"
+             for number, text in enumerate(path.read_text().splitlines(), start=1) if pattern.search(text)]
+    assert found == []
 
 
 # --- what is computed over all ranks --------------------------------------------------------------------
@@ -262,7 +251,15 @@ def only_folder(parent: Path) -> Path:
 
 
 def files(run_dir: Path) -> list[str]:
-    return sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file())
+    """The files of a run folder, without the elastic agent's logs of each rank."""
+    return sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file() and
+                  p.relative_to(run_dir).parts[0] != RANK_LOGS)
+
+
+def rank_log(run_dir: Path, rank: int) -> str:
+    """What rank ``rank`` wrote to stderr in the one launch of ``run_dir`` (the elastic agent's copy)."""
+    (log,) = run_dir.glob(f"{RANK_LOGS}/*/attempt_0/{rank}/stderr.log")
+    return log.read_text()
 
 
 def metas(run_dir: Path) -> dict[str, dict]:
@@ -276,7 +273,7 @@ KEYS = {"profiles": ["user_id", "backbone", "sample_idx", "prompt_name", "histor
 def assert_written_once(single: Path, ddp: Path) -> None:
     """The same files, every artifact with the rows of the one-process run, no duplicates, no rank left over."""
     assert files(ddp) == files(single)  # every chunk, checkpoint and table once; no stale or rank folders
-    assert not (ddp / RANKS_DIR).exists() and not list(ddp.glob("*.stale-*"))
+    assert not list(ddp.glob("*.stale-*"))
     one, two = metas(single), metas(ddp)
     assert sorted(two) == sorted(one)
     for name, meta in one.items():
@@ -319,7 +316,7 @@ def test_a_multirun_on_two_processes_makes_one_folder_per_job_and_nothing_else(r
     assert len(runs.jobs) == 2  # one multirun, two jobs: no rank re-ran the command line or the sweep
     for job in runs.jobs:
         assert (job / "results" / "comparison.json").exists()
-        assert "Initializing distributed: GLOBAL_RANK: 0, MEMBER: 1/2" in (job / "cli.log").read_text()
+        assert "=== stage align" in rank_log(job, 1) and "=== stage explore" not in rank_log(job, 1)
 
 
 @pytest.mark.slow
@@ -347,21 +344,74 @@ def test_two_processes_train_the_f_rec_on_the_cases_one_process_does(runs) -> No
                                   ArtifactStore(ddp).read_table("rec_train_profiles").drop(columns="seconds"))
 
 
+def launcher_env(root: Path) -> dict[str, str]:
+    """The environment of a command started as a launcher starts it (no rank variables of this process)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    return {**env, "HF_HUB_OFFLINE": "1", "LETTINGO_ROOT": str(root), "LETTINGO_MODEL_CACHE": str(root / "models")}
+
+
 @pytest.mark.slow
-def test_slurm_tasks_are_the_ranks_without_a_launch_of_ours(root: Path, runs) -> None:
+def test_slurm_tasks_are_the_ranks_and_share_one_run_folder(root: Path, runs) -> None:
     """Two processes started as SLURM starts the tasks of a step (as submitit with tasks_per_node=2 does): the
-    rank comes from SLURM_PROCID, no process starts another, and the run folder is the one-process one."""
-    run_dir, port = root / "slurm", free_port()
+    rank comes from SLURM_PROCID, no process starts another, and both use one run folder, named by the step."""
     slurm = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NNODES": "1", "SLURM_NODEID": "0",
-             "SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "SLURM_JOB_NAME": "lettingo"}
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LETTINGO_ROOT": str(root),
-           "LETTINGO_MODEL_CACHE": str(root / "models"), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), **slurm}
-    command = [sys.executable, "-m", "lettingo", "debug=tiny", "stage=pipeline", f"run_dir={run_dir}", *DDP]
-    tasks = [subprocess.Popen(command, env={**env, "SLURM_PROCID": str(r), "SLURM_LOCALID": str(r)}, cwd=root,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+             "SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "SLURM_JOB_NAME": "lettingo",
+             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    command = [sys.executable, "-m", "lettingo", "debug=tiny", "stage=pipeline", "experiment_name=slurm", *DDP]
+    tasks = [subprocess.Popen(command, env={**launcher_env(root), **slurm, "SLURM_PROCID": str(r),
+                                            "SLURM_LOCALID": str(r)}, cwd=root, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
     outputs = [task.communicate(timeout=900)[0] for task in tasks]
     assert [task.returncode for task in tasks] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
-    assert "started ranks" not in outputs[0] and "=== stage data" not in outputs[1]  # rank 1 ran no stage of its own
+    assert "=== stage data" not in outputs[1]  # rank 1 ran no single-process stage
+    run_dir = only_folder(root / "outputs" / "slurm")  # one folder for both ranks
     assert_written_once(runs.single["llm_zero_shot"], run_dir)
     pd.testing.assert_frame_equal(ArtifactStore(runs.single["llm_zero_shot"]).read_table("pairs"),
                                   ArtifactStore(run_dir).read_table("pairs"))
+
+
+@pytest.mark.slow
+def test_torchrun_runs_the_same_command_on_two_ranks(root: Path, runs) -> None:
+    """`torchrun --nproc-per-node=2 -m lettingo ...` writes what one process writes, in one run folder."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "lettingo",
+               "debug=tiny", "stage=pipeline", "experiment_name=torchrun", *DDP]
+    done = subprocess.run(command, env=launcher_env(root), cwd=root, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = only_folder(root / "outputs" / "torchrun")
+    assert_written_once(runs.single["llm_zero_shot"], run_dir)
+    pd.testing.assert_frame_equal(ArtifactStore(runs.single["llm_zero_shot"]).read_table("pairs"),
+                                  ArtifactStore(run_dir).read_table("pairs"))
+
+
+def worker_pids(parent: int) -> list[int]:
+    """The processes the elastic agent of ``parent`` spawned as ranks, in the order they started."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields, cmdline = stat.read_text().rsplit(")", 1)[1].split(), (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == parent and b"spawn_main" in cmdline:
+            pids.append(int(stat.parent.name))
+    return sorted(pids)
+
+
+@pytest.mark.slow
+def test_killing_a_rank_mid_fit_ends_the_run_in_one_line_naming_it(root: Path, runs) -> None:
+    """SIGKILL to rank 1 while it fits the f_Rec: the agent ends rank 0 and the command fails naming rank 1."""
+    run_dir = root / "killed"
+    command = [sys.executable, "-m", "lettingo", "debug=tiny", "stage=pipeline", "recommender=llm_lora",
+               f"run_dir={run_dir}", "distributed.monitor_interval_s=0.2", "distributed.shutdown_timeout_s=2", *DDP]
+    started = subprocess.Popen(command, env=launcher_env(root), cwd=root, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    logs = run_dir / RANK_LOGS
+    while started.poll() is None and not any("=== stage train_rec" in log.read_text()
+                                             for log in logs.glob("*/attempt_0/1/stderr.log")):
+        time.sleep(0.2)
+    ranks = worker_pids(started.pid)
+    assert len(ranks) == 2, ranks
+    os.kill(ranks[1], signal.SIGKILL)
+    stderr = started.communicate(timeout=120)[1]  # the bound: far below the fit's own length
+    assert started.returncode == 1
+    assert re.search(r"^error: (RankFailed: )?rank 1 was killed by SIGKILL; its log: .*/attempt_0/1/", stderr.splitlines()[-1])
+    assert not (run_dir / "rec_model" / "_meta.json").exists()  # nothing half-written is marked finished
