@@ -1,12 +1,14 @@
 """Faults of files and bookkeeping: an unreadable `_meta.json` / `_progress.json`, an interrupted artifact, a
 truncated adapter, two runs started in the same second, a read-only folder and a full disk each end in one line
-naming the file (or are rebuilt, with a log line naming it), and leave nothing half-written."""
+naming the file (or are rebuilt, with a log line naming it), and leave nothing half-written; library code sets
+no process-wide state."""
 
 from __future__ import annotations
 
 import errno
 import logging
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -19,6 +21,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+import lettingo
 from lettingo.artifacts import ArtifactStore, CorruptRecord, MissingArtifact, WriteFailed
 from lettingo.run_folders import LATEST, WritableRunFolder, check_writable, run_folder
 
@@ -236,3 +239,16 @@ def test_the_command_on_a_read_only_run_folder_prints_one_line(tmp_path) -> None
                           capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 1 and str(run_dir) in one_line(done.stderr)
     assert list(run_dir.iterdir()) == []
+
+
+def test_library_code_sets_no_process_wide_state() -> None:
+    """Environment variables, torch's thread count and signal handlers belong to the entry points."""
+    entry_points = {"cli.py", "runtime.py"}  # runtime.seed_everything is what the entry point calls
+    pattern = re.compile(r"os\.environ\[[^]]+\]\s*=|os\.environ\.(update|setdefault|pop)|os\.putenv|"
+                         r"set_num_threads|signal\.signal")
+    package = Path(lettingo.__file__).parent
+    found = [f"{path.relative_to(package)}:{number}" for path in package.rglob("*.py")
+             if path.name not in entry_points or path.parent != package
+             for number, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
+    assert found == []
+
