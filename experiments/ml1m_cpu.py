@@ -76,7 +76,7 @@ EXPERIMENT = "ml1m_cpu"
 DEFAULT_OUT = "results"
 CSV_COLUMNS = ("section", "row", "metric", "value", "low", "high", "p_value", "n")
 METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "weighted_f1": "weighted-F1"}
-STAGE_ORDER = ("data", "explore", "train_rec", "evaluate", "align", "test")
+STAGE_ORDER = ("data", "explore", "rec_profiles", "train_rec", "evaluate", "align", "test")
 DATASET_NAMES = {"ml1m": "MovieLens-1M", "ml10m": "MovieLens-10M", "ml100k": "MovieLens-100K", "yelp": "Yelp",
                  "amazon_books": "Amazon Books"}
 MINUS = "\u2212"  # the minus sign of the difference names ("DPO − no DPO")

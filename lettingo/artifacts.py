@@ -40,6 +40,8 @@ CHUNKS_DIR = "chunks"
 LOCK_FILE = ".lock"
 #: The key of `_meta.json` that records every file's size (bytes) when the artifact was finished.
 FILES_KEY = "files"
+#: The key of `_meta.json` that records the digest of a table artifact's rows (part of its readers' identity).
+ROWS_KEY = "rows_digest"
 FILE_MODE = 0o644
 DIR_MODE = 0o755
 _ELSEWHERE = "or write elsewhere with paths.output_root=<folder> or run_dir=<folder>"
@@ -119,6 +121,19 @@ def reserve_folder(base: Path) -> Path:
             except FileExistsError:
                 n += 1
                 folder = base.with_name(f"{base.name}_{n}")
+
+
+def rows_digest(frame: pd.DataFrame) -> str:
+    """A short digest of a table's column names and rows, whatever the order of its rows (or its chunks)."""
+    plain = pd.DataFrame({column: frame[column].map(_json) if frame[column].dtype == object else frame[column]
+                          for column in sorted(frame.columns)})
+    hashes = pd.util.hash_pandas_object(plain, index=False).sort_values().to_numpy()
+    return hashlib.sha256(json.dumps(sorted(frame.columns)).encode() + hashes.tobytes()).hexdigest()[:16]
+
+
+def _json(value: Any) -> str:
+    """One cell as canonical JSON (lists and dicts of a Parquet column included)."""
+    return json.dumps(value, sort_keys=True, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v))
 
 
 @contextmanager
@@ -218,9 +233,22 @@ class ArtifactStore:
         record = self.meta(name) or self.progress(name)
         return None if record is None else str(record["fingerprint"])
 
-    def identity(self, config: Mapping[str, Any], inputs: Sequence[str] = ()) -> str:
-        """The fingerprint of an artifact made from config values ``config`` and artifacts ``inputs``."""
-        return fingerprint({"config": dict(config), "inputs": {name: self.fingerprint_of(name) for name in inputs}})
+    def identity(self, config: Mapping[str, Any], inputs: Sequence[str] = (), grows_with: Sequence[str] = ()) -> str:
+        """The fingerprint of an artifact made from config values ``config`` and artifacts ``inputs``.
+
+        An input counts with its fingerprint and its rows (the digest :meth:`finish` recorded), so new rows
+        upstream (more users, more samples) give every artifact made from them a new identity; an input of
+        ``grows_with`` (whose rows the artifact follows one by one, and grows with) counts by its fingerprint.
+        """
+        return fingerprint({"config": dict(config), "inputs": {
+            name: self.fingerprint_of(name) if name in grows_with
+            else [self.fingerprint_of(name), (self.meta(name) or {}).get(ROWS_KEY)] for name in inputs}})
+
+    def rows_digest(self, name: str) -> str | None:
+        """The digest of table artifact `name`'s rows (see :func:`rows_digest`); None for another kind of artifact."""
+        if not (self.path(name) / "data.parquet").exists() and not self.chunk_paths(name):
+            return None
+        return rows_digest(self.read_table(name))
 
     def require(self, name: str, made_by: str) -> dict[str, Any]:
         """The metadata of finished artifact `name`; raises MissingArtifact naming the folder and the command."""
@@ -296,7 +324,8 @@ class ArtifactStore:
         folder = self.path(name)
         files = {str(path.relative_to(folder)): path.stat().st_size for path in sorted(folder.rglob("[!._]*"))
                  if path.is_file()}
-        write_json_atomic(folder / META_FILE, {"fingerprint": fp, **info, FILES_KEY: files})
+        write_json_atomic(folder / META_FILE, {"fingerprint": fp, **info, ROWS_KEY: self.rows_digest(name),
+                                               FILES_KEY: files})
 
     def _unfinish(self, name: str) -> None:
         """Remove artifact `name`'s `_meta.json` before its data changes (it is unfinished until `finish`)."""

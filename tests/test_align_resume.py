@@ -26,7 +26,7 @@ def evaluated(compose_cfg, tiny_model_cache, tmp_path):
                             "align.batch.micro_size=1", *overrides], run_dir=run_dir)
 
     first = tmp_path / "a"
-    for stage in ("data", "explore", "train_rec", "evaluate"):
+    for stage in ("data", "explore", "rec_profiles", "train_rec", "evaluate"):
         run(compose(first, f"stage={stage}"))
     return compose, first
 

@@ -155,7 +155,7 @@ def test_ml1m_cpu_results_file_from_a_real_run(tiny_run: Path, tmp_path: Path) -
     assert f": stage pipeline at commit `{commit[:12]}" in invocation
     assert "`python -m lettingo stage=pipeline debug=tiny run_dir=" in invocation
     times = json.loads((tiny_run / "stage_times.json").read_text())
-    assert set(times) == {"data", "explore", "train_rec", "evaluate", "align", "test"}
+    assert set(times) == {"data", "explore", "rec_profiles", "train_rec", "evaluate", "align", "test"}
     for stage, seconds in times.items():
         assert row_named(section(markdown, "Wall time"), stage).split("|")[2].strip() == f"{seconds:.1f}"
     assert "|\n\nRemarks given with `--remark` by whoever ran this script" in section(markdown, "Wall time")

@@ -64,6 +64,8 @@ def explored(tiny, tmp_path):
 
 def test_zero_shot_train_rec_is_a_no_op_and_evaluate_writes_everything(tiny, explored, capsys,
                                                                        monkeypatch) -> None:
+    assert run(tiny("stage=rec_profiles", "recommender=llm_zero_shot")) == {"rows": 0}
+    assert not (explored / REC_TRAIN_PROFILES).exists()
     assert run(tiny("stage=train_rec", "recommender=llm_zero_shot")) == {"recommender": "llm_zero_shot",
                                                                          "trained": False}
     cfg = tiny("stage=evaluate", "recommender=llm_zero_shot")
@@ -102,6 +104,7 @@ def test_zero_shot_train_rec_is_a_no_op_and_evaluate_writes_everything(tiny, exp
 
 
 def test_lora_train_rec_then_evaluate_uses_the_checkpoint(tiny, explored) -> None:
+    run(tiny("stage=rec_profiles", "recommender=llm_lora", *TRAINING))
     cfg = tiny("stage=train_rec", "recommender=llm_lora", *TRAINING)
     summary = run(cfg)
     store = ArtifactStore(explored)
@@ -151,6 +154,7 @@ def test_cross_encoder_learns_from_generated_oracle_and_empty_profiles(tiny, exp
         return result
 
     monkeypatch.setattr(lettingo.stages.train_rec, "fit", recording_fit)
+    run(tiny("stage=rec_profiles", *mix))
     cfg = tiny("stage=train_rec", *mix)
     summary = run(cfg)
     *cases, before = seen
@@ -185,7 +189,7 @@ def test_reference_pipeline_generates_nothing_and_stops_after_evaluate(tiny, tin
                "recommender.training.empty_profile_rate=0.5", "recommender.training.oracle_profile_rate=0.5")
     results = run(cfg)
     run_dir = tmp_path / "run"
-    assert list(results) == ["data", "explore", "train_rec", "evaluate"]
+    assert list(results) == ["data", "explore", "rec_profiles", "train_rec", "evaluate"]
     store = ArtifactStore(run_dir)
     assert store.read_table(PROFILES).empty and store.meta(PROFILES) is not None  # empty, and finished
     assert not (run_dir / REWARDS).exists() and not (run_dir / PAIRS).exists()

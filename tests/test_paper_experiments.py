@@ -72,7 +72,7 @@ def test_paper_experiment_runs_the_whole_pipeline(
 
     results = run(cfg)
 
-    assert list(results) == ["data", "explore", "train_rec", "evaluate", "align", "test"]
+    assert list(results) == ["data", "explore", "rec_profiles", "train_rec", "evaluate", "align", "test"]
     data_summary = results["data"]
     assert data_summary["split_sizes"]["test"] == TEST_USERS
     assert data_summary["split_sizes"]["profile_train_h70"] == PROFILE_USERS

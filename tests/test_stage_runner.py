@@ -24,7 +24,7 @@ from lettingo.provenance import read_invocations
 from lettingo.schemas import ConfigError
 from lettingo.stages.base import Stage
 
-STAGES = ("data", "explore", "train_rec", "evaluate", "align", "test")
+STAGES = ("data", "explore", "rec_profiles", "train_rec", "evaluate", "align", "test")
 
 
 def lettingo_cli(root: Path, *overrides: str) -> subprocess.CompletedProcess:

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -65,3 +66,11 @@ def assign_splits(user_ids: Sequence[str], sizes: Mapping[str, int], seed: int) 
             assignment[users[index]] = name
         start += size
     return assignment
+
+
+def rec_train_users(samples: pd.DataFrame, max_users: int | None) -> pd.DataFrame:
+    """The samples of the rec_train users (the first ``max_users`` when set), which a trainable f_Rec learns from."""
+    users = samples[samples["split"] == REC_TRAIN]
+    if users.empty:
+        raise ValueError(f"the samples have no {REC_TRAIN!r} users; check dataset.splits")
+    return users if max_users is None else users.head(max_users)

@@ -7,21 +7,18 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 
 from lettingo.llm.base import GenerationBackend
 from lettingo.llm.vllm_backend import EngineSettings, close_engines, engine_identity
 
 log = logging.getLogger(__name__)
 
-#: OpenAI-compatible backbone keys that change pace, retries or the bill, never what is sampled.
-RATE_AND_PRICE_KEYS = ("concurrency", "requests_per_minute", "tokens_per_minute", "price_per_million_input",
-                       "price_per_million_output", "timeout", "max_retries", "backoff", "max_backoff",
-                       "request_deadline_s")
-# Backbone keys that change speed or location but not the sampled texts: kept out of the identity
-# so that, say, another thread count resumes the same profiles.
-NOT_IDENTITY = ("cache_dir", "num_threads", "batch_size", "device", "sequences_per_call", "gpu_memory_utilization",
-                "max_num_seqs", *RATE_AND_PRICE_KEYS)
+#: Keys of a backbone (or served f_Rec) config that change pace, location, retries or the bill, never what is
+#: sampled or scored: the one list of such keys. Each artifact leaves out of its identity the dotted keys of this
+#: list that its generator nodes hold (lettingo.stages.base.pace_keys).
+PACE_KEYS = ("cache_dir", "num_threads", "concurrency", "requests_per_minute", "tokens_per_minute",
+             "price_per_million_input", "price_per_million_output", "timeout", "max_retries", "backoff",
+             "max_backoff", "request_deadline_s")
 #: The `_target_` of backbones whose views share one engine per model (lettingo.llm.vllm_backend).
 SHARED_ENGINE_TARGETS = ("lettingo.llm.vllm_backend.VLLMBackend",)
 
@@ -132,10 +129,3 @@ def backbones_by_name(configs: Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError(f"sampling.backbones.{slot}: another backbone is also named {name!r}; names must differ")
         named[name] = config
     return named
-
-
-def backbone_identity(configs: Mapping[str, Any]) -> dict[str, Any]:
-    """The resolved backbone configs without the keys that do not change what is sampled."""
-    resolved = {name: OmegaConf.to_container(c, resolve=True) if isinstance(c, DictConfig) else dict(c)
-                for name, c in configs.items()}
-    return {name: {k: v for k, v in c.items() if k not in NOT_IDENTITY} for name, c in resolved.items()}

@@ -21,7 +21,7 @@ from lettingo.align.training import device_count, fit_lightning, fit_trl, genera
 from lettingo.artifacts import PAIRS, PROFILES, adapter_artifact
 from lettingo.llm.models import load_causal_lm, resolve_dtype, training_device
 from lettingo.runtime import lightning_trainer, seed_everything
-from lettingo.stages.base import Output, Stage, StageContext
+from lettingo.stages.base import TRAINER_DISPLAY, Output, Stage, StageContext
 
 log = logging.getLogger(__name__)
 
@@ -121,15 +121,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
     return results
 
 
-#: Align settings that decide every method's adapter (the method's own node is added per method).
-ALIGN_CONFIG = ("align.engine", "align.lora", "align.data", "align.batch", "align.epochs", "align.max_steps",
-                "align.val_checks_per_epoch", "align.share_prompt", "align.dtype", "align.precision",
-                "backbone.model", "trainer.precision", "trainer.gradient_clip_val", "seed")
-
-
 def outputs(cfg: DictConfig) -> list[Output]:
-    """One adapter per method of `align.methods`."""
-    return [Output(adapter_artifact(str(m)), config=(*ALIGN_CONFIG, f"align.method.{m}"), inputs=(PAIRS, PROFILES))
+    """One adapter per method of `align.methods`: the align settings in full, with its own method's node only."""
+    def others(method: str) -> tuple[str, ...]:
+        return tuple(f"align.method.{other}" for other in cfg.align.method if other != method)
+
+    return [Output(adapter_artifact(str(m)), config=("align", "backbone.model", "trainer", "seed"),
+                   inputs=(PAIRS, PROFILES), not_identity=("align.methods", *others(str(m)), *TRAINER_DISPLAY))
             for m in cfg.align.methods]
 
 

@@ -18,29 +18,32 @@ import pandas as pd
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lettingo.artifacts import ArtifactStore, MissingArtifact
-from lettingo.llm.pool import RATE_AND_PRICE_KEYS
+from lettingo.llm.pool import PACE_KEYS
 from lettingo.tracking import Tracker
 
-#: Config keys that change speed, location or display, never what an artifact holds: no identity.
-SPEED_KEYS = frozenset({
-    "cache_dir", "num_threads", "batch_size", "predict_batch_size", "users_per_chunk", "device", "reuse_prefix",
-    "default_root_dir", "enable_progress_bar", "enable_model_summary", "log_every_n_steps",
-    "sequences_per_call", "gpu_memory_utilization", "max_num_seqs", *RATE_AND_PRICE_KEYS,
-})
+#: Trainer keys that change logging and display, never what a fit learns.
+TRAINER_DISPLAY = ("trainer.default_root_dir", "trainer.enable_progress_bar", "trainer.enable_model_summary",
+                   "trainer.log_every_n_steps")
 
 
 @dataclass(frozen=True)
 class Output:
-    """One artifact a stage makes: its name, the config keys and the artifacts its content depends on.
+    """One artifact a stage makes: its name, the config nodes and the artifacts its content depends on.
 
-    ``grows_by`` lists config keys that only add or drop rows of a row-keyed artifact (e.g. how many
-    users are explored): changing them keeps the rows written so far and computes only new ones.
+    Its identity is every node of ``config`` in full, minus the dotted keys of ``not_identity`` (keys under
+    those nodes that change speed, location or display, never the content), plus the identity and the rows
+    of every input. ``grows_by`` lists config keys that only add rows to a row-keyed artifact (e.g. how many
+    users are explored): changing them keeps the rows written so far and computes only new ones; for an
+    input of ``grows_with`` (whose rows this artifact follows one by one) only its identity counts, so
+    new input rows grow this artifact instead of remaking it.
     """
 
     name: str
     config: tuple[str, ...]
     inputs: tuple[str, ...] = ()
     grows_by: tuple[str, ...] = ()
+    not_identity: tuple[str, ...] = ()
+    grows_with: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -103,9 +106,9 @@ class StageContext:
     def fingerprint(self, name: str) -> str:
         """The identity of artifact ``name`` under this config: its declared config values and inputs."""
         output = self._declaration(name).output
-        ignored = SPEED_KEYS | {key.rsplit(".", 1)[-1] for key in output.grows_by}
-        values = {key: identity_value(OmegaConf.select(self.cfg, key), ignored) for key in output.config}
-        return self.store.identity(values, output.inputs)
+        dropped = (*output.not_identity, *output.grows_by)
+        values = {key: identity_value(self.cfg, key, dropped) for key in output.config}
+        return self.store.identity(values, output.inputs, output.grows_with)
 
     def need(self, name: str) -> dict[str, Any]:
         """The metadata of a finished upstream artifact made for this config; one clear error otherwise."""
@@ -130,12 +133,31 @@ class StageContext:
         return self.declared[name]
 
 
-def identity_value(node: Any, ignored: frozenset[str] | set[str] = SPEED_KEYS) -> Any:
-    """A resolved config value as plain data, without the keys in ``ignored`` (at any depth)."""
-    if isinstance(node, DictConfig | ListConfig):
-        node = OmegaConf.to_container(node, resolve=True)
-    if isinstance(node, Mapping):
-        return {k: identity_value(v, ignored) for k, v in node.items() if k not in ignored}
-    if isinstance(node, list | tuple):
-        return [identity_value(v, ignored) for v in node]
-    return node
+def identity_value(cfg: DictConfig, key: str, dropped: Sequence[str] = ()) -> Any:
+    """The resolved value of config node ``key`` as plain data, without the dotted keys of ``dropped`` under it."""
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, DictConfig | ListConfig):
+        value = OmegaConf.to_container(value, resolve=True)
+    for other in dropped:
+        if other.startswith(f"{key}."):
+            *parents, leaf = other[len(key) + 1 :].split(".")
+            node = value
+            for part in parents:
+                node = node[part]
+            del node[leaf]
+    return value
+
+
+def pace_keys(cfg: DictConfig, node: str) -> tuple[str, ...]:
+    """The dotted keys of :data:`~lettingo.llm.pool.PACE_KEYS` that config node ``node`` (a backbone, an f_Rec
+    model) holds: what an artifact made with that node leaves out of its identity."""
+    return tuple(f"{node}.{key}" for key in PACE_KEYS if key in OmegaConf.select(cfg, node))
+
+
+def backbones_pace_keys(cfg: DictConfig, node: str = "sampling.backbones") -> tuple[str, ...]:
+    """:func:`pace_keys` of every backbone of the slot -> backbone mapping at ``node``."""
+    return tuple(key for slot in OmegaConf.select(cfg, node) for key in pace_keys(cfg, f"{node}.{slot}"))
+
+
+class DeclarationError(ValueError):
+    """An artifact declaration that names a key the composed config does not have."""

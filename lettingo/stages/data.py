@@ -71,7 +71,7 @@ STAGE = Stage(
     name="data",
     run=run,
     needs=(),
-    outputs=lambda cfg: [Output(SAMPLES, config=(
-        "dataset.name", "dataset.path", "dataset.loader", "dataset.labels", "dataset.histories", "dataset.splits",
-        "dataset.split_seed", "history", "test.split", "evaluate.split"))],
+    # How items are written into prompts is not part of the samples.
+    outputs=lambda cfg: [Output(SAMPLES, config=("dataset", "history", "test.split", "evaluate.split"),
+                                not_identity=("dataset.item_text", "dataset.attribute_label"))],
 )

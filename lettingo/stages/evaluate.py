@@ -37,7 +37,7 @@ from lettingo.recommender.cases import predicted_labels
 from lettingo.recommender.loading import LazyRecommender
 from lettingo.recommender.tabular import TabularRecommender
 from lettingo.recommender.text import ItemTextConfig
-from lettingo.stages.base import Output, Stage, StageContext
+from lettingo.stages.base import Output, Stage, StageContext, pace_keys
 
 log = logging.getLogger(__name__)
 
@@ -207,10 +207,13 @@ def recommender_inputs(cfg: DictConfig) -> tuple[str, ...]:
 
 
 def outputs(cfg: DictConfig) -> list[Output]:
-    """rewards (row-keyed by profile), pairs, sensitivity and baselines."""
+    """rewards (row-keyed by profile: grows with the profiles), pairs, sensitivity and baselines."""
     rec = recommender_inputs(cfg)
+    pace = pace_keys(cfg, "recommender.model")
     return [
-        Output(REWARDS, config=("recommender.model",), inputs=(PROFILES, *rec)),
+        # The users scored together change a verdict through rounding, as for generated texts.
+        Output(REWARDS, config=("recommender.model", "evaluate.users_per_chunk"), inputs=(PROFILES, *rec),
+               grows_with=(PROFILES,), not_identity=pace),
         Output(PAIRS, config=("pairs", "seed"), inputs=(REWARDS,)),
         Output(SENSITIVITY, config=("bootstrap", "seed"), inputs=(REWARDS, SAMPLES)),
         *([Output(TABULAR_MODELS, config=("evaluate.tabular", "evaluate.split", "test.split", "history", "seed"),
@@ -218,7 +221,7 @@ def outputs(cfg: DictConfig) -> list[Output]:
         Output(BASELINES, config=("evaluate.split", "evaluate.raw_histories", "evaluate.tabular", "bootstrap", "seed",
                                   "dataset.labels", "dataset.item_text", "recommender.model", "history",
                                   "prompt.facts"),
-               inputs=(SAMPLES, PROFILES, *rec)),
+               inputs=(SAMPLES, PROFILES, *rec), not_identity=pace),
     ]
 
 

@@ -12,7 +12,7 @@ from lettingo.artifacts import PROFILES, SAMPLES
 from lettingo.llm.pool import BackendPool, backbones_by_name
 from lettingo.profiles.explore import explore
 from lettingo.profiles.quality import format_summary, summarize_profiles
-from lettingo.stages.base import Output, Stage, StageContext
+from lettingo.stages.base import Output, Stage, StageContext, backbones_pace_keys
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     return {"artifact": str(ctx.store.path(PROFILES)), "splits": summaries}
 
 
-#: What a profile row depends on; `max_users`, `n` and `splits` only add rows.
+#: What a profile row depends on; `max_users`, `n` and `splits` only add rows. `users_per_chunk` is part of it:
+#: the prompts sharing a generate call change a text through rounding (README "Artifacts").
 PROFILE_CONFIG = ("sampling", "prompt", "dataset.item_text", "history.length", "seed")
 
 STAGE = Stage(
@@ -79,5 +80,6 @@ STAGE = Stage(
     run=run,
     needs=(SAMPLES,),
     outputs=lambda cfg: [Output(PROFILES, config=PROFILE_CONFIG, inputs=(SAMPLES,),
-                                grows_by=("sampling.max_users", "sampling.n", "sampling.splits"))],
+                                grows_by=("sampling.max_users", "sampling.n", "sampling.splits"),
+                                not_identity=backbones_pace_keys(cfg))],
 )

@@ -40,7 +40,7 @@ from lettingo.profiles.oracle import oracle_profile
 from lettingo.recommender.cases import predicted_labels
 from lettingo.recommender.loading import LazyRecommender
 from lettingo.recommender.tabular import TabularRecommender
-from lettingo.stages.base import Output, Stage, StageContext
+from lettingo.stages.base import Output, Stage, StageContext, backbones_pace_keys, pace_keys
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +202,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     return comparison.to_json()
 
 
-#: What every test profile depends on (how many users only adds rows).
-TEST_PROFILE_CONFIG = ("test.temperature", "test.max_new_tokens", "dataset.item_text", "history.length", "seed")
+#: What every test profile depends on (how many users only adds rows; the users sharing a generate call are part
+#: of it, README "Artifacts").
+TEST_PROFILE_CONFIG = ("test.temperature", "test.max_new_tokens", "test.users_per_chunk", "dataset.item_text",
+                       "history.length", "seed")
 
 
 def outputs(cfg: DictConfig) -> list[Output]:
@@ -212,16 +214,18 @@ def outputs(cfg: DictConfig) -> list[Output]:
     fixed = [str(name) for name in (cfg.test.get("fixed_formats") or {})]
     rec = (REC_MODEL,) if cfg.recommender.trainable else ()
     grows = ("test.max_users",)
+    generators = pace_keys(cfg, "backbone")
+    profiles = (TEST_PROFILES, *map(fixed_format_artifact, fixed))
     return [
         Output(TEST_PROFILES, config=(*TEST_PROFILE_CONFIG, "prompt", "sampling.backbones", "backbone"),
-               inputs=(SAMPLES, *adapters), grows_by=grows),
+               inputs=(SAMPLES, *adapters), grows_by=grows, not_identity=(*backbones_pace_keys(cfg), *generators)),
         *[Output(fixed_format_artifact(name), config=(*TEST_PROFILE_CONFIG, f"test.fixed_formats.{name}", "backbone"),
-                 inputs=(SAMPLES,), grows_by=grows) for name in fixed],
-        Output(PREDICTIONS, config=("recommender.model", "history", "prompt.facts"),
-               inputs=(TEST_PROFILES, *map(fixed_format_artifact, fixed), *rec), grows_by=grows),
+                 inputs=(SAMPLES,), grows_by=grows, not_identity=generators) for name in fixed],
+        Output(PREDICTIONS, config=("recommender.model", "history", "prompt.facts", "test.users_per_chunk"),
+               inputs=(*profiles, *rec), grows_by=grows, grows_with=profiles,
+               not_identity=pace_keys(cfg, "recommender.model")),
         Output(RESULTS, config=("bootstrap", "seed", "test.split", "test.max_users", "evaluate.tabular.enabled"),
-               inputs=(PREDICTIONS, TEST_PROFILES, *map(fixed_format_artifact, fixed),
-                       *((TABULAR_MODELS,) if cfg.evaluate.tabular.enabled else ()))),
+               inputs=(PREDICTIONS, *profiles, *((TABULAR_MODELS,) if cfg.evaluate.tabular.enabled else ()))),
     ]
 
 

@@ -1,7 +1,7 @@
 """Stage train_rec: fine-tune a trainable f_Rec on the rec_train users (nothing to do for a zero-shot one).
 
-The rec_train users' profiles come from the base generators (`sampling.backbones`) through the
-explore function, into their own artifact, so f_Rec learns from profiles like those it will judge.
+A pure fit: the rec_train users' profiles are read from the artifact `rec_train_profiles` that stage
+rec_profiles made, on every rank alike.
 """
 
 from __future__ import annotations
@@ -15,44 +15,21 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lettingo.artifacts import REC_MODEL, REC_TRAIN_PROFILES, SAMPLES
-from lettingo.data.splits import REC_TRAIN
-from lettingo.llm.pool import BackendPool, backbones_by_name
-from lettingo.profiles.explore import explore
+from lettingo.data.splits import rec_train_users
+from lettingo.llm.pool import backbones_by_name
 from lettingo.profiles.oracle import oracle_profiles
 from lettingo.recommender.training import RecDataModule, fit, split_users, training_cases
 from lettingo.runtime import lightning_trainer
-from lettingo.stages.base import Output, Stage, StageContext
+from lettingo.stages.base import TRAINER_DISPLAY, Output, Stage, StageContext, pace_keys
 
 log = logging.getLogger(__name__)
-
-
-def rec_train_samples(cfg: DictConfig, samples: pd.DataFrame) -> pd.DataFrame:
-    """The rec_train users (the first `recommender.training.max_users` when set)."""
-    users = samples[samples["split"] == REC_TRAIN]
-    if users.empty:
-        raise ValueError(f"the samples have no {REC_TRAIN!r} users; check dataset.splits")
-    max_users = cfg.recommender.training.max_users
-    return users if max_users is None else users.head(int(max_users))
-
-
-def rec_train_profiles(ctx: StageContext, users: pd.DataFrame) -> pd.DataFrame:
-    """Profiles of the rec_train users from the base generators (artifact `rec_train_profiles`, resumable)."""
-    cfg = ctx.cfg
-    with BackendPool(backbones_by_name(cfg.sampling.backbones)) as backends:
-        return explore(
-            users, backends, prompt_cfg=cfg.prompt, item_text_cfg=cfg.dataset.item_text,
-            history_len=int(cfg.history.length), n=int(cfg.recommender.training.profiles_per_user),
-            temperature=float(cfg.sampling.temperature), max_new_tokens=int(cfg.sampling.max_new_tokens),
-            seed=int(cfg.seed), store=ctx.store, artifact_name=REC_TRAIN_PROFILES,
-            fp=ctx.fingerprint(REC_TRAIN_PROFILES), users_per_chunk=int(cfg.sampling.users_per_chunk),
-        )
 
 
 def wanted_profiles(cfg: DictConfig, users: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
     """The rows of the rec_train profiles these users train on, in user, backbone, sample order.
 
-    What `explore` returns; the other ranks of a multi-process trainer compute it from the finished
-    artifact, so every rank builds the very same training cases (the distributed sampler shards them).
+    Every rank of a multi-process trainer reads them from the finished artifact, so every rank builds the
+    very same training cases (the distributed sampler shards them).
     """
     n = int(cfg.recommender.training.profiles_per_user)
     user_rank = {u: i for i, u in enumerate(users["user_id"])}
@@ -67,8 +44,8 @@ def wanted_profiles(cfg: DictConfig, users: pd.DataFrame, frame: pd.DataFrame) -
 def run(ctx: StageContext) -> dict[str, Any]:
     """Train the configured f_Rec into the `rec_model` artifact (reused when finished for the same inputs).
 
-    Under a multi-process trainer every rank builds the same cases and joins the fit; only rank 0 makes
-    the training profiles and writes the artifact.
+    Under a multi-process trainer every rank builds the same cases and joins the fit; only rank 0 writes
+    the artifact.
     """
     cfg, rcfg, store = ctx.cfg, ctx.cfg.recommender, ctx.store
     if not rcfg.trainable:
@@ -76,13 +53,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
             print(f"train_rec: {rcfg.name} is zero-shot; nothing to train")
         return {"recommender": str(rcfg.name), "trained": False}
     samples = ctx.read_table(SAMPLES)
-    users = rec_train_samples(cfg, samples)
     tcfg = rcfg.training
+    users = rec_train_users(samples, None if tcfg.max_users is None else int(tcfg.max_users))
     select_by = str(tcfg.select_by)  # checked with the whole config (schemas.RecTrainingSchema)
     profiles = None
     if int(tcfg.profiles_per_user) > 0:
-        made = rec_train_profiles(ctx, users) if ctx.is_main else ctx.read_table(REC_TRAIN_PROFILES)
-        profiles = wanted_profiles(cfg, users, made)
+        profiles = wanted_profiles(cfg, users, ctx.read_table(REC_TRAIN_PROFILES))
     fp = ctx.fingerprint(REC_MODEL)
     if store.prepare(REC_MODEL, fp) == "done":
         meta = store.meta(REC_MODEL)
@@ -126,21 +102,20 @@ def run(ctx: StageContext) -> dict[str, Any]:
     return summary
 
 
-#: What the rec_train users' profiles depend on (how many users and profiles only add rows).
-REC_TRAIN_PROFILE_CONFIG = ("sampling.backbones", "sampling.temperature", "sampling.max_new_tokens", "prompt",
-                            "dataset.item_text", "history.length", "seed")
+#: f_Rec model keys that only batch its scoring (`predict`), never its training or validation.
+SCORING_ONLY = ("batch_size", "predict_batch_size", "reuse_prefix")
 
 
 def outputs(cfg: DictConfig) -> list[Output]:
-    """A trainable f_Rec makes its training profiles and its checkpoint; a zero-shot one makes nothing."""
+    """A trainable f_Rec makes its checkpoint from the rec_train users (and their profiles); a zero-shot one nothing."""
     if not cfg.recommender.trainable:
         return []
-    return [
-        Output(REC_TRAIN_PROFILES, config=REC_TRAIN_PROFILE_CONFIG, inputs=(SAMPLES,),
-               grows_by=("recommender.training.max_users", "recommender.training.profiles_per_user")),
-        Output(REC_MODEL, config=("recommender.model", "recommender.training", "trainer", "prompt.facts", "seed"),
-               inputs=(SAMPLES, REC_TRAIN_PROFILES)),
-    ]
+    model = cfg.recommender.model
+    profiles = (REC_TRAIN_PROFILES,) if int(cfg.recommender.training.profiles_per_user) > 0 else ()
+    return [Output(REC_MODEL, config=("recommender.model", "recommender.training", "trainer", "prompt.facts", "seed"),
+                   inputs=(SAMPLES, *profiles),
+                   not_identity=(*TRAINER_DISPLAY, *pace_keys(cfg, "recommender.model"),
+                                 *(f"recommender.model.{key}" for key in SCORING_ONLY if key in model)))]
 
 
 STAGE = Stage(name="train_rec", run=run, needs=(SAMPLES,), outputs=outputs, distributed=True)
