@@ -39,7 +39,7 @@ def align_method(ctx: StageContext, method: str, pairs: pd.DataFrame) -> dict[st
     """
     cfg, store = ctx.cfg, ctx.store
     name, fp = adapter_artifact(method), ctx.fingerprint(adapter_artifact(method))
-    if store.prepare(name, fp) == "done":
+    if ctx.agree(store.prepare(name, fp)) == "done":
         log.info("%s: reusing %s", name, store.path(name))
         return store.meta(name) or {}
     acfg, method_cfg, seed = cfg.align, cfg.align.method[method], int(cfg.seed)
@@ -52,10 +52,10 @@ def align_method(ctx: StageContext, method: str, pairs: pd.DataFrame) -> dict[st
     began = time.perf_counter()
     engine = str(acfg.engine)
     work = checkpoints(method)
-    resume = store.begin(work, fp) == "partial"
+    resume = ctx.agree(store.begin(work, fp)) == "partial"
     weights = None  # the adapter's gathered weights when the fit sharded the model
     if engine == "trl" and method_cfg.examples == "preference":
-        if ctx.fit_gate is not None:
+        if ctx.world > 1:
             raise ValueError("align.engine=trl trains in one process; use align.engine=lightning with a "
                              "multi-process trainer")
         trained, summary = fit_trl(acfg, method_cfg, model, tokenizer, train, val, store.path(work), seed,
@@ -66,7 +66,6 @@ def align_method(ctx: StageContext, method: str, pairs: pd.DataFrame) -> dict[st
         def make_trainer(**kwargs: Any) -> Any:
             return lightning_trainer(cfg.trainer, **overrides, **kwargs, logger=ctx.tracker.lightning_logger())
 
-        ctx.ready_to_fit()
         trained, summary, weights = fit_lightning(acfg, method_cfg, attach_lora(model, acfg.lora), tokenizer, train,
                                                   val, make_trainer, store.path(work), resume, seed,
                                                   device_count(cfg.trainer))

@@ -80,8 +80,8 @@ class StageContext:
 
     Under a multi-process trainer every rank runs the distributed stages: rank 0 (:attr:`is_main`)
     makes and writes the artifacts; the others get a read-only store and a tracker that records
-    nothing, and only join the fits. A distributed stage calls :meth:`ready_to_fit` right before
-    each fit, once everything that fit reads is written.
+    nothing, and only join the fits. A decision every rank must share (reuse or resume an artifact)
+    is rank 0's, through :meth:`agree`.
     """
 
     cfg: DictConfig
@@ -91,17 +91,13 @@ class StageContext:
     stage: Stage
     declared: Mapping[str, Declared] = field(default_factory=dict)  # artifact name -> declaration
     rank: int = 0  # this process's global rank (0: the only process, or the one that writes)
-    fit_gate: Callable[[], None] | None = None  # the runner's rendezvous before each fit (None: one process)
+    world: int = 1  # processes of this run
+    agree: Callable[[Any], Any] = lambda value: value  # rank 0's value on every rank (the runner's broadcast)
 
     @property
     def is_main(self) -> bool:
         """Whether this process makes and writes the artifacts (rank 0, or the only process)."""
         return self.rank == 0
-
-    def ready_to_fit(self) -> None:
-        """Right before each fit: rank 0 tells the other ranks to join it; another rank waits until it does."""
-        if self.fit_gate is not None:
-            self.fit_gate()
 
     def fingerprint(self, name: str) -> str:
         """The identity of artifact ``name`` under this config: its declared config values and inputs."""

@@ -60,7 +60,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if int(tcfg.profiles_per_user) > 0:
         profiles = wanted_profiles(cfg, users, ctx.read_table(REC_TRAIN_PROFILES))
     fp = ctx.fingerprint(REC_MODEL)
-    if store.prepare(REC_MODEL, fp) == "done":
+    if ctx.agree(store.prepare(REC_MODEL, fp)) == "done":
         meta = store.meta(REC_MODEL)
         print(f"train_rec: reusing {store.path(REC_MODEL)} (validation {meta['select_by']} {meta['val_score']:.3f})")
         return meta
@@ -82,7 +82,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
     def make_trainer(**kwargs: Any) -> Any:
         return lightning_trainer(cfg.trainer, **OmegaConf.to_container(tcfg.trainer, resolve=True), **kwargs)
 
-    ctx.ready_to_fit()
     result = fit(module, data, make_trainer, store.path(REC_MODEL), int(tcfg.patience),
                  logger=ctx.tracker.lightning_logger(), select_by=select_by)
     if not ctx.is_main:
