@@ -42,7 +42,7 @@ def log_file() -> str | None:
 
 
 def one_line(error: BaseException) -> str:
-    """An error as one line: its type (unless it is a plain ValueError/RuntimeError) and first message line.
+    """An error as one line: its type (unless lettingo raised it, or a plain ValueError/RuntimeError) and first line.
 
     Hydra wraps an error raised while building an object (a backbone, an f_Rec) in InstantiationException;
     the line is the wrapped error's.
@@ -50,7 +50,8 @@ def one_line(error: BaseException) -> str:
     while isinstance(error, InstantiationException) and error.__cause__ is not None:
         error = error.__cause__
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    plain = type(error) in (ValueError, RuntimeError, ConfigError)
+    # Our own errors (a config value, a rank, a file) say what they are; a foreign one is named by its type.
+    plain = type(error) in (ValueError, RuntimeError) or type(error).__module__.startswith("lettingo.")
     return text if plain else f"{type(error).__name__}: {text}"
 
 

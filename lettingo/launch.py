@@ -27,6 +27,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from lettingo.schemas import DistributedSchema
+
 #: Under a SLURM allocation, a step of this name is a shell, not a managed step (as Lightning decides).
 SLURM_SHELLS = ("bash", "interactive")
 #: The folder inside the run folder where the elastic agent keeps each rank's stdout, stderr and error.
@@ -35,16 +37,6 @@ RANK_LOGS = "rank_logs"
 
 class RankFailed(RuntimeError):
     """A rank of this run failed (or none answered in time), so the run cannot finish."""
-
-
-@dataclass(frozen=True)
-class DistributedSettings:
-    """How the ranks of one run wait for each other (the ``distributed`` config node)."""
-
-    timeout_s: float  # a collective inside a fit waits at most this long for every rank
-    stage_wait_s: float  # ranks other than 0 wait at most this long for rank 0's single-process stages
-    monitor_interval_s: float  # how often the elastic agent looks at the ranks it started
-    shutdown_timeout_s: int  # seconds between SIGTERM and SIGKILL when the agent ends the ranks
 
 
 def slurm_tasks() -> int | None:
@@ -125,7 +117,7 @@ def _init_method() -> tuple[str, int, int]:
 
 
 @contextmanager
-def process_group(settings: DistributedSettings, backend: str | None) -> Iterator[Ranks]:
+def process_group(settings: DistributedSchema, backend: str | None) -> Iterator[Ranks]:
     """Join this process to the ranks an outside launcher or :func:`launch` started; one process: no group.
 
     The default group (``backend``; None: torch's choice, gloo for CPU tensors and NCCL for CUDA ones) has
@@ -148,7 +140,7 @@ def process_group(settings: DistributedSettings, backend: str | None) -> Iterato
         dist.destroy_process_group()
 
 
-def launch(entrypoint: Callable[..., Any], args: tuple[Any, ...], processes: int, settings: DistributedSettings,
+def launch(entrypoint: Callable[..., Any], args: tuple[Any, ...], processes: int, settings: DistributedSchema,
            log_dir: Path) -> Any:
     """Run ``entrypoint(*args)`` on ``processes`` ranks of this node through torch's elastic launcher.
 

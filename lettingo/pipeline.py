@@ -25,11 +25,11 @@ from omegaconf import DictConfig, OmegaConf
 import lettingo
 from lettingo.align.training import device_count
 from lettingo.artifacts import ArtifactStore, write_json_atomic
-from lettingo.launch import RANK_LOGS, DistributedSettings, Ranks, external_ranks, launch, process_group
+from lettingo.launch import RANK_LOGS, Ranks, external_ranks, launch, process_group
 from lettingo.provenance import code_version, record_invocation
 from lettingo.runtime import release_accelerator_memory, seed_everything
-from lettingo.schemas import validate_config
-from lettingo.stages import BY_NAME, STAGES, declarations
+from lettingo.schemas import DistributedSchema, validate_config
+from lettingo.stages import BY_NAME, STAGES, check_declarations, declarations
 from lettingo.stages.base import Declared, Stage, StageContext
 from lettingo.tracking import NullTracker, Tracker
 
@@ -132,12 +132,9 @@ def trainer_processes(trainer_cfg: DictConfig) -> int:
     return device_count(trainer_cfg)
 
 
-def distributed_settings(cfg: DictConfig) -> DistributedSettings:
-    """The ``distributed`` config node as the launcher's settings."""
-    node = cfg.distributed
-    return DistributedSettings(timeout_s=float(node.timeout_s), stage_wait_s=float(node.stage_wait_s),
-                               monitor_interval_s=float(node.monitor_interval_s),
-                               shutdown_timeout_s=int(node.shutdown_timeout_s))
+def distributed_settings(cfg: DictConfig) -> DistributedSchema:
+    """The ``distributed`` config node, checked by its schema."""
+    return DistributedSchema(**OmegaConf.to_container(cfg.distributed, resolve=True))
 
 
 def process_group_backend(trainer_cfg: DictConfig) -> str | None:
@@ -153,6 +150,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     launcher (torchrun, srun) started this process; the result is rank 0's.
     """
     validate_config(cfg)
+    check_declarations(cfg)
     stages = selected_stages(str(cfg.stage), cfg.get("stop_after"))
     processes, started = trainer_processes(cfg.trainer), external_ranks()
     if started is not None and started != processes and max(started, processes) > 1:
@@ -227,6 +225,8 @@ def run_stage(cfg: DictConfig, stage: Stage, ranks: Ranks, store: ArtifactStore,
                      f" (rank {ranks.rank} of {ranks.world})" if ranks.world > 1 else "")
             ctx = StageContext(cfg=cfg, run_dir=store.root, store=store, tracker=tracker, stage=stage,
                                declared=declared, rank=ranks.rank, world=ranks.world, agree=ranks.agree)
+            for name in stage.needs:  # made for this config by an earlier stage, or one line naming the command
+                ctx.need(name)
             result = stage.run(ctx)
     except BaseException as caught:
         error = caught

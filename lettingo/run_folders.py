@@ -11,7 +11,7 @@ import hashlib
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -38,14 +38,30 @@ def run_folder(root: str, stage: str, run_dir: str | None = None, now: Callable[
     ``run_dir`` when given; else, for a single stage (not ``pipeline``), the target of ``<root>/latest``
     when that symlink exists, so ``stage=align`` continues the run whose pairs it needs; else a new
     folder ``<root>/<date_time>``, created here so that no other run started in the same second gets it
-    (that one gets ``<date_time>_2``). ``now`` is the clock (tests pass a fixed one).
+    (that one gets ``<date_time>_2``); or, for the ranks an outside launcher started, the launch's own
+    folder (:func:`outside_launch`). ``now`` is the clock (tests pass a fixed one).
     """
     if run_dir is not None and str(run_dir) != "":
         return str(run_dir)
     latest = Path(root) / LATEST
     if str(stage) != PIPELINE and latest.is_symlink() and latest.exists():
         return str(latest.resolve())
+    launch = outside_launch()
+    if launch is not None:  # every rank names the same folder (so a relaunch of the step continues it)
+        return str(Path(root) / launch)
     return str(reserve_folder(Path(root) / now().strftime(FOLDER_FORMAT)))
+
+
+def outside_launch(env: Mapping[str, str] = os.environ) -> str | None:
+    """The folder name every rank of an outside launch gives a new run: ``slurm-<job>-<step>`` for the tasks
+    of a SLURM step, ``torchrun-<run id>`` for torchrun's ranks; None for one process, and for a torchrun
+    launch without an id (no ``--standalone`` or ``--rdzv-id``: rank 0 then tells the others its folder,
+    and each rank's Hydra log stays in the folder that rank named)."""
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and env.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
+        return f"slurm-{env.get('SLURM_JOB_ID', '0')}-{env.get('SLURM_STEP_ID', '0')}"
+    if int(env.get("WORLD_SIZE", "1")) > 1 and env.get("TORCHELASTIC_RUN_ID", "none") != "none":
+        return f"torchrun-{env['TORCHELASTIC_RUN_ID']}"
+    return None
 
 
 def check_writable(folder: Path) -> None:
