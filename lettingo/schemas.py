@@ -108,7 +108,7 @@ class PathsSchema:
 
     root_dir: str
     output_root: str
-    run_dir: str
+    run_dir: str | None  # None only in `--cfg job --resolve`: Hydra shows the config before it picks a folder
     model_cache: str
 
 
@@ -281,32 +281,6 @@ class SensitivitySchema:
 
     def __post_init__(self) -> None:
         at_least("min_effect", self.min_effect, 0)
-
-
-@dataclass
-class TabularSchema:
-    """`evaluate.tabular`: the non-LLM f_Rec rows of both tables (fitted on the non-held-out users)."""
-
-    enabled: bool
-    plain: Any
-    oracle: Any
-
-
-@dataclass
-class EvaluateSchema:
-    """`evaluate`: rewards of the explored profiles, pairs, and the baselines table."""
-
-    split: str
-    raw_histories: list[int]
-    users_per_chunk: int
-    sensitivity: SensitivitySchema
-    tabular: TabularSchema
-
-    def __post_init__(self) -> None:
-        require(bool(self.split), "split", self.split, "must name a split")
-        for i, h in enumerate(self.raw_histories):
-            at_least(f"raw_histories[{i}]", h, 1)
-        at_least("users_per_chunk", self.users_per_chunk, 1)
 
 
 @dataclass
@@ -517,6 +491,32 @@ class RecommenderSchema:
                 "must be an f_Rec config (with _target_)")
         require(not self.trainable or self.training is not None, "training", None,
                 "a trainable f_Rec needs a training node (conf/recommender/shared/training.yaml)")
+
+
+@dataclass
+class TabularSchema:
+    """`evaluate.tabular`: the non-LLM f_Rec rows of both tables (fitted on the non-held-out users)."""
+
+    enabled: bool
+    plain: RecommenderSchema
+    oracle: RecommenderSchema
+
+
+@dataclass
+class EvaluateSchema:
+    """`evaluate`: rewards of the explored profiles, pairs, and the baselines table."""
+
+    split: str
+    raw_histories: list[int]
+    users_per_chunk: int
+    sensitivity: SensitivitySchema
+    tabular: TabularSchema
+
+    def __post_init__(self) -> None:
+        require(bool(self.split), "split", self.split, "must name a split")
+        for i, h in enumerate(self.raw_histories):
+            at_least(f"raw_histories[{i}]", h, 1)
+        at_least("users_per_chunk", self.users_per_chunk, 1)
 
 
 @dataclass

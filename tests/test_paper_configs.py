@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from lettingo import CONFIG_DIR
 from lettingo.data.splits import scaled_sizes
 from lettingo.llm.hub import parse_hub_id
-from lettingo.schemas import validate_config
+from lettingo.schemas import config_object, validate_config
 from lettingo.stages.data import sample_spec
 
 EXPERIMENTS = ["paper_ml1m", "paper_ml10m", "paper_amazon_books", "paper_yelp"]
@@ -108,7 +108,7 @@ def test_the_printed_job_config_of_paper_ml1m(tmp_path: Path) -> None:
 
 def ml1m_split_sizes(cfg: DictConfig) -> dict[str, int]:
     """The split sizes the data stage carves from ML-1M's eligible users under ``cfg``."""
-    return scaled_sizes(sample_spec(cfg).split_sizes, ML1M_ELIGIBLE_H70)
+    return scaled_sizes(sample_spec(config_object(cfg)).split_sizes, ML1M_ELIGIBLE_H70)
 
 
 def test_ml1m_yields_the_test_users_its_header_states(compose_cfg) -> None:
@@ -136,5 +136,5 @@ def test_ml1m_eligible_users_and_split_sizes_on_the_real_data(compose_cfg) -> No
     interactions = load_ml1m()
     assert len(eligible_users(interactions, 70, 10)) == ML1M_ELIGIBLE_H70
     for extra, test_users in (([], 1111), (ML1M_2000, 2000)):
-        samples = make_samples(interactions, sample_spec(paper_cfg(compose_cfg, "paper_ml1m", *extra)))
+        samples = make_samples(interactions, sample_spec(config_object(paper_cfg(compose_cfg, "paper_ml1m", *extra))))
         assert int((samples["split"] == "test").sum()) == test_users, extra

@@ -4,6 +4,7 @@ checkpoints (a killed run resumes to the same adapter), and TRL's DPOTrainer as 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,6 @@ import pandas as pd
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig, ListConfig
 
 from lettingo.align.adapters import lora_config
 from lettingo.align.data import AlignDataModule, check_pairs, positive_examples, preference_examples
@@ -19,6 +19,7 @@ from lettingo.align.module import AdapterModule
 from lettingo.align.sharding import gather_adapter, is_sharded
 from lettingo.llm.memory import enable_gradient_checkpointing
 from lettingo.llm.models import training_device
+from lettingo.schemas import AlignMethodSchema, AlignSchema, check_global_batch, configured_processes
 
 log = logging.getLogger(__name__)
 
@@ -27,26 +28,20 @@ EXAMPLE_BUILDERS = {"preference": preference_examples, "positive": positive_exam
 LAST_CHECKPOINT = "last.ckpt"
 
 
-def device_count(trainer_cfg: DictConfig) -> int:
+def device_count(trainer_cfg: Mapping[str, Any]) -> int:
     """Processes that each run a micro-batch per step: devices x nodes (``-1``/``auto`` on GPU: all visible)."""
-    devices = trainer_cfg.get("devices", 1)
-    if isinstance(devices, ListConfig | list):
-        count = len(devices)
-    elif str(devices) in ("-1", "auto"):
-        on_gpu = training_device(str(trainer_cfg.get("accelerator", "cpu"))).type == "cuda"
-        count = torch.cuda.device_count() if on_gpu else 1
-    else:
-        count = int(devices)
-    return count * int(trainer_cfg.get("num_nodes", 1))
+    configured = configured_processes(trainer_cfg)
+    if configured is not None:
+        return configured
+    on_gpu = training_device(str(trainer_cfg.get("accelerator", "cpu"))).type == "cuda"
+    return (torch.cuda.device_count() if on_gpu else 1) * int(trainer_cfg.get("num_nodes", 1))
 
 
 def accumulation_steps(global_size: int, micro_size: int, devices: int) -> int:
-    """Micro-batches accumulated per optimizer step so that a step sees ``global_size`` pairs."""
-    per_pass = micro_size * devices
-    if micro_size < 1 or global_size < per_pass or global_size % per_pass:
-        raise ValueError(f"align.batch.global_size ({global_size}) must be a positive multiple of micro_size x devices "
-                         f"({micro_size} x {devices} = {per_pass})")
-    return global_size // per_pass
+    """Micro-batches accumulated per optimizer step so that a step sees ``global_size`` pairs (the rule the config
+    check applies where the config names the devices; here also where only the machine knows them)."""
+    check_global_batch(global_size, micro_size, devices)
+    return global_size // (micro_size * devices)
 
 
 def generator_pairs(pairs: pd.DataFrame, profiles: pd.DataFrame | None, backbone: str) -> pd.DataFrame:
@@ -68,7 +63,7 @@ def generator_pairs(pairs: pd.DataFrame, profiles: pd.DataFrame | None, backbone
     return merged
 
 
-def fit_lightning(acfg: DictConfig, method_cfg: DictConfig, model: Any, tokenizer: Any, train: pd.DataFrame,
+def fit_lightning(acfg: AlignSchema, method_cfg: AlignMethodSchema, model: Any, tokenizer: Any, train: pd.DataFrame,
                   val: pd.DataFrame, make_trainer: Any, folder: Path, resume: bool, seed: int,
                   devices: int) -> tuple[Any, dict[str, Any], dict[str, torch.Tensor] | None]:
     """Train ``model`` (LoRA attached) with the method's module; checkpoints at epoch ends under ``folder``.
@@ -78,24 +73,24 @@ def fit_lightning(acfg: DictConfig, method_cfg: DictConfig, model: Any, tokenize
     Returns the trained model, a summary, and under a sharding strategy (FSDP) the adapter's gathered
     weights (on rank 0; pass them to `save_adapter`: the model's own are sharded), else None.
     """
-    lengths = (int(acfg.data.max_prompt_tokens), int(acfg.data.max_completion_tokens))
-    make = EXAMPLE_BUILDERS[str(method_cfg.examples)]
+    lengths = (acfg.data.max_prompt_tokens, acfg.data.max_completion_tokens)
+    make = EXAMPLE_BUILDERS[method_cfg.examples]
     train_examples, train_cut = make(train, tokenizer, *lengths)
     val_examples, val_cut = make(val, tokenizer, *lengths)
     train_cut.log("align train")
     val_cut.log("align val")
-    micro = int(acfg.batch.micro_size)
-    accumulate = accumulation_steps(int(acfg.batch.global_size), micro, devices)
+    micro = acfg.batch.micro_size
+    accumulate = accumulation_steps(acfg.batch.global_size, micro, devices)
     data = AlignDataModule(train_examples, val_examples, micro, tokenizer.pad_token_id, seed)
     module: AdapterModule = instantiate(method_cfg.module)(model)
-    if acfg.get("gradient_checkpointing", False):
+    if acfg.gradient_checkpointing:
         checkpoint_activations(module)
     # save_top_k=1 without a monitor keeps the newest epoch; Lightning writes last.ckpt only beside a save.
     checkpoint = ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=1, every_n_epochs=1,
                                  save_on_train_epoch_end=True)
     trainer = make_trainer(
-        max_epochs=int(acfg.epochs), max_steps=int(acfg.max_steps), accumulate_grad_batches=accumulate,
-        val_check_interval=1.0 / max(1, int(acfg.val_checks_per_epoch)), check_val_every_n_epoch=1,
+        max_epochs=acfg.epochs, max_steps=acfg.max_steps, accumulate_grad_batches=accumulate,
+        val_check_interval=1.0 / acfg.val_checks_per_epoch, check_val_every_n_epoch=1,
         num_sanity_val_steps=0, callbacks=[checkpoint], default_root_dir=str(folder), enable_checkpointing=True,
     )
     last = folder / LAST_CHECKPOINT
@@ -126,23 +121,20 @@ def checkpoint_activations(module: AdapterModule) -> None:
     enable_gradient_checkpointing(module.model.get_base_model())
 
 
-def fit_trl(acfg: DictConfig, method_cfg: DictConfig, model: Any, tokenizer: Any, train: pd.DataFrame,
+def fit_trl(acfg: AlignSchema, method_cfg: AlignMethodSchema, model: Any, tokenizer: Any, train: pd.DataFrame,
             val: pd.DataFrame, folder: Path, seed: int, max_grad_norm: float) -> tuple[Any, dict[str, Any]]:
     """Train DPO with TRL's DPOTrainer on the same pairs and settings; return the model and a summary."""
     from lettingo.align.trl_engine import train_with_trl
 
-    module_cfg = method_cfg.module
-    micro = int(acfg.batch.micro_size)
-    lora = acfg.lora
-    peft_config = lora_config(int(lora.r), float(lora.alpha), float(lora.dropout), list(lora.target_modules))
+    module, optimizer = method_cfg.module, method_cfg.module["optimizer"]
+    micro, lora = acfg.batch.micro_size, acfg.lora
+    peft_config = lora_config(lora.r, lora.alpha, lora.dropout, lora.target_modules)
     trained, history = train_with_trl(
         model, peft_config, tokenizer, train, val, folder,
-        beta=float(module_cfg.beta), lr=float(module_cfg.optimizer.lr),
-        weight_decay=float(module_cfg.optimizer.weight_decay), micro_batch_size=micro,
-        accumulate=accumulation_steps(int(acfg.batch.global_size), micro, 1), epochs=int(acfg.epochs),
-        max_steps=int(acfg.max_steps),
-        max_length=int(acfg.data.max_prompt_tokens) + int(acfg.data.max_completion_tokens),
-        precompute_reference=bool(module_cfg.precompute_reference), max_grad_norm=max_grad_norm, seed=seed,
+        beta=module["beta"], lr=optimizer["lr"], weight_decay=optimizer["weight_decay"], micro_batch_size=micro,
+        accumulate=accumulation_steps(acfg.batch.global_size, micro, 1), epochs=acfg.epochs,
+        max_steps=acfg.max_steps, max_length=acfg.data.max_prompt_tokens + acfg.data.max_completion_tokens,
+        precompute_reference=module["precompute_reference"], max_grad_norm=max_grad_norm, seed=seed,
     )
     return trained, {"examples_train": len(train), "examples_val": len(val), "trl_history": history,
                      "steps": len(history["train"])}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict
 from typing import Any
 
 import pandas as pd
@@ -21,6 +22,7 @@ from lettingo.align.training import device_count, fit_lightning, fit_trl, genera
 from lettingo.artifacts import PAIRS, PROFILES, adapter_artifact
 from lettingo.llm.models import load_causal_lm, resolve_dtype, training_device
 from lettingo.runtime import lightning_trainer, seed_everything
+from lettingo.schemas import LettingoConfig, config_object
 from lettingo.stages.base import TRAINER_DISPLAY, Output, Stage, StageContext
 
 log = logging.getLogger(__name__)
@@ -31,26 +33,26 @@ def checkpoints(method: str) -> str:
     return f"align/{method}"
 
 
-def align_method(ctx: StageContext, method: str, pairs: pd.DataFrame) -> dict[str, Any]:
+def align_method(ctx: StageContext, conf: LettingoConfig, method: str, pairs: pd.DataFrame) -> dict[str, Any]:
     """Train one method's adapter (or reuse it) and write the artifact ``adapter_<method>``.
 
     Under a multi-process trainer every rank reaches the same fits (the same pairs, the same reuse
     decisions, read from the run folder); only rank 0 writes the checkpoints and the adapter.
     """
-    cfg, store = ctx.cfg, ctx.store
+    store = ctx.store
     name, fp = adapter_artifact(method), ctx.fingerprint(adapter_artifact(method))
     if ctx.agree(store.prepare(name, fp)) == "done":
         log.info("%s: reusing %s", name, store.path(name))
         return store.meta(name) or {}
-    acfg, method_cfg, seed = cfg.align, cfg.align.method[method], int(cfg.seed)
+    acfg, method_cfg, seed, trainer = conf.align, conf.align.method[method], conf.seed, conf.trainer
     seed_everything(seed)
-    selected = select_pairs(pairs, None if acfg.data.max_pairs is None else int(acfg.data.max_pairs), seed)
-    train, val = split_by_user(selected, float(acfg.data.val_fraction), seed)
-    device = training_device(str(cfg.trainer.get("accelerator", "cpu")))
-    model, tokenizer = load_causal_lm(str(cfg.backbone.model), cfg.backbone.cache_dir,
-                                      dtype=resolve_dtype(str(acfg.dtype), device), device="cpu")
+    selected = select_pairs(pairs, acfg.data.max_pairs, seed)
+    train, val = split_by_user(selected, acfg.data.val_fraction, seed)
+    device = training_device(trainer.get("accelerator", "cpu"))
+    model, tokenizer = load_causal_lm(conf.backbone["model"], conf.backbone["cache_dir"],
+                                      dtype=resolve_dtype(acfg.dtype, device), device="cpu")
     began = time.perf_counter()
-    engine = str(acfg.engine)
+    engine = acfg.engine
     work = checkpoints(method)
     resume = ctx.agree(store.begin(work, fp)) == "partial"
     weights = None  # the adapter's gathered weights when the fit sharded the model
@@ -59,23 +61,23 @@ def align_method(ctx: StageContext, method: str, pairs: pd.DataFrame) -> dict[st
             raise ValueError("align.engine=trl trains in one process; use align.engine=lightning with a "
                              "multi-process trainer")
         trained, summary = fit_trl(acfg, method_cfg, model, tokenizer, train, val, store.path(work), seed,
-                                   float(cfg.trainer.get("gradient_clip_val") or 0.0))
+                                   trainer.get("gradient_clip_val") or 0.0)
     else:
-        overrides = {} if acfg.get("precision") is None else {"precision": str(acfg.precision)}
+        overrides = {} if acfg.precision is None else {"precision": acfg.precision}
 
         def make_trainer(**kwargs: Any) -> Any:
-            return lightning_trainer(cfg.trainer, **overrides, **kwargs, logger=ctx.tracker.lightning_logger())
+            return lightning_trainer(trainer, **overrides, **kwargs, logger=ctx.tracker.lightning_logger())
 
-        trained, summary, weights = fit_lightning(acfg, method_cfg, attach_lora(model, acfg.lora), tokenizer, train,
-                                                  val, make_trainer, store.path(work), resume, seed,
-                                                  device_count(cfg.trainer))
+        trained, summary, weights = fit_lightning(acfg, method_cfg, attach_lora(model, asdict(acfg.lora)), tokenizer,
+                                                  train, val, make_trainer, store.path(work), resume, seed,
+                                                  device_count(trainer))
     if not ctx.is_main:
         return {"method": method, "rank": ctx.rank}
     seconds = time.perf_counter() - began
     save_adapter(trained, store.path(name), weights)
     summary |= {"method": method, "engine": engine, "pairs_train": len(train), "pairs_val": len(val),
                 "users_train": int(train["user_id"].nunique()), "users_val": int(val["user_id"].nunique()),
-                "seconds": seconds, "seconds_per_pair": seconds / max(1, len(train) * int(acfg.epochs))}
+                "seconds": seconds, "seconds_per_pair": seconds / max(1, len(train) * acfg.epochs)}
     store.finish(name, fp, **summary)
     return summary
 
@@ -96,21 +98,22 @@ def report(method: str, summary: dict[str, Any]) -> dict[str, float]:
 
 def run(ctx: StageContext) -> dict[str, Any]:
     """Train every method of `align.methods` on the `pairs` artifact; write ``adapter_<method>``."""
-    store = ctx.store
+    conf, store = config_object(ctx.cfg), ctx.store
+    generator = conf.backbone["name"]
     pairs = ctx.read_table(PAIRS)
     profiles = store.read_table(PROFILES) if store.meta(PROFILES) is not None else None
-    pairs = generator_pairs(pairs, profiles, str(ctx.cfg.backbone.name))
+    pairs = generator_pairs(pairs, profiles, generator)
     if pairs.empty:
         # Adapters left from earlier inputs would be tested as if trained on these pairs.
-        for method in ctx.cfg.align.methods:
-            store.move_aside(adapter_artifact(str(method)))
+        for method in conf.align.methods:
+            store.move_aside(adapter_artifact(method))
         log.warning("align SKIPPED: no preference pairs for %s (every user's profiles were all right or all "
                     "wrong); the test stage compares the base methods only. Explore more users or profiles "
-                    "(sampling.max_users, sampling.n) or try pairs=margin.", ctx.cfg.backbone.name)
+                    "(sampling.max_users, sampling.n) or try pairs=margin.", generator)
         return {"skipped": "no preference pairs"}
     results = {}
-    for method in map(str, ctx.cfg.align.methods):
-        summary = align_method(ctx, method, pairs)
+    for method in conf.align.methods:
+        summary = align_method(ctx, conf, method, pairs)
         if not ctx.is_main:
             continue
         ctx.tracker.log_metrics(report(method, summary))

@@ -4,63 +4,64 @@ carries its rating statistics among the users outside the held-out splits (`lett
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from typing import Any
 
 import pandas as pd
 from hydra.utils import instantiate
-from omegaconf import DictConfig
 
 from lettingo.artifacts import SAMPLES
 from lettingo.data.item_stats import ItemStats, annotate_items
 from lettingo.data.prepare import SampleSpec, format_summary, make_samples, summarize_data
 from lettingo.data.schema import LabelThresholds
 from lettingo.data.splits import expand_split_sizes
+from lettingo.schemas import LettingoConfig, config_object
 from lettingo.stages.base import Output, Stage, StageContext
 
 log = logging.getLogger(__name__)
 
 
-def sample_spec(cfg: DictConfig) -> SampleSpec:
+def sample_spec(conf: LettingoConfig) -> SampleSpec:
     """The sample/split specification from the `dataset` and `history` configs."""
-    histories = sorted({*map(int, cfg.dataset.histories), int(cfg.history.length)})
+    histories = sorted({*conf.dataset.histories, conf.history.length})
     return SampleSpec(
-        recent=int(cfg.history.recent),
+        recent=conf.history.recent,
         histories=histories,
-        split_sizes=expand_split_sizes({str(k): int(v) for k, v in cfg.dataset.splits.items()}, histories),
-        split_seed=int(cfg.dataset.split_seed),
-        thresholds=LabelThresholds(**cfg.dataset.labels),
+        split_sizes=expand_split_sizes(conf.dataset.splits, histories),
+        split_seed=conf.dataset.split_seed,
+        thresholds=LabelThresholds(**asdict(conf.dataset.labels)),
     )
 
 
-def check_splits_filled(samples: pd.DataFrame, spec: SampleSpec, cfg: DictConfig) -> None:
+def check_splits_filled(samples: pd.DataFrame, spec: SampleSpec, conf: LettingoConfig) -> None:
     """Fail in one line when a requested split got no users (the data has too few users this long)."""
     sizes = samples["split"].value_counts()
     empty = sorted(name for name, size in spec.split_sizes.items() if size > 0 and sizes.get(name, 0) == 0)
     if empty:
         need = spec.max_history + spec.recent + 1
-        raise ValueError(f"history.length={cfg.history.length}, history.recent={spec.recent}: only {len(samples)} "
-                         f"users of {cfg.dataset.name} have the {need} interactions needed, so splits {empty} got "
+        raise ValueError(f"history.length={conf.history.length}, history.recent={spec.recent}: only {len(samples)} "
+                         f"users of {conf.dataset.name} have the {need} interactions needed, so splits {empty} got "
                          "no users; "
                          "lower H or K, or the split sizes")
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
     """Build the samples (reused when finished for the same inputs) and print their summary."""
-    cfg, store = ctx.cfg, ctx.store
+    conf, store = config_object(ctx.cfg), ctx.store
     fp = ctx.fingerprint(SAMPLES)
     if store.prepare(SAMPLES, fp) == "done":
         log.info("samples: reusing %s", store.path(SAMPLES))
         summary = store.meta(SAMPLES)["summary"]
     else:
-        spec = sample_spec(cfg)
-        interactions = instantiate(cfg.dataset.loader)()
-        samples = make_samples(interactions, spec, source=cfg.dataset.name)
-        check_splits_filled(samples, spec, cfg)
-        held_out = {str(cfg.test.split), str(cfg.evaluate.split)}
+        spec = sample_spec(conf)
+        interactions = instantiate(conf.dataset.loader)()
+        samples = make_samples(interactions, spec, source=conf.dataset.name)
+        check_splits_filled(samples, spec, conf)
+        held_out = {conf.test.split, conf.evaluate.split}
         samples = annotate_items(samples, ItemStats.from_samples(samples[~samples["split"].isin(held_out)]))
         summary = summarize_data(interactions, samples, spec)
         store.write_table(SAMPLES, samples, fp, summary=summary)
-    print(format_summary(summary, cfg.dataset.name))
+    print(format_summary(summary, conf.dataset.name))
     print(f"samples artifact: {store.path(SAMPLES)}")
     ctx.tracker.log_metrics({f"data/{split}/users": n for split, n in summary["split_sizes"].items()}
                             | {"data/all/interactions": summary["interactions"]})

@@ -4,6 +4,7 @@ and the baselines table on the held-out users."""
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from typing import Any
 
 import pandas as pd
@@ -37,41 +38,40 @@ from lettingo.recommender.cases import predicted_labels
 from lettingo.recommender.loading import LazyRecommender
 from lettingo.recommender.tabular import TabularRecommender
 from lettingo.recommender.text import ItemTextConfig
+from lettingo.schemas import LettingoConfig, RecommenderSchema, config_object
 from lettingo.stages.base import Output, Stage, StageContext, pace_keys
 
 log = logging.getLogger(__name__)
 
 
 
-def frozen_recommender(ctx: StageContext) -> LazyRecommender:
+def frozen_recommender(ctx: StageContext, rec: RecommenderSchema) -> LazyRecommender:
     """The configured f_Rec, built on first use: zero-shot as configured, trainable from `rec_model`."""
-    rcfg = ctx.cfg.recommender
     checkpoint = None
-    if rcfg.trainable:
+    if rec.trainable:
         meta = ctx.need(REC_MODEL)
         checkpoint = ctx.store.path(REC_MODEL) / meta["checkpoint"]
-    return LazyRecommender(str(rcfg.name), rcfg.model, checkpoint)
+    return LazyRecommender(rec.name, rec.model, checkpoint)
 
 
-def write_pairs(ctx: StageContext, rewards: pd.DataFrame) -> dict[str, Any]:
+def write_pairs(ctx: StageContext, conf: LettingoConfig, rewards: pd.DataFrame) -> dict[str, Any]:
     """The `pairs` artifact from the rewards under `pairs.*` (reused when finished); return its summary."""
-    pcfg, store, fp = ctx.cfg.pairs, ctx.store, ctx.fingerprint(PAIRS)
+    rule, store, fp = conf.pairs, ctx.store, ctx.fingerprint(PAIRS)
     if store.prepare(PAIRS, fp) == "done":
         summary = store.meta(PAIRS)["summary"]
     else:
-        cap = None if pcfg.max_pairs_per_user is None else int(pcfg.max_pairs_per_user)
-        pairs = build_pairs(rewards, rule=str(pcfg.rule), max_pairs_per_user=cap, min_margin=float(pcfg.min_margin),
-                            seed=int(ctx.cfg.seed))
+        pairs = build_pairs(rewards, rule=rule.rule, max_pairs_per_user=rule.max_pairs_per_user,
+                            min_margin=rule.min_margin, seed=conf.seed)
         summary = pairs_summary(rewards, pairs)
         store.write_table(PAIRS, pairs, fp, summary=summary)
-    print(format_pairs_summary(summary, str(pcfg.rule)))
+    print(format_pairs_summary(summary, rule.rule))
     return summary
 
 
-def check_sensitivity(ctx: StageContext, recommender: Recommender, rewards: pd.DataFrame,
+def check_sensitivity(ctx: StageContext, conf: LettingoConfig, recommender: Recommender, rewards: pd.DataFrame,
                       samples: pd.DataFrame) -> dict[str, dict[str, float]]:
     """profile_sensitivity per split with at least 2 users (artifact `sensitivity`); warns loudly when unclear."""
-    ecfg, store, fp = ctx.cfg.evaluate, ctx.store, ctx.fingerprint(SENSITIVITY)
+    store, fp = ctx.store, ctx.fingerprint(SENSITIVITY)
     if store.prepare(SENSITIVITY, fp) == "done":
         results = store.read_json(SENSITIVITY)
     else:
@@ -80,11 +80,11 @@ def check_sensitivity(ctx: StageContext, recommender: Recommender, rewards: pd.D
             if rows["user_id"].nunique() < 2:
                 continue
             results[str(split)] = profile_sensitivity(
-                recommender, profile_cases(rows, samples), int(ctx.cfg.seed), int(ctx.cfg.bootstrap.n_resamples),
-                float(ctx.cfg.bootstrap.confidence), rows.loc[:, [f"p_{label}" for label in LABELS]].to_numpy(),
+                recommender, profile_cases(rows, samples), conf.seed, conf.bootstrap.n_resamples,
+                conf.bootstrap.confidence, rows.loc[:, [f"p_{label}" for label in LABELS]].to_numpy(),
             ).to_dict()
         store.write_json(SENSITIVITY, results, fp)
-    min_effect = float(ecfg.sensitivity.min_effect)
+    min_effect = conf.evaluate.sensitivity.min_effect
     for split, values in results.items():
         result = Sensitivity(**values)
         message = sensitivity_message(result, recommender.name, min_effect)
@@ -102,19 +102,19 @@ def first_profiles(profiles: pd.DataFrame, users: list[str]) -> dict[str, str] |
     return {str(u): str(t) for u, t in first.items()} if set(users) <= set(first.index) else None
 
 
-def held_out_splits(cfg: DictConfig) -> set[str]:
+def held_out_splits(conf: LettingoConfig) -> set[str]:
     """The splits no model may learn from: the held-out users of the evaluate and test stages."""
-    return {str(cfg.evaluate.split), str(cfg.test.split)}
+    return {conf.evaluate.split, conf.test.split}
 
 
-def tabular_models(ctx: StageContext, samples: pd.DataFrame) -> dict[str, TabularRecommender]:
+def tabular_models(ctx: StageContext, conf: LettingoConfig, samples: pd.DataFrame) -> dict[str, TabularRecommender]:
     """Row label -> the tabular f_Rec fitted on every user outside the held-out splits (artifact `tabular_models`)."""
-    store, tcfg, fp = ctx.store, ctx.cfg.evaluate.tabular, ctx.fingerprint(TABULAR_MODELS)
-    nodes = {str(tcfg.plain.model.name): tcfg.plain.model, str(tcfg.oracle.model.name): tcfg.oracle.model}
+    store, tabular, fp = ctx.store, conf.evaluate.tabular, ctx.fingerprint(TABULAR_MODELS)
+    nodes = {rec.model["name"]: rec.model for rec in (tabular.plain, tabular.oracle)}
     folder = store.path(TABULAR_MODELS)
     if store.prepare(TABULAR_MODELS, fp) == "done":
         return {label: TabularRecommender.load(folder / f"{method_key(label)}.pkl") for label in nodes}
-    train = samples[~samples["split"].isin(held_out_splits(ctx.cfg))]
+    train = samples[~samples["split"].isin(held_out_splits(conf))]
     models, info = {}, {}
     for label, node in nodes.items():
         model = instantiate(node).fit(train, train)
@@ -129,35 +129,34 @@ def tabular_models(ctx: StageContext, samples: pd.DataFrame) -> dict[str, Tabula
     return models
 
 
-def baselines(ctx: StageContext, recommender: Recommender, samples: pd.DataFrame,
+def baselines(ctx: StageContext, conf: LettingoConfig, recommender: Recommender, samples: pd.DataFrame,
               profiles: pd.DataFrame) -> Comparison:
     """Every baseline and f_Rec input on the held-out users of `evaluate.split` (artifact `baselines`)."""
-    cfg, ecfg, store, fp = ctx.cfg, ctx.cfg.evaluate, ctx.store, ctx.fingerprint(BASELINES)
+    evaluate, store, fp = conf.evaluate, ctx.store, ctx.fingerprint(BASELINES)
     if store.prepare(BASELINES, fp) == "done":
         return read_comparison(store.path(BASELINES) / f"{COMPARISON}.json")
-    held_out = samples[samples["split"] == str(ecfg.split)]
+    held_out = samples[samples["split"] == evaluate.split]
     if held_out.empty:
-        raise ValueError(f"evaluate.split={ecfg.split}: no users in that split to evaluate on")
+        raise ValueError(f"evaluate.split={evaluate.split}: no users in that split to evaluate on")
     train_labels = [t["label"] for t in samples.loc[samples["split"] == REC_TRAIN, "target"]]
-    history = int(cfg.history.length)
-    oracle = {str(s["user_id"]): oracle_profile(s, history, cfg.prompt.facts) for s in held_out.to_dict("records")}
+    facts = asdict(conf.prompt.facts)
+    oracle = {str(s["user_id"]): oracle_profile(s, conf.history.length, facts) for s in held_out.to_dict("records")}
+    item_text = conf.dataset.item_text
     predictions = baseline_predictions(
-        recommender, held_out, train_labels, LabelThresholds(**cfg.dataset.labels),
-        [int(h) for h in ecfg.raw_histories], ItemTextConfig.from_mapping(cfg.dataset.item_text),
-        int(cfg.history.recent), first_profiles(profiles, held_out["user_id"].astype(str).tolist()), oracle,
-        int(cfg.seed),
+        recommender, held_out, train_labels, LabelThresholds(**asdict(conf.dataset.labels)), evaluate.raw_histories,
+        ItemTextConfig(item_text.max_chars, item_text.review_chars), conf.history.recent,
+        first_profiles(profiles, held_out["user_id"].astype(str).tolist()), oracle, conf.seed,
     )
-    if ecfg.tabular.enabled:
-        for label, model in tabular_models(ctx, samples).items():
+    if evaluate.tabular.enabled:
+        for label, model in tabular_models(ctx, conf, samples).items():
             predictions[label] = predicted_labels(model.predict(held_out))
     comparison = Comparison.compute(
         held_out["user_id"].astype(str).tolist(), [str(t["label"]) for t in held_out["target"]], predictions,
-        references=[no_profile_label(int(cfg.history.recent)), ORACLE_FACTS],
-        n_resamples=int(cfg.bootstrap.n_resamples),
-        confidence=float(cfg.bootstrap.confidence), seed=int(cfg.seed),
-        meta={"split": str(ecfg.split), "recommender": recommender.name},
+        references=[no_profile_label(conf.history.recent), ORACLE_FACTS], n_resamples=conf.bootstrap.n_resamples,
+        confidence=conf.bootstrap.confidence, seed=conf.seed,
+        meta={"split": evaluate.split, "recommender": recommender.name},
     )
-    title = f"{recommender.name} on the held-out `{ecfg.split}` users"
+    title = f"{recommender.name} on the held-out `{evaluate.split}` users"
     comparison.write(store.path(BASELINES), COMPARISON, title)
     store.finish(BASELINES, fp, users=len(comparison.users))
     return comparison
@@ -168,35 +167,36 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     With no explored profiles (``sampling.max_users=0``, the reference tables) only `baselines` is written.
     """
-    cfg, store = ctx.cfg, ctx.store
+    conf, store = config_object(ctx.cfg), ctx.store
+    split = conf.evaluate.split
     samples = ctx.read_table(SAMPLES)
     profiles = ctx.read_table(PROFILES)
-    recommender = frozen_recommender(ctx)
+    recommender = frozen_recommender(ctx, conf.recommender)
     metrics: dict[str, float] = {}
     pairs: dict[str, Any] = {}
     sensitivity: dict[str, dict[str, float]] = {}
     if profiles.empty:
-        print(f"evaluate: no explored profiles (sampling.max_users={cfg.sampling.max_users}): no rewards or pairs; "
+        print(f"evaluate: no explored profiles (sampling.max_users={conf.sampling.max_users}): no rewards or pairs; "
               "the baselines table only")
     else:
         rewards = score_profiles(recommender, profiles, samples, store, REWARDS, ctx.fingerprint(REWARDS),
-                                 int(cfg.evaluate.users_per_chunk))
-        pairs = write_pairs(ctx, rewards)
-        sensitivity = check_sensitivity(ctx, recommender, rewards, samples)
+                                 conf.evaluate.users_per_chunk)
+        pairs = write_pairs(ctx, conf, rewards)
+        sensitivity = check_sensitivity(ctx, conf, recommender, rewards, samples)
         metrics |= {f"evaluate/{split}/profile_accuracy": float(rows["correct"].mean())
                     for split, rows in rewards.groupby("split")}
         log_reward_views(ctx.tracker, rewards, "evaluate")
-    comparison = baselines(ctx, recommender, samples, profiles)
-    print(comparison.markdown(f"{recommender.name} on the held-out `{cfg.evaluate.split}` users"))
+    comparison = baselines(ctx, conf, recommender, samples, profiles)
+    print(comparison.markdown(f"{recommender.name} on the held-out `{split}` users"))
 
-    for split, result in sensitivity.items():
-        metrics |= {f"evaluate/{split}/profile_sensitivity{suffix}": float(result[field])
+    for explored, result in sensitivity.items():
+        metrics |= {f"evaluate/{explored}/profile_sensitivity{suffix}": float(result[field])
                     for suffix, field in (("", "value"), ("_low", "low"), ("_high", "high"))}
-    metrics |= comparison.tracker_metrics(f"evaluate/{cfg.evaluate.split}")
+    metrics |= comparison.tracker_metrics(f"evaluate/{split}")
     metrics |= {f"evaluate/pairs/{k}": float(v) for k, v in pairs.items() if isinstance(v, int | float)}
     ctx.tracker.log_metrics(metrics)
-    ctx.tracker.log_table(f"evaluate/{cfg.evaluate.split}/baselines", comparison.flat_table())
-    ctx.tracker.log_image(f"evaluate/{cfg.evaluate.split}/macro_f1", store.path(BASELINES) / f"{COMPARISON}.png")
+    ctx.tracker.log_table(f"evaluate/{split}/baselines", comparison.flat_table())
+    ctx.tracker.log_image(f"evaluate/{split}/macro_f1", store.path(BASELINES) / f"{COMPARISON}.png")
     return {"recommender": recommender.name, "pairs": pairs, "profile_sensitivity": sensitivity,
             "baselines": comparison.to_json()["methods"]}
 

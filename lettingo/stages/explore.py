@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import asdict
 from typing import Any
 
 import pandas as pd
@@ -12,6 +13,7 @@ from lettingo.artifacts import PROFILES, SAMPLES
 from lettingo.llm.pool import BackendPool, backbones_by_name
 from lettingo.profiles.explore import explore
 from lettingo.profiles.quality import format_summary, summarize_profiles
+from lettingo.schemas import config_object
 from lettingo.stages.base import Output, Stage, StageContext, backbones_pace_keys
 
 log = logging.getLogger(__name__)
@@ -42,18 +44,17 @@ def tracker_metrics(summary: Mapping[str, Any], split: str) -> dict[str, float]:
 
 def run(ctx: StageContext) -> dict[str, Any]:
     """Write (or grow, or resume) the `profiles` artifact; log the summary per split and a few profiles."""
-    cfg, sampling = ctx.cfg, ctx.cfg.sampling
+    conf = config_object(ctx.cfg)
+    sampling, splits = conf.sampling, conf.sampling.splits
     samples = ctx.read_table(SAMPLES)
-    splits = [str(s) for s in sampling.splits]
     backends = BackendPool(backbones_by_name(sampling.backbones))
     with backends:
         frame = explore(
-            explore_split_samples(samples, splits), backends, prompt_cfg=cfg.prompt,
-            item_text_cfg=cfg.dataset.item_text, history_len=int(cfg.history.length), n=int(sampling.n),
-            temperature=float(sampling.temperature), max_new_tokens=int(sampling.max_new_tokens), seed=int(cfg.seed),
-            store=ctx.store, artifact_name=PROFILES, fp=ctx.fingerprint(PROFILES),
-            max_users=None if sampling.max_users is None else int(sampling.max_users),
-            users_per_chunk=int(sampling.users_per_chunk),
+            explore_split_samples(samples, splits), backends, prompt_cfg=asdict(conf.prompt),
+            item_text_cfg=asdict(conf.dataset.item_text), history_len=conf.history.length, n=sampling.n,
+            temperature=sampling.temperature, max_new_tokens=sampling.max_new_tokens, seed=conf.seed,
+            store=ctx.store, artifact_name=PROFILES, fp=ctx.fingerprint(PROFILES), max_users=sampling.max_users,
+            users_per_chunk=sampling.users_per_chunk,
         )
     explored = {split: frame[frame["split"] == split] for split in splits}
     summaries = {split: summarize_profiles(rows) for split, rows in explored.items() if not rows.empty}

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import asdict
 from typing import Any
 
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from lettingo.artifacts import (
     PREDICTIONS,
@@ -40,6 +41,7 @@ from lettingo.profiles.oracle import oracle_profile
 from lettingo.recommender.cases import predicted_labels
 from lettingo.recommender.loading import LazyRecommender
 from lettingo.recommender.tabular import TabularRecommender
+from lettingo.schemas import LettingoConfig, TestSchema, config_object
 from lettingo.stages.base import Output, Stage, StageContext, backbones_pace_keys, pace_keys
 
 log = logging.getLogger(__name__)
@@ -58,49 +60,48 @@ def fixed_format_artifact(name: str) -> str:
     return f"{TEST_PROFILES}_{name}"
 
 
-def adapter_generators(ctx: StageContext) -> dict[str, DictConfig]:
+def adapter_generators(ctx: StageContext, conf: LettingoConfig) -> dict[str, dict[str, Any]]:
     """Method label -> generator config with its adapter, for every trained adapter of `align.methods`."""
     found = {}
-    for method in map(str, ctx.cfg.align.methods):
+    for method in conf.align.methods:
         artifact = adapter_artifact(method)
         if ctx.store.meta(artifact) is None:
             continue
         ctx.need(artifact)
-        found[aligned_label(method)] = OmegaConf.merge(
-            ctx.cfg.backbone, {"name": f"{ctx.cfg.backbone.name}+{method}", "adapter": str(ctx.store.path(artifact))})
+        found[aligned_label(method)] = {**conf.backbone, "name": f"{conf.backbone['name']}+{method}",
+                                        "adapter": str(ctx.store.path(artifact))}
     return found
 
 
-def explore_settings(cfg: DictConfig) -> dict[str, Any]:
+def explore_settings(conf: LettingoConfig) -> dict[str, Any]:
     """The explore arguments every test generator shares: one greedy profile per user."""
-    tcfg = cfg.test
-    return {"item_text_cfg": cfg.dataset.item_text, "history_len": int(cfg.history.length), "n": 1,
-            "temperature": float(tcfg.temperature), "max_new_tokens": int(tcfg.max_new_tokens), "seed": int(cfg.seed),
-            "users_per_chunk": int(tcfg.users_per_chunk)}
+    return {"item_text_cfg": asdict(conf.dataset.item_text), "history_len": conf.history.length, "n": 1,
+            "temperature": conf.test.temperature, "max_new_tokens": conf.test.max_new_tokens, "seed": conf.seed,
+            "users_per_chunk": conf.test.users_per_chunk}
 
 
-def write_test_profiles(ctx: StageContext, users: pd.DataFrame) -> pd.DataFrame:
+def write_test_profiles(ctx: StageContext, conf: LettingoConfig, users: pd.DataFrame) -> pd.DataFrame:
     """One profile per user from every generator and prompt, with its method label in column `method`."""
-    cfg, store, common = ctx.cfg, ctx.store, explore_settings(ctx.cfg)
-    bases = backbones_by_name(cfg.sampling.backbones)
-    adapters = adapter_generators(ctx)
-    labels = {name: (NO_DPO if name == cfg.backbone.name else name) for name in bases}
-    labels |= {str(config.name): label for label, config in adapters.items()}
-    configs = {**bases, **{str(config.name): config for config in adapters.values()}}
-    generator = str(cfg.backbone.name)
-    configs.setdefault(generator, cfg.backbone)
+    store, common = ctx.store, explore_settings(conf)
+    generator = conf.backbone["name"]
+    bases = backbones_by_name(conf.sampling.backbones)
+    adapters = adapter_generators(ctx, conf)
+    labels = {name: (NO_DPO if name == generator else name) for name in bases}
+    labels |= {config["name"]: label for label, config in adapters.items()}
+    configs = {**bases, **{config["name"]: config for config in adapters.values()}}
+    configs.setdefault(generator, conf.backbone)
     fixed = []
     # One pool for every generator, fixed formats first on the generator's own engine, then the rest
     # ordered so that generators sharing an engine (base + adapters) run back to back: one engine each.
     with BackendPool(configs) as pool:
-        for name, prompt_cfg in (cfg.test.get("fixed_formats") or {}).items():
-            artifact = fixed_format_artifact(str(name))
-            frame = explore(users, pool.subset([generator]), prompt_cfg=prompt_cfg, store=store,
+        for name, prompt in conf.test.fixed_formats.items():
+            artifact = fixed_format_artifact(name)
+            frame = explore(users, pool.subset([generator]), prompt_cfg=asdict(prompt), store=store,
                             artifact_name=artifact, fp=ctx.fingerprint(artifact), **common)
-            fixed.append(frame.assign(method=f"{prompt_cfg.name} ({cfg.backbone.name})"))
+            fixed.append(frame.assign(method=f"{prompt.name} ({generator})"))
         names = [n for n in shared_engine_order(configs) if n in labels]
-        frame = explore(users, pool.subset(names), prompt_cfg=cfg.prompt, store=store, artifact_name=TEST_PROFILES,
-                        fp=ctx.fingerprint(TEST_PROFILES), **common)
+        frame = explore(users, pool.subset(names), prompt_cfg=asdict(conf.prompt), store=store,
+                        artifact_name=TEST_PROFILES, fp=ctx.fingerprint(TEST_PROFILES), **common)
     frames = [frame.assign(method=frame["backbone"].map(labels)), *fixed]
     return pd.concat(frames, ignore_index=True)
 
@@ -114,16 +115,16 @@ def text_rows(users: pd.DataFrame, texts: Mapping[str, str], method: str) -> pd.
     return pd.DataFrame(rows, columns=list(PROFILE_COLUMNS)).assign(method=method)
 
 
-def reference_rows(cfg: DictConfig, users: pd.DataFrame, generated: pd.DataFrame) -> pd.DataFrame:
+def reference_rows(conf: LettingoConfig, users: pd.DataFrame, generated: pd.DataFrame) -> pd.DataFrame:
     """The rows every profile method is read against: no profile (K recent items only), the no-DPO
     profiles shuffled among users (the floor) and the oracle facts of the older history (the ceiling)."""
-    history = int(cfg.history.length)
-    oracle = {str(s["user_id"]): oracle_profile(s, history, cfg.prompt.facts) for s in users.to_dict("records")}
-    frames = [text_rows(users, {}, no_profile_label(int(cfg.history.recent))), text_rows(users, oracle, ORACLE_FACTS)]
+    facts = asdict(conf.prompt.facts)
+    oracle = {str(s["user_id"]): oracle_profile(s, conf.history.length, facts) for s in users.to_dict("records")}
+    frames = [text_rows(users, {}, no_profile_label(conf.history.recent)), text_rows(users, oracle, ORACLE_FACTS)]
     base = generated[generated["method"] == NO_DPO]
     if base["user_id"].nunique() >= 2:
         texts = dict(zip(base["user_id"].astype(str), base["text"], strict=True))
-        frames.append(text_rows(users, shuffled_texts(texts, int(cfg.seed)), SHUFFLED))
+        frames.append(text_rows(users, shuffled_texts(texts, conf.seed), SHUFFLED))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -139,9 +140,10 @@ def method_predictions(predictions: pd.DataFrame) -> tuple[list[str], list[str],
     return users, truth, {m: by_method[m].loc[users, "predicted"].astype(str).tolist() for m in methods}
 
 
-def tabular_predictions(ctx: StageContext, users: pd.DataFrame, order: list[str]) -> dict[str, list[str]]:
+def tabular_predictions(ctx: StageContext, conf: LettingoConfig, users: pd.DataFrame,
+                        order: list[str]) -> dict[str, list[str]]:
     """Row label -> the tabular f_Rec's labels for ``order``'s users (none when evaluate.tabular is off)."""
-    if not ctx.cfg.evaluate.tabular.enabled:
+    if not conf.evaluate.tabular.enabled:
         return {}
     meta = ctx.need(TABULAR_MODELS)
     by_user = users.set_index(users["user_id"].astype(str)).loc[order].reset_index(drop=True)
@@ -150,38 +152,38 @@ def tabular_predictions(ctx: StageContext, users: pd.DataFrame, order: list[str]
             for label in meta["models"]}
 
 
-def test_users(cfg: DictConfig, samples: pd.DataFrame) -> pd.DataFrame:
+def test_users(test: TestSchema, samples: pd.DataFrame) -> pd.DataFrame:
     """The held-out users of `test.split` (the first `test.max_users` when set)."""
-    users = samples[samples["split"] == str(cfg.test.split)]
+    users = samples[samples["split"] == test.split]
     if users.empty:
-        raise ValueError(f"test.split={cfg.test.split}: no users in that split to test on")
-    return users if cfg.test.max_users is None else users.head(int(cfg.test.max_users))
+        raise ValueError(f"test.split={test.split}: no users in that split to test on")
+    return users if test.max_users is None else users.head(test.max_users)
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
     """Write `test_profiles*`, `predictions` and `results`; print Table 3 and the full comparison."""
-    cfg, store = ctx.cfg, ctx.store
+    conf, store = config_object(ctx.cfg), ctx.store
     samples = ctx.read_table(SAMPLES)
-    users = test_users(cfg, samples)
-    generated = write_test_profiles(ctx, users)
-    profiles = pd.concat([reference_rows(cfg, users, generated), generated], ignore_index=True)
-    rcfg = cfg.recommender
-    checkpoint = store.path(REC_MODEL) / ctx.need(REC_MODEL)["checkpoint"] if rcfg.trainable else None
-    recommender = LazyRecommender(str(rcfg.name), rcfg.model, checkpoint)
+    users = test_users(conf.test, samples)
+    generated = write_test_profiles(ctx, conf, users)
+    profiles = pd.concat([reference_rows(conf, users, generated), generated], ignore_index=True)
+    rec = conf.recommender
+    checkpoint = store.path(REC_MODEL) / ctx.need(REC_MODEL)["checkpoint"] if rec.trainable else None
+    recommender = LazyRecommender(rec.name, rec.model, checkpoint)
     predictions = score_profiles(recommender, profiles, samples, store, PREDICTIONS, ctx.fingerprint(PREDICTIONS),
-                                 int(cfg.test.users_per_chunk))
+                                 conf.test.users_per_chunk)
     fp = ctx.fingerprint(RESULTS)
-    title = f"{cfg.recommender.name} on the held-out `{cfg.test.split}` users"
+    split = conf.test.split
+    title = f"{rec.name} on the held-out `{split}` users"
     if store.prepare(RESULTS, fp) == "done":
         comparison = read_comparison(store.path(RESULTS) / f"{COMPARISON}.json")
     else:
         user_ids, truth, predicted = method_predictions(predictions)
-        predicted |= tabular_predictions(ctx, users, user_ids)
+        predicted |= tabular_predictions(ctx, conf, users, user_ids)
         comparison = Comparison.compute(
-            user_ids, truth, predicted, references=[DPO, no_profile_label(int(cfg.history.recent)), ORACLE_FACTS],
-            n_resamples=int(cfg.bootstrap.n_resamples),
-            confidence=float(cfg.bootstrap.confidence), seed=int(cfg.seed),
-            meta={"split": str(cfg.test.split), "recommender": str(rcfg.name), "dataset": str(cfg.dataset.name),
+            user_ids, truth, predicted, references=[DPO, no_profile_label(conf.history.recent), ORACLE_FACTS],
+            n_resamples=conf.bootstrap.n_resamples, confidence=conf.bootstrap.confidence, seed=conf.seed,
+            meta={"split": split, "recommender": rec.name, "dataset": conf.dataset.name,
                   "degenerate_share": predictions.groupby("method")["degenerate"]
                   .apply(lambda d: float((d != "").mean())).to_dict()},
         )
@@ -192,7 +194,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
         table = comparison.table(methods=table3, metrics=TABLE3_METRICS)
         print("## Table 3: alignment ablation\n\n" + to_markdown(table))
     print(comparison.markdown(title))
-    split = str(cfg.test.split)
     ctx.tracker.log_metrics(comparison.tracker_metrics(f"test/{split}"))
     ctx.tracker.log_table(f"test/{split}/results", comparison.flat_table())
     ctx.tracker.log_image(f"test/{split}/macro_f1", store.path(RESULTS) / f"{COMPARISON}.png")

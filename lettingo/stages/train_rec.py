@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict
 from typing import Any
 
 import pandas as pd
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from lettingo.artifacts import REC_MODEL, REC_TRAIN_PROFILES, SAMPLES
 from lettingo.data.splits import rec_train_users
@@ -20,20 +21,21 @@ from lettingo.llm.pool import backbones_by_name
 from lettingo.profiles.oracle import oracle_profiles
 from lettingo.recommender.training import RecDataModule, fit, split_users, training_cases
 from lettingo.runtime import lightning_trainer
+from lettingo.schemas import LettingoConfig, config_object
 from lettingo.stages.base import TRAINER_DISPLAY, Output, Stage, StageContext, pace_keys
 
 log = logging.getLogger(__name__)
 
 
-def wanted_profiles(cfg: DictConfig, users: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
+def wanted_profiles(conf: LettingoConfig, users: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
     """The rows of the rec_train profiles these users train on, in user, backbone, sample order.
 
     Every rank of a multi-process trainer reads them from the finished artifact, so every rank builds the
     very same training cases (the distributed sampler shards them).
     """
-    n = int(cfg.recommender.training.profiles_per_user)
+    n = conf.recommender.training.profiles_per_user
     user_rank = {u: i for i, u in enumerate(users["user_id"])}
-    backbone_rank = {b: i for i, b in enumerate(backbones_by_name(cfg.sampling.backbones))}
+    backbone_rank = {b: i for i, b in enumerate(backbones_by_name(conf.sampling.backbones))}
     keep = frame["user_id"].isin(user_rank) & frame["backbone"].isin(backbone_rank) & (frame["sample_idx"] < n)
     frame = frame[keep]
     order = pd.DataFrame({"u": frame["user_id"].map(user_rank), "b": frame["backbone"].map(backbone_rank),
@@ -47,18 +49,18 @@ def run(ctx: StageContext) -> dict[str, Any]:
     Under a multi-process trainer every rank builds the same cases and joins the fit; only rank 0 writes
     the artifact.
     """
-    cfg, rcfg, store = ctx.cfg, ctx.cfg.recommender, ctx.store
-    if not rcfg.trainable:
+    conf, store = config_object(ctx.cfg), ctx.store
+    rec, training = conf.recommender, conf.recommender.training
+    if training is None:  # only a trainable f_Rec has its training node
         if ctx.is_main:
-            print(f"train_rec: {rcfg.name} is zero-shot; nothing to train")
-        return {"recommender": str(rcfg.name), "trained": False}
+            print(f"train_rec: {rec.name} is zero-shot; nothing to train")
+        return {"recommender": rec.name, "trained": False}
     samples = ctx.read_table(SAMPLES)
-    tcfg = rcfg.training
-    users = rec_train_users(samples, None if tcfg.max_users is None else int(tcfg.max_users))
-    select_by = str(tcfg.select_by)  # checked with the whole config (schemas.RecTrainingSchema)
+    users = rec_train_users(samples, training.max_users)
+    select_by, seed = training.select_by, conf.seed
     profiles = None
-    if int(tcfg.profiles_per_user) > 0:
-        profiles = wanted_profiles(cfg, users, ctx.read_table(REC_TRAIN_PROFILES))
+    if training.profiles_per_user > 0:
+        profiles = wanted_profiles(conf, users, ctx.read_table(REC_TRAIN_PROFILES))
     fp = ctx.fingerprint(REC_MODEL)
     if ctx.agree(store.prepare(REC_MODEL, fp)) == "done":
         meta = store.meta(REC_MODEL)
@@ -66,28 +68,27 @@ def run(ctx: StageContext) -> dict[str, Any]:
         return meta
     began = time.perf_counter()
     texts = {} if profiles is None else profiles.groupby("user_id")["text"].apply(list).to_dict()
-    train_users, val_users = split_users(users["user_id"].tolist(), float(tcfg.val_fraction), int(cfg.seed))
-    n_targets, seed = int(tcfg.n_targets), int(cfg.seed)
-    oracle_rate = float(tcfg.oracle_profile_rate)
-    oracle = oracle_profiles(users, int(cfg.history.length), cfg.prompt.facts) if oracle_rate > 0 else None
+    train_users, val_users = split_users(users["user_id"].tolist(), training.val_fraction, seed)
+    n_targets, oracle_rate = training.n_targets, training.oracle_profile_rate
+    oracle = oracle_profiles(users, conf.history.length, asdict(conf.prompt.facts)) if oracle_rate > 0 else None
     train = training_cases(users[users["user_id"].isin(train_users)], texts, n_targets,
-                           float(tcfg.empty_profile_rate), seed, float(tcfg.empty_recent_rate), oracle, oracle_rate)
+                           training.empty_profile_rate, seed, training.empty_recent_rate, oracle, oracle_rate)
     # Validation (checkpoint choice) sees profiles as the judged ones are: generated, and oracle facts in
     # the training share, never empty.
     val = training_cases(users[users["user_id"].isin(val_users)], texts, n_targets, 0.0, seed,
                          oracle=oracle, oracle_profile_rate=oracle_rate)
-    module = instantiate(rcfg.model)
-    data = RecDataModule(train, val, module.collate, int(tcfg.batch_size), str(tcfg.balance), seed)
+    module = instantiate(rec.model)
+    data = RecDataModule(train, val, module.collate, training.batch_size, training.balance, seed)
 
     def make_trainer(**kwargs: Any) -> Any:
-        return lightning_trainer(cfg.trainer, **OmegaConf.to_container(tcfg.trainer, resolve=True), **kwargs)
+        return lightning_trainer(conf.trainer, **training.trainer, **kwargs)
 
-    result = fit(module, data, make_trainer, store.path(REC_MODEL), int(tcfg.patience),
+    result = fit(module, data, make_trainer, store.path(REC_MODEL), training.patience,
                  logger=ctx.tracker.lightning_logger(), select_by=select_by)
     if not ctx.is_main:
-        return {"recommender": str(rcfg.name), "trained": True, "rank": ctx.rank}
+        return {"recommender": rec.name, "trained": True, "rank": ctx.rank}
     summary = {
-        "recommender": str(rcfg.name), "trained": True, "checkpoint": result.checkpoint.name,
+        "recommender": rec.name, "trained": True, "checkpoint": result.checkpoint.name,
         "select_by": select_by, "val_score": result.val_score, "epochs": result.epochs, "steps": result.steps,
         "train_cases": len(train), "val_cases": len(val), "train_users": len(train_users),
         "val_users": len(val_users), "seconds": time.perf_counter() - began,
@@ -96,7 +97,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     store.finish(REC_MODEL, fp, **summary)
     ctx.tracker.log_metrics({f"train_rec/val/{select_by}": result.val_score,
                              "train_rec/train/seconds": summary["seconds"]})
-    print(f"train_rec: {rcfg.name} trained on {len(train)} cases of {len(train_users)} users in "
+    print(f"train_rec: {rec.name} trained on {len(train)} cases of {len(train_users)} users in "
           f"{summary['seconds']:.0f} s; best validation {select_by} {result.val_score:.3f} ({len(val)} cases)")
     return summary
 
