@@ -27,7 +27,7 @@ from lettingo.llm.prompting import TokenizerPrompts
 log = logging.getLogger(__name__)
 
 PAIR_COLUMNS = ("user_id", "prompt", "chosen", "rejected")
-Example = dict[str, Any]  # prompt_ids, completions (K token lists), optional ref_logps (K floats)
+Example = dict[str, Any]  # prompt_ids, completions (K token lists), optional ref_logps and rewards (K floats)
 
 
 def check_pairs(pairs: pd.DataFrame) -> None:
@@ -176,7 +176,8 @@ def collate(examples: Sequence[Example], indices: Sequence[int], pad_id: int) ->
     """One batch: each distinct prompt once (left-padded), each distinct completion of a prompt once
     (right-padded), and ``completion_rows`` (examples x K) pointing every example at its completion rows.
 
-    Also the examples' ``index`` and, when every example has them, their reference log-probs ``ref_logps``.
+    Also the examples' ``index`` and, when every example has them, their reference log-probs ``ref_logps``
+    and their completions' ``rewards`` (GRPO's groups), each (examples x K).
     """
     prompts: dict[tuple[int, ...], int] = {}
     completions: dict[tuple[int, tuple[int, ...]], int] = {}
@@ -193,6 +194,8 @@ def collate(examples: Sequence[Example], indices: Sequence[int], pad_id: int) ->
              "index": torch.tensor(list(indices), dtype=torch.long)}
     if all("ref_logps" in e for e in examples):
         batch["ref_logps"] = torch.tensor([e["ref_logps"] for e in examples], dtype=torch.float32)
+    if all("rewards" in e for e in examples):
+        batch["rewards"] = torch.tensor([e["rewards"] for e in examples], dtype=torch.float32)
     return batch
 
 
