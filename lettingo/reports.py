@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from lettingo.artifacts import RESULTS, atomic_path
-from lettingo.evaluation.bootstrap import DEFAULT_METRICS, Interval, PairedDifference, paired_bootstrap
+from lettingo.evaluation.bootstrap import DEFAULT_METRICS, Interval, PairedDifference
 from lettingo.evaluation.comparison import FILE_STEM, Comparison, read_comparison
 from lettingo.evaluation.methods import DEFAULT_RECENT, DPO, NO_DPO, NO_PROFILE, SFT, no_profile_label
 from lettingo.evaluation.plots import plot_intervals
-from lettingo.evaluation.tables import flat_columns, paired_table, results_table, to_markdown
+from lettingo.evaluation.tables import flat_columns, paired_heading, paired_table, results_table, to_markdown
 
 RESULTS_FILE = f"{RESULTS}/{FILE_STEM}.json"  # the test stage's `results` artifact
 RUN_CONFIG_FILE = "run_config.json"
@@ -112,9 +112,8 @@ def _markdown(
     """The report's markdown: title, intervals table (paper columns beside), optional paired table."""
     text = (f"## {title}\n\n" if title else "") + to_markdown(results_table(rows, metrics, reference))
     if paired:
-        text += (f"\n### Paired differences vs {paired_reference} (method minus {paired_reference}, same users; "
-                 f"negative favours {paired_reference})\n\n" + to_markdown(paired_table(paired, paired_reference,
-                                                                                       metrics)))
+        text += (f"\n### {paired_heading(paired_reference, metrics)}\n\n"
+                 + to_markdown(paired_table(paired, paired_reference, metrics)))
     return text + "\n"
 
 
@@ -133,11 +132,13 @@ def write_report(
 
     `rows` is row label -> metric -> Interval; `reference` (row label -> metric -> fraction) adds
     the paper's numbers in "paper" columns; `paired` (row label -> metric -> difference) adds a
-    table of differences against `paired_reference`.
+    table of differences against `paired_reference`. Metrics no row has (e.g. p_true and log_loss
+    where no method gave probabilities) get no column.
     """
     if not rows:
         raise ValueError(f"report {name!r}: no finished run matched (a run folder holds {RUN_CONFIG_FILE} and "
                          f"{RESULTS_FILE}); nothing to tabulate")
+    metrics = [m for m in metrics if any(m in row for row in rows.values())]
     out = Path(out_dir)
     paths = {"markdown": out / f"{name}.md", "csv": out / f"{name}.csv", "plot": out / f"{name}.png"}
     markdown = _markdown(rows, metrics, reference, title, paired, paired_reference)
@@ -177,23 +178,17 @@ def paired_difference(
 
     Taken from ``comparison.paired[reference][method]`` when stored; else the stored reverse
     (``paired[method][reference]``) via :func:`reversed_difference`; else computed with
-    ``paired_bootstrap`` from the stored predictions and truth, with the comparison's resamples,
+    :meth:`Comparison.difference` from the stored cases, with the comparison's resamples,
     confidence and seed (the same resampled users as the stored differences). Raises ValueError
     naming the methods when either is not in the comparison.
     """
-    missing = [m for m in (method, reference) if m not in comparison.predictions]
-    if missing:
-        raise ValueError(f"methods {missing} are not in this comparison; it has {comparison.methods}")
     stored = comparison.paired.get(reference, {}).get(method, {})
     if metric in stored:
         return stored[metric]
     reverse = comparison.paired.get(method, {}).get(reference, {})
     if metric in reverse:
         return reversed_difference(reverse[metric])
-    meta = comparison.meta
-    return paired_bootstrap(comparison.truth, comparison.predictions[method], comparison.predictions[reference],
-                            comparison.labels, metric, n_resamples=int(meta.get("n_resamples", 1000)),
-                            confidence=float(meta.get("confidence", 0.95)), seed=int(meta.get("seed", 0)))
+    return comparison.difference(method, reference, metric)
 
 
 def excludes_zero(difference: PairedDifference | Interval) -> bool:

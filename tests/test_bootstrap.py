@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import log_loss as sk_log_loss
 
 from lettingo.evaluation.bootstrap import (
     Interval,
@@ -16,7 +17,7 @@ from lettingo.evaluation.bootstrap import (
     resampled_metrics,
     summarize,
 )
-from lettingo.evaluation.metrics import classification_metrics
+from lettingo.evaluation.metrics import classification_metrics, log_loss, mean_p_true
 
 LABELS = ("like", "neutral", "dislike")
 
@@ -143,6 +144,82 @@ def test_compare_methods_equals_the_single_calls() -> None:
             assert paired["b"][name][metric] == paired_bootstrap(y_true, pred, b, LABELS, metric, 300, seed=4)
     with pytest.raises(ValueError, match="references"):
         compare_methods(y_true, {"a": a}, ["z"], LABELS)
+
+
+def targets_per_user(n_users: int, m: int, seed: int) -> tuple[list[str], list[str], np.ndarray, list[str]]:
+    """``m`` cases per user (rows grouped by user): true labels, probabilities, arg-max labels, user ids."""
+    rng = np.random.default_rng(seed)
+    y_true = list(rng.choice(LABELS, size=n_users * m))
+    probabilities = rng.dirichlet(np.ones(3), size=n_users * m)
+    predicted = [LABELS[i] for i in probabilities.argmax(axis=1)]
+    return y_true, predicted, probabilities, [f"user{i // m}" for i in range(n_users * m)]
+
+
+def test_probability_metrics_pool_a_users_targets_and_resample_users() -> None:
+    # 30 users x 4 targets. The point is the mean over all 120 cases; each resample draws whole users (the
+    # generator's draws, replayed here) and equals scikit-learn's log_loss on the drawn users' cases.
+    y_true, predicted, probabilities, users = targets_per_user(30, 4, seed=12)
+    intervals = summarize(y_true, predicted, LABELS, n_resamples=50, seed=3, groups=users, probabilities=probabilities)
+    assert intervals["p_true"].value == pytest.approx(mean_p_true(y_true, probabilities, LABELS))
+    assert intervals["log_loss"].value == pytest.approx(log_loss(y_true, probabilities, LABELS))
+    assert intervals["accuracy"].value == pytest.approx(accuracy_score(y_true, predicted))
+    assert {interval.n for interval in intervals.values()} == {30}
+    samples = resampled_metrics(y_true, predicted, LABELS, n_resamples=50, seed=3, groups=users,
+                                probabilities=probabilities)
+    draws = np.random.default_rng(3).integers(0, 30, size=(50, 30))
+    truth, order = np.array(y_true), sorted(LABELS)
+    columns = [LABELS.index(label) for label in order]
+    for b, drawn in enumerate(draws):
+        rows = (drawn[:, None] * 4 + np.arange(4)).ravel()
+        assert samples["p_true"][b] == pytest.approx(mean_p_true(list(truth[rows]), probabilities[rows], LABELS))
+        assert samples["log_loss"][b] == pytest.approx(
+            sk_log_loss(truth[rows], probabilities[rows][:, columns], labels=order))
+
+
+def test_probability_metrics_only_with_probabilities() -> None:
+    y_true, predicted, probabilities, _ = targets_per_user(20, 1, seed=13)
+    assert set(summarize(y_true, predicted, LABELS, n_resamples=20)) == {"accuracy", "macro_f1", "weighted_f1"}
+    with pytest.raises(ValueError, match="'p_true' needs each method's probabilities"):
+        bootstrap_interval(y_true, predicted, LABELS, "p_true")
+    with pytest.raises(ValueError, match="'log_loss' needs"):
+        paired_bootstrap(y_true, predicted, predicted, LABELS, "log_loss", probabilities_a=probabilities)
+
+
+def test_paired_probability_differences_on_planted_data() -> None:
+    # Method a moves 0.05 of every case's probability onto the true label: better on every user, so the
+    # differences of p_true lie above zero and those of log-loss below; a method against itself differs by 0.
+    y_true, predicted, base, users = targets_per_user(60, 3, seed=14)
+    truth = np.array([LABELS.index(t) for t in y_true])
+    better = base * 0.95
+    better[np.arange(len(truth)), truth] += 0.05
+    kwargs = {"n_resamples": 500, "seed": 2, "groups": users, "probabilities_a": better, "probabilities_b": base}
+    gain = paired_bootstrap(y_true, predicted, predicted, LABELS, "p_true", **kwargs)
+    assert 0 < gain.low < gain.value < gain.high and gain.p_value < 0.01 and gain.n == 60
+    assert gain.value == pytest.approx(mean_p_true(y_true, better, LABELS) - mean_p_true(y_true, base, LABELS))
+    loss = paired_bootstrap(y_true, predicted, predicted, LABELS, "log_loss", **kwargs)
+    assert loss.low < loss.value < loss.high < 0 and loss.p_value < 0.01
+    for metric in ("p_true", "log_loss"):
+        same = paired_bootstrap(y_true, predicted, predicted, LABELS, metric, **(kwargs | {"probabilities_a": base}))
+        assert (same.value, same.low, same.high, same.p_value) == (0.0, 0.0, 0.0, 1.0)
+
+
+def test_compare_methods_scores_probabilities_where_given() -> None:
+    y_true, predicted, probabilities, users = targets_per_user(40, 2, seed=15)
+    _, labels_only = noisy_predictions(80, 0.5, seed=16)
+    predictions = {"a": predicted, "b": labels_only, "c": list(y_true)}
+    intervals, paired = compare_methods(y_true, predictions, ["a", "b"], LABELS, n_resamples=200, seed=4, groups=users,
+                                        probabilities={"a": probabilities, "c": np.eye(3)[[LABELS.index(t)
+                                                                                           for t in y_true]]})
+    assert list(intervals["a"]) == ["accuracy", "macro_f1", "weighted_f1", "p_true", "log_loss"]
+    assert list(intervals["b"]) == ["accuracy", "macro_f1", "weighted_f1"]
+    assert intervals["c"]["p_true"].value == 1.0
+    assert intervals["a"] == summarize(y_true, predicted, LABELS, n_resamples=200, seed=4, groups=users,
+                                       probabilities=probabilities)
+    assert list(paired["a"]["b"]) == ["accuracy", "macro_f1", "weighted_f1"]  # b has no probabilities
+    assert list(paired["a"]["c"]) == ["accuracy", "macro_f1", "weighted_f1", "p_true", "log_loss"]
+    assert list(paired["b"]["c"]) == ["accuracy", "macro_f1", "weighted_f1"]
+    with pytest.raises(ValueError, match="probabilities"):
+        compare_methods(y_true, predictions, [], LABELS, probabilities={"z": probabilities})
 
 
 def test_to_dict_is_plain_json() -> None:

@@ -14,12 +14,17 @@ from sklearn.metrics import (
 from sklearn.metrics import (
     confusion_matrix as sk_confusion_matrix,
 )
+from sklearn.metrics import (
+    log_loss as sk_log_loss,
+)
 
 from lettingo.evaluation.metrics import (
     METRIC_FUNCTIONS,
     classification_metrics,
     confusion_matrix,
     encode_labels,
+    log_loss,
+    mean_p_true,
 )
 
 LABELS = ("like", "neutral", "dislike")
@@ -142,3 +147,45 @@ def test_metric_functions_match_classification_metrics() -> None:
 def test_bad_input_raises(y_true, y_pred, labels, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         classification_metrics(y_true, y_pred, labels)
+
+
+def sklearn_log_loss(y_true: list[str], probabilities: np.ndarray) -> float:
+    """scikit-learn's log_loss, whose probability columns are in sorted label order (ours are in LABELS order)."""
+    order = sorted(LABELS)
+    return sk_log_loss(y_true, probabilities[:, [LABELS.index(label) for label in order]], labels=order)
+
+
+def test_probability_metrics_hand_computed_and_sklearn() -> None:
+    y_true = ["like", "neutral", "dislike", "like"]
+    probabilities = np.array([[0.5, 0.3, 0.2], [0.2, 0.6, 0.2], [0.1, 0.1, 0.8], [0.25, 0.25, 0.5]])
+    assert mean_p_true(y_true, probabilities, LABELS) == pytest.approx((0.5 + 0.6 + 0.8 + 0.25) / 4)
+    expected = -(np.log(0.5) + np.log(0.6) + np.log(0.8) + np.log(0.25)) / 4
+    assert log_loss(y_true, probabilities, LABELS) == pytest.approx(expected)
+    assert log_loss(y_true, probabilities, LABELS) == pytest.approx(sklearn_log_loss(y_true, probabilities))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_log_loss_matches_sklearn_with_certain_and_zero_probabilities(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    y_true = list(rng.choice(LABELS, size=50))
+    probabilities = rng.dirichlet(np.full(3, 0.3), size=50)
+    # One case certain and right, one certain and wrong: both clipped to [eps, 1 - eps], as scikit-learn does.
+    probabilities[0] = np.eye(3)[LABELS.index(y_true[0])]
+    probabilities[1] = np.eye(3)[(LABELS.index(y_true[1]) + 1) % 3]
+    assert log_loss(y_true, probabilities, LABELS) == pytest.approx(sklearn_log_loss(y_true, probabilities), rel=1e-12)
+    assert np.isfinite(log_loss(y_true, probabilities, LABELS))
+
+
+@pytest.mark.parametrize(
+    ("probabilities", "message"),
+    [
+        ([[0.5, 0.5]], "shape"),
+        ([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]], "shape"),
+        ([[1.2, -0.2, 0.0]], "within"),
+        ([[np.nan, 0.5, 0.5]], "finite"),
+        ([[0.5, 0.3, 0.3]], "sum to 1"),
+    ],
+)
+def test_bad_probabilities_raise(probabilities, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        mean_p_true(["like"], probabilities, LABELS)

@@ -9,7 +9,7 @@ import pytest
 
 from lettingo.evaluation.bootstrap import Interval, PairedDifference
 from lettingo.evaluation.plots import plot_intervals
-from lettingo.evaluation.tables import flat_columns, paired_table, results_table, to_markdown
+from lettingo.evaluation.tables import flat_columns, paired_heading, paired_table, results_table, to_markdown
 
 ROWS = {
     "10H": {
@@ -75,6 +75,34 @@ def test_paired_markdown_is_exact() -> None:
         "| LettinGo |  +3.1 [-2.0, 8.2], p=0.23 |\n"
         "| PALR     | -5.0 [-8.0, -2.0], p<0.01 |\n"
     )
+
+
+def test_probability_metrics_markdown_is_exact() -> None:
+    # p_true in % with two decimals (its detectable differences are a fraction of a point), log-loss in nats.
+    rows = {
+        "10H": {"p_true": Interval(0.4123, 0.4001, 0.4256, 2000), "log_loss": Interval(1.0234, 1.0012, 1.0456, 2000)},
+        "majority": {},
+    }
+    assert to_markdown(results_table(rows, ("p_true", "log_loss"))) == (
+        "| method   |               p_true |             log_loss |\n"
+        "|:---------|---------------------:|---------------------:|\n"
+        "| 10H      | 41.23 [40.01, 42.56] | 1.023 [1.001, 1.046] |\n"
+        "| majority |                      |                      |\n"
+    )
+    paired = {"DPO": {"p_true": PairedDifference(0.0042, 0.0011, 0.0073, 0.008, 2000),
+                      "log_loss": PairedDifference(-0.0121, -0.0203, -0.0040, 0.004, 2000)}}
+    assert to_markdown(paired_table(paired, "10H", ("p_true", "log_loss"))) == (
+        "| method |            Δ p_true vs 10H |               Δ log_loss vs 10H |\n"
+        "|:-------|---------------------------:|--------------------------------:|\n"
+        "| DPO    | +0.42 [0.11, 0.73], p<0.01 | -0.012 [-0.020, -0.004], p<0.01 |\n"
+    )
+
+
+def test_paired_heading_says_which_way_log_loss_points() -> None:
+    assert paired_heading("10H", ("accuracy",)) == "Paired differences vs 10H (method minus 10H, same users; " \
+                                                   "negative favours 10H)"
+    assert paired_heading("10H", ("accuracy", "log_loss")).endswith(
+        "negative favours 10H; for log_loss (lower is better) positive does)")
 
 
 @pytest.mark.parametrize(

@@ -2,16 +2,23 @@
 
 Every scoring stage builds a :class:`Comparison` with :meth:`Comparison.compute` and writes it with
 :meth:`Comparison.write` (``results.json``-style file, markdown, plot); every report reads it back
-with :func:`read_comparison`. The resampling unit is the user (one prediction per user and
-method); all intervals and paired differences come from one set of resampled users.
+with :func:`read_comparison`. A case is one user x target: one per user, or several per user when
+``targets`` names each user's targets. The resampling unit is the user (all of a user's cases
+together); all intervals and paired differences come from one set of resampled users. Label metrics
+(accuracy, F1s) are scored for every method, probability metrics (mean p_true, log-loss) for the
+methods given probabilities, and left out for the others.
 
-The JSON shape (``schema_version`` 1)::
+The JSON shape (``schema_version`` 2)::
 
-    {"schema_version": 1, "kind": "comparison",
-     "users": [...], "labels": [...], "truth": [...], "predictions": {method: [...]},
-     "methods": {method: {metric: {value, low, high, n}}},
+    {"schema_version": 2, "kind": "comparison",
+     "users": [...], "targets": [...] or null, "labels": [...], "truth": [...],  # one entry per case
+     "predictions": {method: [...]},
+     "probabilities": {method: [[p per label, in "labels" order], ...]},   # only methods that have them
+     "methods": {method: {metric: {value, low, high, n}}},                   # n = users
      "paired": {reference: {method: {metric: {value, low, high, p_value, n}}}},   # method minus reference
      "details": {method: classification_metrics(...)}, "meta": {...}}
+
+Version 1 (still read) had no ``targets`` or ``probabilities``: one case per user, label metrics only.
 """
 
 from __future__ import annotations
@@ -25,13 +32,15 @@ from typing import Any
 import pandas as pd
 
 from lettingo.artifacts import atomic_path, write_json_atomic
-from lettingo.evaluation.bootstrap import DEFAULT_METRICS, Interval, PairedDifference, compare_methods
+from lettingo.evaluation.bootstrap import DEFAULT_METRICS, Interval, PairedDifference, compare_methods, paired_bootstrap
 from lettingo.evaluation.methods import method_key
-from lettingo.evaluation.metrics import classification_metrics
+from lettingo.evaluation.metrics import check_probabilities, classification_metrics
 from lettingo.evaluation.plots import plot_intervals
-from lettingo.evaluation.tables import flat_columns, paired_table, results_table, to_markdown
+from lettingo.evaluation.tables import flat_columns, paired_heading, paired_table, results_table, to_markdown
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Every schema_version :meth:`Comparison.from_json` reads (1: one case per user, no probabilities).
+READABLE_VERSIONS = (1, 2)
 #: File stem of a comparison inside an artifact folder (`<artifact>/comparison.json`, `.md`, `.png`).
 FILE_STEM = "comparison"
 KIND = "comparison"
@@ -40,15 +49,33 @@ KIND = "comparison"
 LABELS = ("like", "neutral", "dislike")
 
 
-def _check_lengths(users: Sequence[str], truth: Sequence[str], predictions: Mapping[str, Sequence[str]]) -> None:
-    """Raise ValueError unless users are distinct and every list has one entry per user."""
-    if len(set(users)) != len(users):
-        raise ValueError(f"users must be distinct: {len(users) - len(set(users))} repeated")
+def _check_cases(
+    users: Sequence[str],
+    targets: Sequence[str] | None,
+    truth: Sequence[str],
+    predictions: Mapping[str, Sequence[str]],
+    probabilities: Mapping[str, Sequence[Any]],
+) -> None:
+    """Raise ValueError unless cases are distinct (users, or user x target pairs) and each list has one per case."""
+    if targets is None:
+        if len(set(users)) != len(users):
+            raise ValueError(f"users must be distinct: {len(users) - len(set(users))} repeated (several targets per "
+                             "user need `targets`)")
+    else:
+        if len(targets) != len(users):
+            raise ValueError(f"{len(targets)} targets for {len(users)} cases")
+        cases = set(zip(users, targets, strict=True))
+        if len(cases) != len(users):
+            raise ValueError(f"user x target cases must be distinct: {len(users) - len(cases)} repeated")
     if len(truth) != len(users):
-        raise ValueError(f"{len(truth)} true labels for {len(users)} users")
-    for method, predicted in predictions.items():
-        if len(predicted) != len(users):
-            raise ValueError(f"method {method!r} has {len(predicted)} predictions for {len(users)} users")
+        raise ValueError(f"{len(truth)} true labels for {len(users)} cases")
+    for part, lists in (("predictions", predictions), ("probability rows", probabilities)):
+        for method, values in lists.items():
+            if len(values) != len(users):
+                raise ValueError(f"method {method!r} has {len(values)} {part} for {len(users)} cases")
+    unknown = sorted(set(probabilities) - set(predictions))
+    if unknown:
+        raise ValueError(f"probabilities name methods {unknown} that have no predictions")
 
 
 def _check_keys(methods: Sequence[str]) -> None:
@@ -73,12 +100,14 @@ def _percent(fraction: float) -> str:
 
 @dataclass(frozen=True)
 class Comparison:
-    """Methods scored on the same users: per-user predictions, bootstrap intervals, paired differences.
+    """Methods scored on the same users: per-case predictions, bootstrap intervals, paired differences.
 
-    ``intervals``: method -> metric -> Interval (bootstrap over users). ``paired``: reference ->
-    method -> metric -> PairedDifference of method minus reference. ``details``: method ->
-    ``classification_metrics`` (confusion matrix, per-class scores). ``meta``: free JSON info
-    (split, recommender, n_resamples, confidence, seed, ...).
+    ``users``, ``targets`` (None: one case per user), ``truth`` and each method's ``predictions`` and
+    ``probabilities`` (method -> one row per case, columns in ``labels`` order; only methods that have
+    them) are per case. ``intervals``: method -> metric -> Interval (bootstrap over users).
+    ``paired``: reference -> method -> metric -> PairedDifference of method minus reference.
+    ``details``: method -> ``classification_metrics`` over all cases (confusion matrix, per-class
+    scores). ``meta``: free JSON info (split, recommender, n_resamples, confidence, seed, ...).
     """
 
     users: list[str]
@@ -89,10 +118,12 @@ class Comparison:
     paired: dict[str, dict[str, dict[str, PairedDifference]]]
     details: dict[str, dict]
     meta: dict[str, Any] = field(default_factory=dict)
+    probabilities: dict[str, list[list[float]]] = field(default_factory=dict)
+    targets: list[str] | None = None
 
     def __post_init__(self) -> None:
-        """Check that every part describes the same users and methods."""
-        _check_lengths(self.users, self.truth, self.predictions)
+        """Check that every part describes the same cases and methods."""
+        _check_cases(self.users, self.targets, self.truth, self.predictions, self.probabilities)
         if not self.predictions:
             raise ValueError("a comparison needs at least one method")
         for part in ("intervals", "details"):
@@ -119,24 +150,35 @@ class Comparison:
         confidence: float = 0.95,
         seed: int = 0,
         meta: Mapping[str, Any] | None = None,
+        probabilities: Mapping[str, Any] | None = None,
+        targets: Sequence[Any] | None = None,
     ) -> Comparison:
         """Score every method on the same users: intervals, paired differences vs each reference, details.
 
-        ``predictions`` is method -> predicted label per user (in ``users`` order). References absent
-        from ``predictions`` are skipped. ``meta`` is stored as given, plus ``n_users``,
-        ``n_resamples``, ``confidence`` and ``seed``.
+        ``users`` has one entry per case: each user once, or, with ``targets`` (which of the user's
+        targets each case is, e.g. its index), once per target; the bootstrap resamples users with all
+        their cases. ``predictions`` is method -> predicted label per case; ``probabilities`` is method ->
+        ``(cases, labels)`` probabilities (columns in ``labels`` order), for the methods that have them:
+        they add mean p_true and log-loss. References absent from ``predictions`` are skipped.
+        ``meta`` is stored as given, plus ``n_users``, ``n_cases``, ``n_resamples``, ``confidence`` and
+        ``seed``.
         """
         users = [str(u) for u in users]
+        cases = None if targets is None else [str(t) for t in targets]
         truth = [str(t) for t in truth]
         predicted = {str(m): [str(p) for p in values] for m, values in predictions.items()}
-        _check_lengths(users, truth, predicted)
+        given = {str(m): values for m, values in (probabilities or {}).items()}
+        _check_cases(users, cases, truth, predicted, given)
         _check_keys(list(predicted))
+        rows = {m: check_probabilities(values, len(users), labels) for m, values in given.items()}
         present = [r for r in references if r in predicted]
-        intervals, paired = compare_methods(truth, predicted, present, labels, metrics, n_resamples, confidence, seed)
+        intervals, paired = compare_methods(truth, predicted, present, labels, metrics, n_resamples, confidence, seed,
+                                            groups=users, probabilities=rows)
         details = {m: classification_metrics(truth, values, labels) for m, values in predicted.items()}
-        info = {**dict(meta or {}), "n_users": len(users), "n_resamples": int(n_resamples),
+        info = {**dict(meta or {}), "n_users": len(set(users)), "n_cases": len(users), "n_resamples": int(n_resamples),
                 "confidence": float(confidence), "seed": int(seed)}
-        return cls(users, list(labels), truth, predicted, intervals, paired, details, info)
+        return cls(users, list(labels), truth, predicted, intervals, paired, details, info,
+                   {m: values.tolist() for m, values in rows.items()}, cases)
 
     @property
     def methods(self) -> list[str]:
@@ -145,8 +187,24 @@ class Comparison:
 
     @property
     def metrics(self) -> tuple[str, ...]:
-        """Metric names scored, in order."""
-        return tuple(next(iter(self.intervals.values())))
+        """Metric names scored for any method, in order (probability metrics only where a method has probabilities)."""
+        return tuple(dict.fromkeys(name for row in self.intervals.values() for name in row))
+
+    def difference(self, method: str, reference: str, metric: str = "accuracy") -> PairedDifference:
+        """``metric(method) - metric(reference)`` bootstrapped from the stored cases.
+
+        Uses the comparison's resamples, confidence and seed, so it equals a stored difference of the
+        same pair. A probability metric needs both methods' probabilities (else ValueError).
+        """
+        unknown = [m for m in (method, reference) if m not in self.predictions]
+        if unknown:
+            raise ValueError(f"methods {unknown} are not in this comparison; it has {self.methods}")
+        meta = self.meta
+        return paired_bootstrap(self.truth, self.predictions[method], self.predictions[reference], self.labels, metric,
+                                n_resamples=int(meta.get("n_resamples", 1000)),
+                                confidence=float(meta.get("confidence", 0.95)), seed=int(meta.get("seed", 0)),
+                                groups=self.users, probabilities_a=self.probabilities.get(method),
+                                probabilities_b=self.probabilities.get(reference))
 
     def _rows(self, methods: Sequence[str] | None) -> dict[str, dict[str, Interval]]:
         """method -> metric -> Interval for ``methods`` (all when None); unknown names raise ValueError."""
@@ -179,20 +237,21 @@ class Comparison:
         return flat_columns(self.table(methods))
 
     def _caption(self) -> str:
-        """One line: how many users, which intervals."""
-        line = f"{len(self.users)} users"
+        """One line: how many users (and cases), which intervals, which units."""
+        n_users = len(set(self.users))
+        line = f"{n_users} users" + ("" if n_users == len(self.users) else f" x targets ({len(self.users)} cases)")
         if "confidence" in self.meta and "n_resamples" in self.meta:
             line += (f", {_percent(self.meta['confidence'])} percentile bootstrap CIs over users "
                      f"({self.meta['n_resamples']} resamples)")
-        return line + "; values in %."
+        return line + ("; values in %, log_loss in nats." if "log_loss" in self.metrics else "; values in %.")
 
     def markdown(self, title: str) -> str:
         """Markdown: the intervals table, then one paired-differences table per reference."""
         parts = [f"## {title}\n\n{self._caption()}\n\n" + to_markdown(self.table())]
         for reference, rows in self.paired.items():
             if rows:
-                parts.append(f"### Paired differences vs {reference} (method minus {reference}, same users; "
-                             f"negative favours {reference})\n\n" + to_markdown(self.paired_table(reference)))
+                parts.append(f"### {paired_heading(reference, self.metrics)}\n\n"
+                             + to_markdown(self.paired_table(reference)))
         return "\n".join(parts)
 
     def tracker_metrics(self, prefix: str) -> dict[str, float]:
@@ -200,7 +259,9 @@ class Comparison:
 
         ``<prefix>/<method_key>/<metric>`` (+ ``_low``, ``_high``) per interval, and
         ``<prefix>/vs_<reference_key>/<method_key>/<metric>`` (+ ``_low``, ``_high``, ``_p_value``) per
-        paired difference. Each part of ``prefix`` is slugged the same way as method labels.
+        paired difference; ``<metric>`` is ``accuracy``, ``macro_f1``, ``weighted_f1``, and, for methods
+        with probabilities, ``p_true`` and ``log_loss``. Each part of ``prefix`` is slugged the same
+        way as method labels.
         """
         prefix = _clean_prefix(prefix)
         found: dict[str, float] = {}
@@ -226,9 +287,11 @@ class Comparison:
             "schema_version": SCHEMA_VERSION,
             "kind": KIND,
             "users": list(self.users),
+            "targets": None if self.targets is None else list(self.targets),
             "labels": list(self.labels),
             "truth": list(self.truth),
             "predictions": {m: list(p) for m, p in self.predictions.items()},
+            "probabilities": {m: [list(row) for row in rows] for m, rows in self.probabilities.items()},
             "methods": {m: {k: v.to_dict() for k, v in row.items()} for m, row in self.intervals.items()},
             "paired": {ref: {m: {k: v.to_dict() for k, v in row.items()} for m, row in rows.items()}
                        for ref, rows in self.paired.items()},
@@ -238,15 +301,21 @@ class Comparison:
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Comparison:
-        """Rebuild a Comparison from :meth:`to_json`'s dict; another schema_version or kind raises ValueError."""
+        """Rebuild a Comparison from :meth:`to_json`'s dict, of any schema_version in ``READABLE_VERSIONS``.
+
+        Another schema_version or kind raises ValueError. Version 1 reads as one case per user with no
+        probabilities.
+        """
         version = obj.get("schema_version") if isinstance(obj, Mapping) else None
-        if version != SCHEMA_VERSION:
-            raise ValueError(f"not a comparison of schema_version {SCHEMA_VERSION} (found schema_version "
-                             f"{version!r}); it was written by another lettingo version: rerun the stage that wrote it")
+        # `in` would also accept True for 1 and 2.0 for 2: the version must be the exact integer.
+        if type(version) is not int or version not in READABLE_VERSIONS:
+            raise ValueError(f"not a comparison of schema_version {' or '.join(map(str, READABLE_VERSIONS))} (found "
+                             f"schema_version {version!r}); it was written by another lettingo version: rerun the "
+                             "stage that wrote it")
         if obj.get("kind") != KIND:
             raise ValueError(f"expected kind {KIND!r}, found {obj.get('kind')!r}")
-        missing = [k for k in ("users", "labels", "truth", "predictions", "methods", "paired", "details")
-                   if k not in obj]
+        required = ("users", "labels", "truth", "predictions", "methods", "paired", "details")
+        missing = [k for k in required + (("targets", "probabilities") if version >= 2 else ()) if k not in obj]
         if missing:
             raise ValueError(f"comparison JSON lacks the fields {missing}")
         return cls(
@@ -259,6 +328,8 @@ class Comparison:
                     for ref, rows in obj["paired"].items()},
             details=dict(obj["details"]),
             meta=dict(obj.get("meta") or {}),
+            probabilities={m: [list(row) for row in rows] for m, rows in obj.get("probabilities", {}).items()},
+            targets=None if obj.get("targets") is None else list(obj["targets"]),
         )
 
     def write(self, folder: str | Path, name: str, title: str, metric: str = "macro_f1") -> dict[str, Path]:

@@ -1,9 +1,15 @@
-"""Classification metrics for the 3-way sentiment task, computed from confusion matrices.
+"""Classification metrics for the 3-way sentiment task: from confusion matrices and from probabilities.
 
-Every metric is a function of the confusion matrix, and every such function works on a batch of
-matrices of shape ``(..., C, C)``: the bootstrap computes thousands of resampled confusion
-matrices at once and scores them in one call. Division by zero gives 0, as scikit-learn does with
-``zero_division=0``.
+Label metrics (accuracy, the F1s) are functions of the confusion matrix, and every such function
+works on a batch of matrices of shape ``(..., C, C)``: the bootstrap computes thousands of resampled
+confusion matrices at once and scores them in one call. Division by zero gives 0, as scikit-learn
+does with ``zero_division=0``.
+
+Probability metrics (mean probability of the true label, log-loss) are means of a per-case score of
+the probability the method gave the true label, so a set of cases reduces to the score's sum and the
+number of cases. With several targets per user the cases are pooled: every user x target case
+weighs the same, as in the label metrics' pooled confusion matrix (with the same number of targets
+per user this equals averaging within each user first).
 """
 
 from __future__ import annotations
@@ -14,6 +20,10 @@ from typing import Any
 import numpy as np
 
 ConfusionMetric = Callable[[np.ndarray], np.ndarray]
+CaseScore = Callable[[np.ndarray], np.ndarray]
+# How far a probability row may sum from 1 (float32 softmax outputs are well within it); a larger gap means
+# the columns are not one distribution over the labels.
+_SUM_TOLERANCE = 1e-3
 
 
 def check_labels(labels: Sequence[str]) -> tuple[str, ...]:
@@ -123,3 +133,69 @@ def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], labels:
         "per_class": per_class,
         "confusion_matrix": confusion.tolist(),
     }
+
+
+def check_probabilities(probabilities: Any, n_rows: int, labels: Sequence[str]) -> np.ndarray:
+    """``probabilities`` as a float64 array ``(n_rows, C)``, columns in ``labels`` order.
+
+    Raises ValueError when the shape is wrong, a value is not finite or outside [0, 1], or a row
+    does not sum to 1 (within 1e-3).
+    """
+    n_classes = len(check_labels(labels))
+    array = np.asarray(probabilities, dtype=np.float64)
+    if array.shape != (n_rows, n_classes):
+        raise ValueError(f"probabilities have shape {array.shape}; expected ({n_rows}, {n_classes}), one column "
+                         f"per label in the order {tuple(labels)!r}")
+    if not np.all(np.isfinite(array)) or array.min(initial=0.0) < 0 or array.max(initial=0.0) > 1:
+        raise ValueError("probabilities must be finite and within [0, 1]")
+    sums = array.sum(axis=1)
+    off = np.flatnonzero(np.abs(sums - 1.0) > _SUM_TOLERANCE)
+    if off.size:
+        raise ValueError(f"{off.size} probability rows do not sum to 1 (row {int(off[0])} sums to {sums[off[0]]:.6f})")
+    return array
+
+
+def true_label_probabilities(y_true: Sequence[str], probabilities: Any, labels: Sequence[str]) -> np.ndarray:
+    """The probability each case gave its true label, shape ``(n,)`` (see :func:`check_probabilities`)."""
+    array = check_probabilities(probabilities, len(y_true), labels)
+    return array[np.arange(len(y_true)), encode_labels(y_true, labels)]
+
+
+def _log_loss_scores(p_true: np.ndarray) -> np.ndarray:
+    """Per-case natural-log loss ``-log p_true``, with p_true clipped to ``[eps, 1 - eps]`` (float64 eps)."""
+    # scikit-learn's log_loss clips every probability to [eps, 1 - eps] with its dtype's eps and takes the
+    # true label's log, without renormalising the row: the same numbers for float64 input.
+    eps = np.finfo(np.float64).eps
+    return -np.log(np.clip(p_true, eps, 1 - eps))
+
+
+PROBABILITY_METRICS: Mapping[str, CaseScore] = {
+    "p_true": np.asarray,  # the score is the probability itself
+    "log_loss": _log_loss_scores,
+}
+"""Metric name -> per-case score of the true label's probability ``(...)`` -> ``(...)``; the metric is the
+score's mean over cases. Higher is better for ``p_true``, lower for ``log_loss``."""
+
+
+def _mean_score(name: str, y_true: Sequence[str], probabilities: Any, labels: Sequence[str]) -> float:
+    """Mean of probability metric ``name``'s per-case score over every case."""
+    if len(y_true) == 0:
+        raise ValueError("cannot compute metrics on zero rows")
+    return float(PROBABILITY_METRICS[name](true_label_probabilities(y_true, probabilities, labels)).mean())
+
+
+def mean_p_true(y_true: Sequence[str], probabilities: Any, labels: Sequence[str]) -> float:
+    """Mean over cases of the probability given to the true label; ``probabilities`` is ``(n, C)`` in ``labels`` order.
+
+    Several targets per user are pooled (every case weighs the same; see the module docstring).
+    """
+    return _mean_score("p_true", y_true, probabilities, labels)
+
+
+def log_loss(y_true: Sequence[str], probabilities: Any, labels: Sequence[str]) -> float:
+    """Mean natural-log loss ``-log p(true label)`` over cases, as scikit-learn's ``log_loss`` computes it.
+
+    Probabilities are clipped to ``[eps, 1 - eps]`` (float64 machine epsilon), so a zero probability
+    costs about 36 nats, not infinity. Cases are pooled like :func:`mean_p_true`.
+    """
+    return _mean_score("log_loss", y_true, probabilities, labels)

@@ -2,7 +2,8 @@
 
 A table has one row per method (index named ``method``) and two-level columns: the heading (e.g.
 ``accuracy``, ``paper accuracy``, ``Δ accuracy vs 10H``) and the field (``value``, ``low``,
-``high``, ``p_value``). Values are fractions; :func:`to_markdown` shows them as percentages.
+``high``, ``p_value``). Values are fractions; :func:`to_markdown` shows them as percentages, except
+log-loss (in nats, as it is).
 """
 
 from __future__ import annotations
@@ -16,6 +17,12 @@ from lettingo.evaluation.bootstrap import DEFAULT_METRICS, Interval, PairedDiffe
 
 INTERVAL_FIELDS = ("value", "low", "high")
 DIFFERENCE_FIELDS = ("value", "low", "high", "p_value")
+#: How :func:`to_markdown` shows a metric's numbers: (scale, decimals). Mean p_true gets two decimals in %
+#: because the differences it can detect are a fraction of a point; log-loss stays in nats.
+_FORMATS = {"p_true": (100.0, 2), "log_loss": (1.0, 3)}
+_PERCENT = (100.0, 1)
+#: Metrics where lower is better.
+LOWER_IS_BETTER = ("log_loss",)
 
 
 def _frame(
@@ -89,6 +96,14 @@ def paired_table(
     return _frame(rows, headings, DIFFERENCE_FIELDS)
 
 
+def paired_heading(reference: str, metrics: Sequence[str] = DEFAULT_METRICS) -> str:
+    """Heading of a paired-differences table against ``reference``: which way each sign points."""
+    lower = [m for m in metrics if m in LOWER_IS_BETTER]
+    exception = f"; for {' and '.join(lower)} (lower is better) positive does" if lower else ""
+    return f"Paired differences vs {reference} (method minus {reference}, same users; negative favours {reference}" \
+           f"{exception})"
+
+
 def flat_columns(df: pd.DataFrame) -> pd.DataFrame:
     """A copy of a two-level table with the ``method`` index as a column and columns ``<heading>_<field>``.
 
@@ -104,16 +119,22 @@ def _format_p(p_value: float) -> str:
     return "p<0.01" if p_value < 0.01 else f"p={p_value:.2f}"
 
 
-def _format_cell(cell: Mapping[str, float]) -> str:
-    """One heading's fields as text: ``53.0``, ``53.0 [46.1, 59.9]`` or ``+3.1 [-2.0, 8.2], p=0.23``."""
+def _heading_format(heading: str) -> tuple[float, int]:
+    """(scale, decimals) of a heading's metric: a heading is the metric's name, alone or among other words."""
+    return next((_FORMATS[word] for word in heading.split() if word in _FORMATS), _PERCENT)
+
+
+def _format_cell(cell: Mapping[str, float], scale: float = 100.0, decimals: int = 1) -> str:
+    """One heading's fields as text: ``53.0``, ``53.0 [46.1, 59.9]`` or ``+3.1 [-2.0, 8.2], p=0.23`` (in %)."""
     if math.isnan(cell["value"]):
         return ""
+    value = scale * cell["value"]
     if "low" not in cell:
-        return f"{100 * cell['value']:.1f}"
-    bounds = f"[{100 * cell['low']:.1f}, {100 * cell['high']:.1f}]"
+        return f"{value:.{decimals}f}"
+    bounds = f"[{scale * cell['low']:.{decimals}f}, {scale * cell['high']:.{decimals}f}]"
     if "p_value" not in cell:
-        return f"{100 * cell['value']:.1f} {bounds}"
-    return f"{100 * cell['value']:+.1f} {bounds}, {_format_p(cell['p_value'])}"
+        return f"{value:.{decimals}f} {bounds}"
+    return f"{value:+.{decimals}f} {bounds}, {_format_p(cell['p_value'])}"
 
 
 def _render(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
@@ -131,13 +152,15 @@ def _render(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
 
 
 def to_markdown(df: pd.DataFrame) -> str:
-    """Render a table from :func:`results_table` or :func:`paired_table` as markdown, in percent.
+    """Render a table from :func:`results_table` or :func:`paired_table` as markdown, in percent (log-loss in nats).
 
     Each heading becomes one column; its cell shows the value, the interval when the table has
     ``low``/``high`` fields, and the p-value (value signed) when it has ``p_value``.
     """
     headings = list(dict.fromkeys(df.columns.get_level_values(0)))
     body = [
-        [str(method)] + [_format_cell(df.loc[method, heading].to_dict()) for heading in headings] for method in df.index
+        [str(method)] + [_format_cell(df.loc[method, heading].to_dict(), *_heading_format(heading))
+                         for heading in headings]
+        for method in df.index
     ]
     return _render([df.index.name or "method", *headings], body)
