@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
+from lettingo.llm import bundled
 from lettingo.llm.cache import materialize
 from lettingo.llm.local import LocalBackend
 from lettingo.llm.models import load_causal_lm, resolve_dtype, resolve_model_path, training_device
@@ -124,12 +126,18 @@ def test_concurrent_callers_build_once(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "chat"), [("smollm2_135m", True), ("gemma3_270m", False)])
-def test_bundled_model_loads_from_its_cache_and_generates(bundled_model_cache: Path, name: str, chat: bool) -> None:  # noqa: F811
+def test_bundled_model_loads_from_its_cache_and_generates(
+    bundled_model_cache: Path, name: str, chat: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     backend = LocalBackend(name, f"bundled:{name}", bundled_model_cache, lead_in="\n\nUser profile:\n")
     assert backend.chat == chat
-    started = time.perf_counter()
+
+    def cached_only(folder: Path, build: Callable[[Path], None]) -> Path:
+        assert folder.is_dir(), f"{folder} is built (converted) again instead of loaded from the cache"
+        return materialize(folder, build)
+
+    monkeypatch.setattr(bundled, "materialize", cached_only)
     model, _ = load_causal_lm(f"bundled:{name}", bundled_model_cache)  # now from the converted folder
-    assert time.perf_counter() - started < 30
     assert model.dtype == resolve_dtype("auto", torch.device("cpu"))  # bfloat16 only where this CPU has it natively
     prompt = backend.render("The user rated Toy Story (1995) 5/5, Fargo (1996) 4/5 and Scream (1996) 1/5.")
     assert prompt.endswith("<|im_start|>assistant\n") if chat else prompt.endswith("User profile:\n")

@@ -10,7 +10,6 @@ import importlib.util
 import json
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -40,6 +39,27 @@ CONFIG = Path(CONFIG_DIR) / "backbone" / "openai.yaml"
 def backend(base_url: str, **kwargs) -> OpenAIBackend:
     options = {"backoff": 0.01, "max_retries": 3, "concurrency": 4, "timeout": 10.0} | kwargs
     return OpenAIBackend("stub", "stub-model", base_url=base_url, **options)
+
+
+class FakeClock:
+    """A monotonic clock and a sleep that advances it: ``sleeps`` records every wait, nothing really waits."""
+
+    def __init__(self, start: float = 1000.0, wall: float = 1_700_000_000.0) -> None:
+        self.now = start
+        self.wall_offset = wall - start
+        self.sleeps: list[float] = []
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def wall(self) -> float:
+        return self.now + self.wall_offset
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.sleeps.append(seconds)
+            self.now += seconds
 
 
 def test_retries_429_then_succeeds(openai_stub: StubServer) -> None:  # noqa: F811
@@ -136,6 +156,11 @@ def test_base_models_use_the_completions_endpoint_with_the_lead_in(openai_stub: 
 # --- the total deadline: servers that stall ------------------------------------------------------
 
 Behaviour = Callable[[BaseHTTPRequestHandler, threading.Event], None]
+#: How long a stalling server holds a request before it lets go by itself (it then closes the connection):
+#: far beyond the stall tests' deadline, far below the client's per-phase timeout.
+STALL_S = 5.0
+#: A stall: serves a request as a ``Behaviour`` does, but returns True where it held out for STALL_S.
+Stall = Callable[[BaseHTTPRequestHandler, threading.Event], bool]
 
 
 @pytest.fixture
@@ -171,62 +196,83 @@ def stalling_server() -> Iterator[Callable[[Behaviour], str]]:
         server.server_close()
 
 
-def _silent(handler: BaseHTTPRequestHandler, done: threading.Event) -> None:
-    done.wait(30)  # reads the request, then never answers
+def _silent(handler: BaseHTTPRequestHandler, done: threading.Event) -> bool:
+    return not done.wait(STALL_S)  # reads the request, then never answers
 
 
-def _trickle(data: bytes, handler: BaseHTTPRequestHandler, done: threading.Event) -> None:
+def _trickle(data: bytes, handler: BaseHTTPRequestHandler, done: threading.Event) -> bool:
+    # Every byte arrives well within httpx's read timeout, so only a total deadline ends this.
+    pace = STALL_S / len(data)
     for i in range(len(data)):
-        if done.wait(0.05):
-            return
+        if done.wait(pace):
+            return False
         handler.wfile.write(data[i : i + 1])
         handler.wfile.flush()
+    return True
 
 
-def _trickled_headers(handler: BaseHTTPRequestHandler, done: threading.Event) -> None:
-    # Every byte arrives well within httpx's read timeout, so only a total deadline ends this.
-    _trickle(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + b"X-Slow: " + b"y" * 2000, handler, done)
+def _trickled_headers(handler: BaseHTTPRequestHandler, done: threading.Event) -> bool:
+    return _trickle(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Slow: " + b"y" * 50, handler, done)
 
 
-def _trickled_body(handler: BaseHTTPRequestHandler, done: threading.Event) -> None:
-    body = b'{"choices": [{"index": 0, "message": {"content": "' + b"z" * 2000 + b'"}}]}'
+def _trickled_body(handler: BaseHTTPRequestHandler, done: threading.Event) -> bool:
+    body = b'{"choices": [{"index": 0, "message": {"content": "' + b"z" * 50 + b'"}}]}'
     handler.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
     handler.wfile.flush()
-    _trickle(body, handler, done)
+    return _trickle(body, handler, done)
 
 
-@pytest.mark.parametrize("behaviour", [_silent, _trickled_headers, _trickled_body], ids=["silent", "headers", "body"])
-def test_a_stalled_request_ends_at_its_deadline_with_one_clear_line(stalling_server, behaviour: Behaviour) -> None:
-    url = stalling_server(behaviour)
-    client = backend(url, timeout=30.0, request_deadline_s=0.6)
-    began = time.monotonic()
+@pytest.mark.parametrize("stall", [_silent, _trickled_headers, _trickled_body], ids=["silent", "headers", "body"])
+def test_a_stalled_request_ends_at_its_deadline_with_one_clear_line(stalling_server, stall: Stall) -> None:
+    # A real stalled socket on the real clock. What bounds the test is the server: it holds the request
+    # for STALL_S, then lets go (or, for the body, finishes the answer). A client that ignored its deadline
+    # would only stop then, and fail the last assert (or get its answer and not raise at all).
+    let_go = threading.Event()
+
+    def serve(handler: BaseHTTPRequestHandler, done: threading.Event) -> None:
+        if stall(handler, done):
+            let_go.set()  # before the handler returns and the connection closes
+
+    url = stalling_server(serve)
+    client = backend(url, timeout=30.0, request_deadline_s=0.6)  # the per-phase timeout never fires first
     with pytest.raises(BackendDeadlineExceeded) as raised:
         client.generate(["x"])
-    elapsed = time.monotonic() - began
-    assert 0.55 <= elapsed < 3.0  # far below the 30 s per-phase timeout
     message = str(raised.value)
     assert "\n" not in message
     assert message.startswith(f"no complete answer from {url}/chat/completions within request_deadline_s=0.6 s (1 try)")
     assert isinstance(raised.value, BackendUnavailable)  # callers that catch "server unusable" catch it too
+    assert not let_go.is_set()  # the client gave up while the server still stalled
 
 
 def test_the_deadline_covers_the_retries_and_the_waits_between_them(stalling_server) -> None:
+    clock = FakeClock()
     tries: list[float] = []
 
     def busy(handler: BaseHTTPRequestHandler, done: threading.Event) -> None:
-        tries.append(time.monotonic())
+        tries.append(clock.now - 1000.0)
         handler.send_response(503)
         handler.send_header("Retry-After", "0.3")
         handler.send_header("Content-Length", "0")
         handler.end_headers()
 
-    client = backend(stalling_server(busy), max_retries=50, request_deadline_s=1.0)
-    began = time.monotonic()
-    expected = r"within request_deadline_s=1 s \(\d+ tries, the last failure: HTTP 503\)"
+    client = backend(stalling_server(busy), max_retries=50, request_deadline_s=1.0, clock=clock, sleep=clock.sleep)
+    expected = r"within request_deadline_s=1 s \(4 tries, the last failure: HTTP 503\)"
     with pytest.raises(BackendDeadlineExceeded, match=expected):
         client.generate(["x"])
-    assert time.monotonic() - began < 3.0
-    assert 2 <= len(tries) <= 5  # it retried every 0.3 s, and stopped long before its 51 tries
+    assert tries == pytest.approx([0.0, 0.3, 0.6, 0.9])  # a try every 0.3 s, none of the 47 left after 1 s
+    assert clock.sleeps == pytest.approx([0.3, 0.3, 0.3, 0.1])  # the last wait cut short at the deadline
+    assert client.usage()["retries"] == 3.0
+
+
+def test_the_deadline_covers_the_waits_for_the_rate_limits(openai_stub: StubServer) -> None:  # noqa: F811
+    clock = FakeClock()
+    limiter = RateLimiter(clock=clock, wall_clock=clock.wall)  # no sleep of its own: it waits on the deadline's
+    limiter.pause_for(90.0, "x-ratelimit-remaining-requests: 0")
+    client = backend(openai_stub.base_url, rate_limiter=limiter, request_deadline_s=10.0,
+                     clock=clock, sleep=clock.sleep)
+    with pytest.raises(BackendDeadlineExceeded, match=r"request_deadline_s=10 s \(0 tries\)"):
+        client.generate(["x"])
+    assert clock.sleeps == [10.0] and openai_stub.requests == []  # it waited until the deadline, then sent nothing
 
 
 def test_a_request_that_finishes_in_time_is_unaffected(openai_stub: StubServer) -> None:  # noqa: F811
@@ -241,27 +287,6 @@ def test_the_deadline_must_be_positive() -> None:
 
 
 # --- rate limits, the server's rate-limit headers, usage and cost -----------------------------------
-
-
-class FakeClock:
-    """A monotonic clock and a sleep that advances it: ``sleeps`` records every wait, nothing really waits."""
-
-    def __init__(self, start: float = 1000.0, wall: float = 1_700_000_000.0) -> None:
-        self.now = start
-        self.wall_offset = wall - start
-        self.sleeps: list[float] = []
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def wall(self) -> float:
-        return self.now + self.wall_offset
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.sleeps.append(seconds)
-            self.now += seconds
 
 
 def fake_limiter(clock: FakeClock, **limits) -> RateLimiter:

@@ -11,7 +11,8 @@ variable named in the config, so no secret is ever part of a saved config.
 
 httpx's timeouts bound each phase (connect, one read, one write), so a server that trickles bytes
 or keeps failing can hold a request for ever; ``request_deadline_s`` bounds the whole of it, all
-tries, waits and the reading of the answer included.
+tries, waits and the reading of the answer included. The deadline's clock and its sleep are
+injectable (``clock``, ``sleep``), as the rate limiter's are, so tests check it without waiting.
 
 :class:`OpenAIBackend` keeps ``concurrency`` requests in flight in one thread pool that lives as
 long as the backend: a generate call queues all its requests at once, so the pool never drains
@@ -35,7 +36,7 @@ from typing import Any, TypeVar
 import httpx
 
 from lettingo.llm.base import Generation, GenerationBackend, Progress, sample_seed, validate_request
-from lettingo.llm.rate_limit import Permit, RateLimiter, UsageMeter, retry_after_seconds
+from lettingo.llm.rate_limit import Clock, Permit, RateLimiter, Sleep, UsageMeter, retry_after_seconds
 
 log = logging.getLogger(__name__)
 
@@ -64,23 +65,27 @@ T = TypeVar("T")
 
 @dataclass
 class _Deadline:
-    """The wall-clock limit of one request, shared by the thread that waits for it and the one that works on it.
+    """The time limit of one request, shared by the thread that waits for it and the one that works on it.
 
-    ``tries`` and ``problem`` (the last failure) are kept for the error message.
+    ``clock`` gives monotonic seconds; ``pause(seconds)`` waits between tries (``None``: on ``stop``,
+    so a wait ends as soon as the waiter gives up). ``tries`` and ``problem`` (the last failure) are
+    kept for the error message.
     """
 
     seconds: float
+    clock: Clock = time.monotonic
+    pause: Sleep | None = None
     at: float = field(init=False)
     stop: threading.Event = field(default_factory=threading.Event)
     tries: int = 0
     problem: str = ""
 
     def __post_init__(self) -> None:
-        self.at = time.monotonic() + self.seconds
+        self.at = self.clock() + self.seconds
 
     def remaining(self) -> float:
         """Seconds left, 0 once passed."""
-        return max(self.at - time.monotonic(), 0.0)
+        return max(self.at - self.clock(), 0.0)
 
     def check(self) -> None:
         """Raise :class:`_DeadlinePassed` once the deadline has passed or the waiter gave up."""
@@ -88,8 +93,14 @@ class _Deadline:
             raise _DeadlinePassed
 
     def sleep(self, seconds: float) -> None:
-        """Sleep ``seconds``, or raise :class:`_DeadlinePassed` where the deadline comes first."""
-        if self.stop.wait(min(seconds, self.remaining())) or self.remaining() <= 0:
+        """Sleep ``seconds``; where the deadline comes first, sleep until it and raise :class:`_DeadlinePassed`.
+
+        Also raised once the waiter has given up.
+        """
+        left = self.remaining()
+        wait = self.stop.wait if self.pause is None else self.pause
+        wait(min(seconds, left))
+        if self.stop.is_set() or seconds >= left:
             raise _DeadlinePassed
 
     def timeout(self, per_phase: float) -> httpx.Timeout:
@@ -112,6 +123,7 @@ def _within(deadline: _Deadline, work: Callable[[], T]) -> T:
 
     Then ``deadline.stop`` is set, so ``work`` ends at its next check, and :class:`_DeadlinePassed`
     is raised here at once: a read that httpx would let wait for its whole timeout does not hold it.
+    Time is read from the deadline's clock: an injected clock that does not move keeps this waiting for ``work``.
     """
     outcome: dict[str, Any] = {}
 
@@ -123,7 +135,8 @@ def _within(deadline: _Deadline, work: Callable[[], T]) -> T:
 
     helper = threading.Thread(target=run, name="openai-request", daemon=True)
     helper.start()
-    helper.join(deadline.remaining())
+    while helper.is_alive() and deadline.remaining() > 0:
+        helper.join(deadline.remaining())
     if helper.is_alive():
         deadline.stop.set()
         raise _DeadlinePassed
@@ -183,9 +196,13 @@ class OpenAIClient:
         price_per_million_input: float = 0.0,
         price_per_million_output: float = 0.0,
         rate_limiter: RateLimiter | None = None,
+        clock: Clock = time.monotonic,
+        sleep: Sleep | None = None,
     ) -> None:
         """``rate_limiter`` replaces the one built from ``requests_per_minute`` / ``tokens_per_minute``
-        (tests inject one with a fake clock; callers of one API key may share one)."""
+        (tests inject one with a fake clock; callers of one API key may share one). ``clock`` (monotonic
+        seconds) and ``sleep`` time ``request_deadline_s`` and the waits between tries; tests inject fakes.
+        ``sleep=None`` waits in a way that ends early once the caller has given up on the request."""
         if not request_deadline_s > 0:
             raise ValueError(f"request_deadline_s must be positive, got {request_deadline_s}")
         self.base_url = base_url.rstrip("/")
@@ -196,6 +213,7 @@ class OpenAIClient:
         self.max_backoff = max_backoff
         self.request_deadline_s = request_deadline_s
         self.limiter = rate_limiter or RateLimiter(requests_per_minute, tokens_per_minute)
+        self.clock, self.sleep = clock, sleep
         self.meter = UsageMeter(price_per_million_input, price_per_million_output)
         headers = {"Content-Type": "application/json"}
         api_key = os.environ.get(api_key_env) if api_key_env else None
@@ -222,7 +240,7 @@ class OpenAIClient:
         ``max_tokens`` per choice), reserved before it is sent; ``estimate(reply)`` gives (prompt,
         completion) tokens where the answer has no ``usage``.
         """
-        deadline = _Deadline(self.request_deadline_s)
+        deadline = _Deadline(self.request_deadline_s, self.clock, self.sleep)
         try:
             reply, permit = _within(deadline, lambda: self._post_with_retries(url, body, expected_tokens, deadline))
         except _DeadlinePassed:
@@ -364,7 +382,7 @@ class OpenAIBackend(GenerationBackend):
         ``concurrency``: requests in flight at once. ``client``: the retry, deadline, rate-limit and price
         settings of :class:`OpenAIClient` (``timeout``, ``max_retries``, ``backoff``, ``max_backoff``,
         ``request_deadline_s``, ``requests_per_minute``, ``tokens_per_minute``, ``price_per_million_*``,
-        ``rate_limiter``).
+        ``rate_limiter``, ``clock``, ``sleep``).
         """
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
