@@ -34,7 +34,7 @@ from lettingo.evaluation.methods import ORACLE_FACTS, no_profile_label
 from lettingo.evaluation.tables import to_markdown
 from lettingo.feedback.rewards import score_profiles
 from lettingo.llm.pool import BackendPool
-from lettingo.profiles.explore import explore
+from lettingo.profiles.explore import KEY, explore
 from lettingo.profiles.prompts import history_items
 from lettingo.profiles.user_facts import user_facts
 from lettingo.recommender.loading import LazyRecommender
@@ -98,8 +98,8 @@ def generate(cfg: DictConfig, users: pd.DataFrame, prompts: Mapping[str, DictCon
     with BackendPool({str(cfg.backbone.name): cfg.backbone}) as pool:
         for label, prompt_cfg in prompts.items():
             fp = fingerprint({**identity, "prompt": OmegaConf.to_container(prompt_cfg, resolve=True)})
-            frame = explore(users, pool, prompt_cfg=prompt_cfg, store=store,
-                            artifact_name=profiles_artifact(prompt_cfg), fp=fp, **settings)
+            frame = explore(users, pool, prompt_cfg=prompt_cfg, rows=store.rows(profiles_artifact(prompt_cfg), fp, KEY),
+                            **settings)
             frames.append(frame.assign(method=label))
     return pd.concat(frames, ignore_index=True)
 
@@ -131,7 +131,7 @@ def build(run_dir: Path, out: Path, n_users: int = DEFAULT_USERS) -> dict[str, P
     recommender = LazyRecommender(str(cfg.recommender.name), cfg.recommender.model, checkpoint)
     identity = {"rec_model": rec_meta["fingerprint"] if rec_meta else OmegaConf.to_container(cfg.recommender),
                 "profiles": [store.fingerprint_of(profiles_artifact(p)) for p in prompts.values()]}
-    scored = score_profiles(recommender, profiles, samples, store, "predictions", fingerprint(identity),
+    scored = score_profiles(recommender, profiles, samples, store.rows("predictions", fingerprint(identity), KEY),
                             int(cfg.test.users_per_chunk))
     user_ids, truth, predicted = method_predictions(scored)
     comparison = Comparison.compute(user_ids, truth, predicted, references=[own],

@@ -25,7 +25,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 META_FILE = "_meta.json"
 PROGRESS_FILE = "_progress.json"
 CHUNKS_DIR = "chunks"
+TABLE_FILE = "data.parquet"
+JSON_FILE = "data.json"
 LOCK_FILE = ".lock"
 #: The key of `_meta.json` that records every file's size (bytes) when the artifact was finished.
 FILES_KEY = "files"
@@ -177,6 +179,12 @@ def write_parquet_atomic(path: Path, frame: pd.DataFrame) -> Path:
     return Path(path)
 
 
+def write_table_data(folder: Path, frame: pd.DataFrame) -> dict[str, Any]:
+    """Write a whole table artifact's data into its folder (a stage's build); return what its meta records."""
+    write_parquet_atomic(Path(folder) / TABLE_FILE, frame)
+    return {"rows": len(frame)}
+
+
 class RunFolderInUse(RuntimeError):
     """Another process holds the run folder."""
 
@@ -246,7 +254,7 @@ class ArtifactStore:
 
     def rows_digest(self, name: str) -> str | None:
         """The digest of table artifact `name`'s rows (see :func:`rows_digest`); None for another kind of artifact."""
-        if not (self.path(name) / "data.parquet").exists() and not self.chunk_paths(name):
+        if not (self.path(name) / TABLE_FILE).exists() and not self.chunk_paths(name):
             return None
         return rows_digest(self.read_table(name))
 
@@ -338,14 +346,14 @@ class ArtifactStore:
         self._writable(f"writing {name}")
         self.prepare(name, fp)
         self._unfinish(name)
-        target = write_parquet_atomic(self.path(name) / "data.parquet", frame)
+        target = write_parquet_atomic(self.path(name) / TABLE_FILE, frame)
         self.finish(name, fp, rows=len(frame), **info)
         return target
 
     def read_table(self, name: str) -> pd.DataFrame:
         """Read a table artifact: its `data.parquet`, or the concatenation of its chunks."""
         folder = self.path(name)
-        whole = folder / "data.parquet"
+        whole = folder / TABLE_FILE
         if whole.exists():
             return pd.read_parquet(whole)
         chunks = self.chunk_paths(name)
@@ -374,6 +382,10 @@ class ArtifactStore:
         chunks = self.chunk_paths(name)
         return pd.concat([pd.read_parquet(p) for p in chunks], ignore_index=True) if chunks else None
 
+    def rows(self, name: str, fp: str, key: Sequence[str]) -> RowWriter:
+        """Open the row-keyed chunked artifact `name` for inputs `fp` (see :class:`RowWriter`)."""
+        return RowWriter(self, name, fp, tuple(key))
+
     def append_chunk(self, name: str, frame: pd.DataFrame) -> Path:
         """Atomically add one chunk of rows to a chunked artifact (it is unfinished until `finish`)."""
         self._writable(f"adding a chunk to {name}")
@@ -386,13 +398,13 @@ class ArtifactStore:
         self._writable(f"writing {name}")
         self.prepare(name, fp)
         self._unfinish(name)
-        target = write_json_atomic(self.path(name) / "data.json", obj)
+        target = write_json_atomic(self.path(name) / JSON_FILE, obj)
         self.finish(name, fp, **info)
         return target
 
     def read_json(self, name: str) -> Any:
         """Read a JSON artifact."""
-        return json.loads((self.path(name) / "data.json").read_text())
+        return json.loads((self.path(name) / JSON_FILE).read_text())
 
     @contextmanager
     def lock(self) -> Iterator[None]:
@@ -419,6 +431,59 @@ class ArtifactStore:
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
             handle.close()
+
+
+class RowWriter:
+    """A row-keyed artifact being made in chunks for one identity: the one resume path of every chunked stage.
+
+    Opening it keeps the rows already written for this identity (a killed run, or fewer rows asked for
+    before) and moves aside what other inputs made; :meth:`missing` says which rows still need computing,
+    :meth:`append` writes a chunk of them at once (a kill keeps it), :meth:`finish` marks the artifact
+    finished and returns the wanted rows. Domain code computes; it never asks the store what to do.
+    """
+
+    def __init__(self, store: ArtifactStore, name: str, fp: str, key: tuple[str, ...]) -> None:
+        self.store, self.name, self.fp, self.key = store, name, fp, key
+        existing = store.start_chunks(name, fp)
+        self.written = set() if existing is None else set(self._keys(existing))
+        self.added = 0
+
+    def _keys(self, frame: pd.DataFrame) -> Iterator[tuple[Any, ...]]:
+        return frame.loc[:, list(self.key)].itertuples(index=False, name=None)
+
+    def _rows_in(self, frame: pd.DataFrame, keys: set[tuple[Any, ...]], inside: bool) -> pd.DataFrame:
+        """The rows of ``frame`` whose key is (``inside``) or is not in ``keys``."""
+        # A boolean Series, not a list: an empty list would select no columns instead of no rows.
+        mask = pd.Series([(key in keys) == inside for key in self._keys(frame)], index=frame.index, dtype=bool)
+        return frame[mask]
+
+    def has(self, key: tuple[Any, ...]) -> bool:
+        """Whether the row with this key is written already."""
+        return key in self.written
+
+    def missing(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The rows of ``frame`` (holding the key columns) not written yet."""
+        return self._rows_in(frame, self.written, inside=False)
+
+    def append(self, frame: pd.DataFrame) -> None:
+        """Write one chunk of new rows."""
+        self.store.append_chunk(self.name, frame)
+        self.written.update(self._keys(frame))
+        self.added += len(frame)
+
+    def finish(self, wanted: pd.DataFrame, empty: pd.DataFrame,
+               describe: Callable[[pd.DataFrame], Mapping[str, Any]] = lambda table: {}) -> pd.DataFrame:
+        """Mark the artifact finished (unless it was and nothing was added), recording ``describe(table)`` in its
+        `_meta.json`; return its rows whose keys are in ``wanted``, in the artifact's order. ``empty`` (the
+        columns, no rows) is written when no row was."""
+        if not self.store.chunk_paths(self.name):  # nothing asked for: an empty table, not a missing one
+            self.store.append_chunk(self.name, empty)
+        table = self.store.read_table(self.name)
+        if table.duplicated(list(self.key)).any():
+            raise RuntimeError(f"{self.store.path(self.name)} holds duplicate rows; move it aside and rerun")
+        if self.added or self.store.meta(self.name) is None:
+            self.store.finish(self.name, self.fp, rows=len(table), **describe(table))
+        return self._rows_in(table, set(self._keys(wanted)), inside=True).reset_index(drop=True)
 
 
 def _read_record(path: Path) -> dict[str, Any] | None:

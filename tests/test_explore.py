@@ -103,8 +103,8 @@ def run(samples, backends, store_dir: Path, seed: int = 0, **kwargs) -> pd.DataF
     settings = {"n": 3, "temperature": 1.0, "max_new_tokens": 6, "seed": seed, "users_per_chunk": 2} | kwargs
     # The artifact's identity: what a row depends on, not how many users and samples are asked for.
     identity = {k: v for k, v in settings.items() if k not in ("n", "max_users", "users_per_chunk")}
-    return explore(samples, backends, PROMPT_CFG, ITEM_TEXT, H, store=ArtifactStore(store_dir),
-                   artifact_name="profiles", fp=fingerprint(identity | {"history_len": H}), **settings)
+    rows = ArtifactStore(store_dir).rows("profiles", fingerprint(identity | {"history_len": H}), KEY)
+    return explore(samples, backends, PROMPT_CFG, ITEM_TEXT, H, rows=rows, **settings)
 
 
 def test_rows_line_up_with_their_users(tiny, tmp_path) -> None:

@@ -11,6 +11,7 @@ import pytest
 from lettingo.artifacts import ArtifactStore
 from lettingo.data.schema import LABELS
 from lettingo.feedback.rewards import REWARD_COLUMNS, score_profiles
+from lettingo.profiles.explore import KEY
 from lettingo.recommender.cases import RecCase
 
 
@@ -47,7 +48,7 @@ class NamesLabel:
 
 
 def test_every_profile_row_gets_a_verdict(tmp_path) -> None:
-    rewards = score_profiles(NamesLabel(), PROFILES, SAMPLES, ArtifactStore(tmp_path), "rewards", "fp", 2)
+    rewards = score_profiles(NamesLabel(), PROFILES, SAMPLES, ArtifactStore(tmp_path).rows("rewards", "fp", KEY), 2)
     assert len(rewards) == len(PROFILES) and set(REWARD_COLUMNS) <= set(rewards.columns)
     for row in rewards.itertuples():
         assert row.label == LABELS[int(row.user_id[1:]) % 3] and row.predicted == row.text
@@ -59,18 +60,18 @@ def test_every_profile_row_gets_a_verdict(tmp_path) -> None:
 def test_a_killed_run_resumes_with_only_the_missing_rows(tmp_path) -> None:
     store = ArtifactStore(tmp_path)
     with pytest.raises(RuntimeError, match="killed"):
-        score_profiles(NamesLabel(fail_after=6), PROFILES, SAMPLES, store, "rewards", "fp", users_per_chunk=2)
+        score_profiles(NamesLabel(fail_after=6), PROFILES, SAMPLES, store.rows("rewards", "fp", KEY), users_per_chunk=2)
     assert len(store.read_table("rewards")) == 6 and store.meta("rewards") is None
     assert store.prepare("rewards", "fp") == "partial"  # the rows written so far are kept for these inputs
     resumed = NamesLabel()
-    rewards = score_profiles(resumed, PROFILES, SAMPLES, store, "rewards", "fp", users_per_chunk=2)
+    rewards = score_profiles(resumed, PROFILES, SAMPLES, store.rows("rewards", "fp", KEY), users_per_chunk=2)
     assert resumed.scored == 9 and len(rewards) == 15
     assert not rewards.duplicated(["user_id", "sample_idx"]).any()
     again = NamesLabel()
-    score_profiles(again, PROFILES, SAMPLES, store, "rewards", "fp", users_per_chunk=2)
+    score_profiles(again, PROFILES, SAMPLES, store.rows("rewards", "fp", KEY), users_per_chunk=2)
     assert again.scored == 0  # finished for these inputs: reused
     other = NamesLabel()
-    score_profiles(other, PROFILES, SAMPLES, store, "rewards", "other-fp", users_per_chunk=2)
+    score_profiles(other, PROFILES, SAMPLES, store.rows("rewards", "other-fp", KEY), users_per_chunk=2)
     assert other.scored == 15  # other inputs: rescored from scratch
     assert len(list(tmp_path.glob("rewards.stale-*"))) == 1  # the old verdicts moved aside, not deleted
 
@@ -78,4 +79,4 @@ def test_a_killed_run_resumes_with_only_the_missing_rows(tmp_path) -> None:
 def test_profiles_of_unknown_users_are_an_error(tmp_path) -> None:
     stray = PROFILES.assign(user_id="nobody")
     with pytest.raises(ValueError, match="no sample"):
-        score_profiles(NamesLabel(), stray, SAMPLES, ArtifactStore(tmp_path), "rewards", "fp")
+        score_profiles(NamesLabel(), stray, SAMPLES, ArtifactStore(tmp_path).rows("rewards", "fp", KEY))

@@ -10,15 +10,13 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from lettingo.artifacts import ArtifactStore
+from lettingo.artifacts import RowWriter
 from lettingo.data.schema import LABELS
 from lettingo.recommender.base import Recommender
 from lettingo.recommender.cases import LABEL_INDEX, RecCase, case_from_sample, predicted_labels
 
 log = logging.getLogger(__name__)
 
-#: Columns that identify a profile row (the profiles artifact's key).
-PROFILE_KEY: tuple[str, ...] = ("user_id", "backbone", "sample_idx", "prompt_name", "history_len")
 #: Columns the rewards add to the profile rows.
 REWARD_COLUMNS: tuple[str, ...] = ("label", "predicted", "p_true", "correct", *(f"p_{label}" for label in LABELS))
 
@@ -48,35 +46,26 @@ def score_profiles(
     recommender: Recommender,
     profiles: pd.DataFrame,
     samples: pd.DataFrame,
-    store: ArtifactStore,
-    name: str,
-    fp: str,
+    rows: RowWriter,
     users_per_chunk: int = 16,
 ) -> pd.DataFrame:
-    """Score every profile row with f_Rec into the chunked artifact ``name``; return the rows of ``profiles``.
+    """Score every profile row with f_Rec into the chunked artifact ``rows`` writes; return the rows of ``profiles``.
 
-    Rows already scored for the same identity ``fp`` are kept (a killed run, or fewer profiles asked
-    for before), so only the missing ones are scored.
+    Rows the artifact holds already (a killed run, or fewer profiles asked for before) are kept, so only
+    the missing ones are scored.
 
     Rows are scored a chunk of users at a time (all profiles of a user together, so an LLM f_Rec
     reuses the user's prompt prefix); each chunk is appended as soon as it is scored.
     """
     if users_per_chunk < 1:
         raise ValueError(f"users_per_chunk must be at least 1, got {users_per_chunk}")
-    existing = store.start_chunks(name, fp)
-    done = set() if existing is None else set(existing.loc[:, list(PROFILE_KEY)].itertuples(index=False, name=None))
-    keys = profiles.loc[:, list(PROFILE_KEY)].itertuples(index=False, name=None)
-    pending = profiles[[key not in done for key in keys]]
+    pending = rows.missing(profiles)
     users = list(dict.fromkeys(pending["user_id"]))
-    with tqdm(total=len(pending), desc=f"{name} ({recommender.name})", unit="profile", dynamic_ncols=True) as bar:
+    with tqdm(total=len(pending), desc=f"{rows.name} ({recommender.name})", unit="profile",
+              dynamic_ncols=True) as bar:
         for start in range(0, len(users), users_per_chunk):
             chunk = pending[pending["user_id"].isin(users[start : start + users_per_chunk])]
             cases = profile_cases(chunk, samples)
-            store.append_chunk(name, reward_frame(chunk, cases, recommender.predict(cases)))
+            rows.append(reward_frame(chunk, cases, recommender.predict(cases)))
             bar.update(len(chunk))
-    written = store.read_table(name) if store.chunk_paths(name) else profiles.iloc[:0]
-    if len(pending) or store.meta(name) is None:  # a finished artifact with nothing new stays as it is
-        store.finish(name, fp, rows=len(written), recommender=recommender.name)
-    wanted = set(profiles.loc[:, list(PROFILE_KEY)].itertuples(index=False, name=None))
-    keys = written.loc[:, list(PROFILE_KEY)].itertuples(index=False, name=None)
-    return written[[key in wanted for key in keys]].reset_index(drop=True)
+    return rows.finish(profiles, profiles.iloc[:0], lambda table: {"recommender": recommender.name})

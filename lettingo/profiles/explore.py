@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from lettingo.artifacts import ArtifactStore
+from lettingo.artifacts import RowWriter
 from lettingo.llm.base import GenerationBackend
 from lettingo.profiles.prompts import build_instruction, listed_texts
 from lettingo.profiles.quality import degenerate_reason
@@ -53,9 +53,7 @@ def explore(
     temperature: float,
     max_new_tokens: int,
     seed: int,
-    store: ArtifactStore,
-    artifact_name: str,
-    fp: str,
+    rows: RowWriter,
     max_users: int | None = None,
     users_per_chunk: int = 8,
 ) -> pd.DataFrame:
@@ -63,11 +61,11 @@ def explore(
 
     ``samples`` is the samples frame (one row per user, with ``split``). Each backend gets its
     users' prompts sorted by length, ``users_per_chunk`` prompts per generate call, and each call's
-    rows become one chunk of artifact ``artifact_name``. A backend is looked up in ``backends`` only
-    when it has rows to write, so a lazy mapping loads nothing for a finished artifact.
-    ``fp`` is the artifact's identity (everything a row depends on except which users and how many
-    samples are asked for): rows written for it are kept, so asking for more users or samples
-    generates only the new rows. Returns the requested rows in user, backend, sample order.
+    rows become one chunk of the artifact ``rows`` writes. A backend is looked up in ``backends`` only
+    when it has rows to write, so a lazy mapping loads nothing for a finished artifact. Rows the
+    artifact holds already (written for its identity: everything a row depends on except which users
+    and how many samples are asked for) are kept, so asking for more users or samples generates only
+    the new rows. Returns the requested rows in user, backend, sample order.
     """
     if users_per_chunk < 1:
         raise ValueError(f"users_per_chunk must be at least 1, got {users_per_chunk}")
@@ -78,14 +76,12 @@ def explore(
     # What an echo copies: the item lines, not the facts (a profile restating those is informative).
     histories = {row["user_id"]: "\n".join(listed_texts(row, prompt_cfg, history_len, item_text_cfg))
                  for row in records}
-    existing = store.start_chunks(artifact_name, fp)
-    done = set() if existing is None else set(existing.loc[:, list(KEY)].itertuples(index=False, name=None))
     splits = dict(zip(users["user_id"], users["split"], strict=True))
     began, generated = time.perf_counter(), 0
     for name in backends:
 
         def missing(user: str, j: int, backbone: str = name) -> bool:
-            return (user, backbone, j, prompt_name, history_len) not in done
+            return not rows.has((user, backbone, j, prompt_name, history_len))
 
         pending = [u for u in instructions if any(missing(u, j) for j in range(n))]
         if not pending:
@@ -101,7 +97,7 @@ def explore(
                     [rendered[u] for u in chunk], n=n, temperature=temperature, max_new_tokens=max_new_tokens,
                     seed=bseed, progress=bar.update,
                 )
-                rows = [
+                made = [
                     {
                         "user_id": u, "split": splits[u], "backbone": name, "sample_idx": j,
                         "prompt_name": prompt_name, "history_len": history_len, "prompt": rendered[u],
@@ -112,23 +108,16 @@ def explore(
                     for j, g in enumerate(samples_of_user)
                     if missing(u, j)
                 ]
-                store.append_chunk(artifact_name, pd.DataFrame(rows, columns=list(PROFILE_COLUMNS)))
-                generated += len(rows)
-    if not store.chunk_paths(artifact_name):  # nobody to explore: an empty table, not a missing one
-        store.append_chunk(artifact_name, pd.DataFrame(columns=list(PROFILE_COLUMNS)))
-    written = store.read_table(artifact_name)
-    if written.duplicated(list(KEY)).any():
-        raise RuntimeError(f"{store.path(artifact_name)} holds duplicate profile rows; move it aside and rerun")
-    wanted = {(u, b, j) for u in instructions for b in backends for j in range(n)}
-    keys = zip(written["user_id"], written["backbone"], written["sample_idx"], strict=True)
-    keep = pd.Series([key in wanted for key in keys], index=written.index, dtype=bool)  # a mask even when empty
-    frame = _ordered(written[keep], users, list(backends))
-    if generated or store.meta(artifact_name) is None:  # a finished artifact with nothing new stays as it is
-        store.finish(artifact_name, fp, rows=len(written), users=int(written["user_id"].nunique()),
-                     backbones=sorted(set(written["backbone"])))
+                rows.append(pd.DataFrame(made, columns=list(PROFILE_COLUMNS)))
+                generated += len(made)
+    wanted = pd.DataFrame([(u, b, j, prompt_name, history_len) for u in instructions for b in backends
+                           for j in range(n)], columns=list(KEY))
+    kept = rows.finish(wanted, pd.DataFrame(columns=list(PROFILE_COLUMNS)), lambda table: {
+        "users": int(table["user_id"].nunique()), "backbones": sorted(set(table["backbone"]))})
+    frame = _ordered(kept, users, list(backends))
     log.info(
         "%s: %d rows (%d generated now, %d resumed) in %.1f s",
-        artifact_name, len(frame), generated, len(frame) - generated, time.perf_counter() - began,
+        rows.name, len(frame), generated, len(frame) - generated, time.perf_counter() - began,
     )
     return frame
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -34,16 +35,20 @@ def checkpoints(method: str) -> str:
 
 
 def align_method(ctx: StageContext, conf: LettingoConfig, method: str, pairs: pd.DataFrame) -> dict[str, Any]:
-    """Train one method's adapter (or reuse it) and write the artifact ``adapter_<method>``.
+    """The artifact ``adapter_<method>``: reused when finished for this config, else trained (:func:`train_adapter`).
 
-    Under a multi-process trainer every rank reaches the same fits (the same pairs, the same reuse
-    decisions, read from the run folder); only rank 0 writes the checkpoints and the adapter.
+    Under a multi-process trainer every rank reaches the same fits (rank 0's reuse and resume decisions);
+    only rank 0 writes the checkpoints and the adapter.
     """
-    store = ctx.store
-    name, fp = adapter_artifact(method), ctx.fingerprint(adapter_artifact(method))
-    if ctx.agree(store.prepare(name, fp)) == "done":
-        log.info("%s: reusing %s", name, store.path(name))
-        return store.meta(name) or {}
+    name = adapter_artifact(method)
+    meta = ctx.make(name, lambda folder: train_adapter(ctx, conf, method, pairs, folder))
+    return meta if ctx.is_main else {"method": method, "rank": ctx.rank}
+
+
+def train_adapter(ctx: StageContext, conf: LettingoConfig, method: str, pairs: pd.DataFrame,
+                  folder: Path) -> dict[str, Any]:
+    """Train ``method``'s LoRA adapter on ``pairs`` into ``folder``, resuming its epoch-end checkpoints
+    (``align/<method>``) when a killed run left them for this config; return what its meta records."""
     acfg, method_cfg, seed, trainer = conf.align, conf.align.method[method], conf.seed, conf.trainer
     seed_everything(seed)
     selected = select_pairs(pairs, acfg.data.max_pairs, seed)
@@ -54,13 +59,13 @@ def align_method(ctx: StageContext, conf: LettingoConfig, method: str, pairs: pd
     began = time.perf_counter()
     engine = acfg.engine
     work = checkpoints(method)
-    resume = ctx.agree(store.begin(work, fp)) == "partial"
+    resume = ctx.resume(work, of=adapter_artifact(method))
     weights = None  # the adapter's gathered weights when the fit sharded the model
     if engine == "trl" and method_cfg.examples == "preference":
         if ctx.world > 1:
             raise ValueError("align.engine=trl trains in one process; use align.engine=lightning with a "
                              "multi-process trainer")
-        trained, summary = fit_trl(acfg, method_cfg, model, tokenizer, train, val, store.path(work), seed,
+        trained, summary = fit_trl(acfg, method_cfg, model, tokenizer, train, val, ctx.store.path(work), seed,
                                    trainer.get("gradient_clip_val") or 0.0)
     else:
         overrides = {} if acfg.precision is None else {"precision": acfg.precision}
@@ -69,17 +74,15 @@ def align_method(ctx: StageContext, conf: LettingoConfig, method: str, pairs: pd
             return lightning_trainer(trainer, **overrides, **kwargs, logger=ctx.tracker.lightning_logger())
 
         trained, summary, weights = fit_lightning(acfg, method_cfg, attach_lora(model, asdict(acfg.lora)), tokenizer,
-                                                  train, val, make_trainer, store.path(work), resume, seed,
+                                                  train, val, make_trainer, ctx.store.path(work), resume, seed,
                                                   device_count(trainer))
     if not ctx.is_main:
-        return {"method": method, "rank": ctx.rank}
+        return {}
     seconds = time.perf_counter() - began
-    save_adapter(trained, store.path(name), weights)
-    summary |= {"method": method, "engine": engine, "pairs_train": len(train), "pairs_val": len(val),
-                "users_train": int(train["user_id"].nunique()), "users_val": int(val["user_id"].nunique()),
-                "seconds": seconds, "seconds_per_pair": seconds / max(1, len(train) * acfg.epochs)}
-    store.finish(name, fp, **summary)
-    return summary
+    save_adapter(trained, folder, weights)
+    return summary | {"method": method, "engine": engine, "pairs_train": len(train), "pairs_val": len(val),
+                      "users_train": int(train["user_id"].nunique()), "users_val": int(val["user_id"].nunique()),
+                      "seconds": seconds, "seconds_per_pair": seconds / max(1, len(train) * acfg.epochs)}
 
 
 def report(method: str, summary: dict[str, Any]) -> dict[str, float]:

@@ -9,6 +9,7 @@ the artifacts it is made from. Stages meet only at artifacts; they never import 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +18,11 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from lettingo.artifacts import ArtifactStore, MissingArtifact
+from lettingo.artifacts import ArtifactStore, MissingArtifact, RowWriter
 from lettingo.llm.pool import PACE_KEYS
 from lettingo.tracking import Tracker
+
+log = logging.getLogger(__name__)
 
 #: Trainer keys that change logging and display, never what a fit learns.
 TRAINER_DISPLAY = ("trainer.default_root_dir", "trainer.enable_progress_bar", "trainer.enable_model_summary",
@@ -105,6 +108,32 @@ class StageContext:
         dropped = (*output.not_identity, *output.grows_by)
         values = {key: identity_value(self.cfg, key, dropped) for key in output.config}
         return self.store.identity(values, output.inputs, output.grows_with)
+
+    def make(self, name: str, build: Callable[[Path], Mapping[str, Any]]) -> dict[str, Any]:
+        """Artifact ``name`` for this config: reused when finished for it, else made by ``build``.
+
+        The store alone decides (rank 0's answer on every rank): reuse, or move aside what other inputs
+        made. ``build`` writes the artifact's files into the folder it is given and returns what the
+        artifact's `_meta.json` records beside them (on a rank other than 0 it only joins the fit).
+        Returns the recorded metadata either way.
+        """
+        fp = self.fingerprint(name)
+        if self.agree(self.store.prepare(name, fp)) == "done":
+            log.info("%s: reusing %s (finished for this config)", name, self.store.path(name))
+        else:
+            info = build(self.store.path(name))
+            if self.is_main:
+                self.store.finish(name, fp, **info)
+        return self.store.meta(name) or {}
+
+    def rows(self, name: str, key: Sequence[str]) -> RowWriter:
+        """The row-keyed chunked artifact ``name`` for this config, keeping the rows already written for it."""
+        return self.store.rows(name, self.fingerprint(name), key)
+
+    def resume(self, work: str, of: str) -> bool:
+        """Whether folder ``work`` holds the interrupted work (checkpoints) of artifact ``of`` for this config,
+        rank 0's answer on every rank; what other inputs left there is moved aside."""
+        return self.agree(self.store.begin(work, self.fingerprint(of))) == "partial"
 
     def need(self, name: str) -> dict[str, Any]:
         """The metadata of a finished upstream artifact made for this config; one clear error otherwise."""

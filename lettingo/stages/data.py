@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from hydra.utils import instantiate
 
-from lettingo.artifacts import SAMPLES
+from lettingo.artifacts import SAMPLES, write_table_data
 from lettingo.data.item_stats import ItemStats, annotate_items
 from lettingo.data.prepare import SampleSpec, format_summary, make_samples, summarize_data
 from lettingo.data.schema import LabelThresholds
@@ -48,19 +49,17 @@ def check_splits_filled(samples: pd.DataFrame, spec: SampleSpec, conf: LettingoC
 def run(ctx: StageContext) -> dict[str, Any]:
     """Build the samples (reused when finished for the same inputs) and print their summary."""
     conf, store = config_object(ctx.cfg), ctx.store
-    fp = ctx.fingerprint(SAMPLES)
-    if store.prepare(SAMPLES, fp) == "done":
-        log.info("samples: reusing %s", store.path(SAMPLES))
-        summary = store.meta(SAMPLES)["summary"]
-    else:
+
+    def build(folder: Path) -> dict[str, Any]:
         spec = sample_spec(conf)
         interactions = instantiate(conf.dataset.loader)()
         samples = make_samples(interactions, spec, source=conf.dataset.name)
         check_splits_filled(samples, spec, conf)
         held_out = {conf.test.split, conf.evaluate.split}
         samples = annotate_items(samples, ItemStats.from_samples(samples[~samples["split"].isin(held_out)]))
-        summary = summarize_data(interactions, samples, spec)
-        store.write_table(SAMPLES, samples, fp, summary=summary)
+        return write_table_data(folder, samples) | {"summary": summarize_data(interactions, samples, spec)}
+
+    summary = ctx.make(SAMPLES, build)["summary"]
     print(format_summary(summary, conf.dataset.name))
     print(f"samples artifact: {store.path(SAMPLES)}")
     ctx.tracker.log_metrics({f"data/{split}/users": n for split, n in summary["split_sizes"].items()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -13,6 +14,7 @@ from omegaconf import DictConfig
 
 from lettingo.artifacts import (
     BASELINES,
+    JSON_FILE,
     PAIRS,
     PROFILES,
     REC_MODEL,
@@ -21,6 +23,8 @@ from lettingo.artifacts import (
     SENSITIVITY,
     TABULAR_MODELS,
     atomic_path,
+    write_json_atomic,
+    write_table_data,
 )
 from lettingo.data.schema import LABELS, LabelThresholds
 from lettingo.data.splits import REC_TRAIN
@@ -32,6 +36,7 @@ from lettingo.feedback.baselines import baseline_predictions
 from lettingo.feedback.pairs import build_pairs, format_pairs_summary, pairs_summary
 from lettingo.feedback.rewards import profile_cases, score_profiles
 from lettingo.feedback.sensitivity import Sensitivity, profile_sensitivity, sensitivity_message
+from lettingo.profiles.explore import KEY as PROFILE_KEY
 from lettingo.profiles.oracle import oracle_profile
 from lettingo.recommender.base import Recommender
 from lettingo.recommender.cases import predicted_labels
@@ -56,14 +61,14 @@ def frozen_recommender(ctx: StageContext, rec: RecommenderSchema) -> LazyRecomme
 
 def write_pairs(ctx: StageContext, conf: LettingoConfig, rewards: pd.DataFrame) -> dict[str, Any]:
     """The `pairs` artifact from the rewards under `pairs.*` (reused when finished); return its summary."""
-    rule, store, fp = conf.pairs, ctx.store, ctx.fingerprint(PAIRS)
-    if store.prepare(PAIRS, fp) == "done":
-        summary = store.meta(PAIRS)["summary"]
-    else:
+    rule = conf.pairs
+
+    def build(folder: Path) -> dict[str, Any]:
         pairs = build_pairs(rewards, rule=rule.rule, max_pairs_per_user=rule.max_pairs_per_user,
                             min_margin=rule.min_margin, seed=conf.seed)
-        summary = pairs_summary(rewards, pairs)
-        store.write_table(PAIRS, pairs, fp, summary=summary)
+        return write_table_data(folder, pairs) | {"summary": pairs_summary(rewards, pairs)}
+
+    summary = ctx.make(PAIRS, build)["summary"]
     print(format_pairs_summary(summary, rule.rule))
     return summary
 
@@ -71,10 +76,8 @@ def write_pairs(ctx: StageContext, conf: LettingoConfig, rewards: pd.DataFrame) 
 def check_sensitivity(ctx: StageContext, conf: LettingoConfig, recommender: Recommender, rewards: pd.DataFrame,
                       samples: pd.DataFrame) -> dict[str, dict[str, float]]:
     """profile_sensitivity per split with at least 2 users (artifact `sensitivity`); warns loudly when unclear."""
-    store, fp = ctx.store, ctx.fingerprint(SENSITIVITY)
-    if store.prepare(SENSITIVITY, fp) == "done":
-        results = store.read_json(SENSITIVITY)
-    else:
+
+    def build(folder: Path) -> dict[str, Any]:
         results = {}
         for split, rows in rewards.groupby("split", sort=True):
             if rows["user_id"].nunique() < 2:
@@ -83,7 +86,11 @@ def check_sensitivity(ctx: StageContext, conf: LettingoConfig, recommender: Reco
                 recommender, profile_cases(rows, samples), conf.seed, conf.bootstrap.n_resamples,
                 conf.bootstrap.confidence, rows.loc[:, [f"p_{label}" for label in LABELS]].to_numpy(),
             ).to_dict()
-        store.write_json(SENSITIVITY, results, fp)
+        write_json_atomic(folder / JSON_FILE, results)
+        return {"splits": sorted(results)}
+
+    ctx.make(SENSITIVITY, build)
+    results = ctx.store.read_json(SENSITIVITY)
     min_effect = conf.evaluate.sensitivity.min_effect
     for split, values in results.items():
         result = Sensitivity(**values)
@@ -109,32 +116,38 @@ def held_out_splits(conf: LettingoConfig) -> set[str]:
 
 def tabular_models(ctx: StageContext, conf: LettingoConfig, samples: pd.DataFrame) -> dict[str, TabularRecommender]:
     """Row label -> the tabular f_Rec fitted on every user outside the held-out splits (artifact `tabular_models`)."""
-    store, tabular, fp = ctx.store, conf.evaluate.tabular, ctx.fingerprint(TABULAR_MODELS)
+    tabular = conf.evaluate.tabular
     nodes = {rec.model["name"]: rec.model for rec in (tabular.plain, tabular.oracle)}
-    folder = store.path(TABULAR_MODELS)
-    if store.prepare(TABULAR_MODELS, fp) == "done":
-        return {label: TabularRecommender.load(folder / f"{method_key(label)}.pkl") for label in nodes}
-    train = samples[~samples["split"].isin(held_out_splits(conf))]
-    models, info = {}, {}
-    for label, node in nodes.items():
-        model = instantiate(node).fit(train, train)
-        with atomic_path(folder / f"{method_key(label)}.pkl") as tmp:
-            model.save(tmp)
-        models[label] = model
-        info[label] = {"best_params": model.best_params_, "cv_accuracy": model.cv_score_,
-                       "cv_seconds": model.cv_seconds_}
-        log.info("tabular f_Rec %r: CV accuracy %.3f with %s (%.0f s)", label, model.cv_score_, model.best_params_,
-                 model.cv_seconds_)
-    store.finish(TABULAR_MODELS, fp, users=int(train["user_id"].nunique()), models=info)
-    return models
+
+    def build(folder: Path) -> dict[str, Any]:
+        train = samples[~samples["split"].isin(held_out_splits(conf))]
+        info = {}
+        for label, node in nodes.items():
+            model = instantiate(node).fit(train, train)
+            with atomic_path(folder / f"{method_key(label)}.pkl") as tmp:
+                model.save(tmp)
+            info[label] = {"best_params": model.best_params_, "cv_accuracy": model.cv_score_,
+                           "cv_seconds": model.cv_seconds_}
+            log.info("tabular f_Rec %r: CV accuracy %.3f with %s (%.0f s)", label, model.cv_score_,
+                     model.best_params_, model.cv_seconds_)
+        return {"users": int(train["user_id"].nunique()), "models": info}
+
+    ctx.make(TABULAR_MODELS, build)
+    folder = ctx.store.path(TABULAR_MODELS)
+    return {label: TabularRecommender.load(folder / f"{method_key(label)}.pkl") for label in nodes}
 
 
 def baselines(ctx: StageContext, conf: LettingoConfig, recommender: Recommender, samples: pd.DataFrame,
               profiles: pd.DataFrame) -> Comparison:
     """Every baseline and f_Rec input on the held-out users of `evaluate.split` (artifact `baselines`)."""
-    evaluate, store, fp = conf.evaluate, ctx.store, ctx.fingerprint(BASELINES)
-    if store.prepare(BASELINES, fp) == "done":
-        return read_comparison(store.path(BASELINES) / f"{COMPARISON}.json")
+    ctx.make(BASELINES, lambda folder: baselines_comparison(ctx, conf, recommender, samples, profiles, folder))
+    return read_comparison(ctx.store.path(BASELINES) / f"{COMPARISON}.json")
+
+
+def baselines_comparison(ctx: StageContext, conf: LettingoConfig, recommender: Recommender, samples: pd.DataFrame,
+                         profiles: pd.DataFrame, folder: Path) -> dict[str, Any]:
+    """Score every baseline on the held-out users of `evaluate.split` and write their comparison into ``folder``."""
+    evaluate = conf.evaluate
     held_out = samples[samples["split"] == evaluate.split]
     if held_out.empty:
         raise ValueError(f"evaluate.split={evaluate.split}: no users in that split to evaluate on")
@@ -157,9 +170,8 @@ def baselines(ctx: StageContext, conf: LettingoConfig, recommender: Recommender,
         meta={"split": evaluate.split, "recommender": recommender.name},
     )
     title = f"{recommender.name} on the held-out `{evaluate.split}` users"
-    comparison.write(store.path(BASELINES), COMPARISON, title)
-    store.finish(BASELINES, fp, users=len(comparison.users))
-    return comparison
+    comparison.write(folder, COMPARISON, title)
+    return {"users": len(comparison.users)}
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -179,7 +191,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         print(f"evaluate: no explored profiles (sampling.max_users={conf.sampling.max_users}): no rewards or pairs; "
               "the baselines table only")
     else:
-        rewards = score_profiles(recommender, profiles, samples, store, REWARDS, ctx.fingerprint(REWARDS),
+        rewards = score_profiles(recommender, profiles, samples, ctx.rows(REWARDS, PROFILE_KEY),
                                  conf.evaluate.users_per_chunk)
         pairs = write_pairs(ctx, conf, rewards)
         sensitivity = check_sensitivity(ctx, conf, recommender, rewards, samples)

@@ -11,7 +11,7 @@ import pandas as pd
 
 from lettingo.artifacts import PROFILES, SAMPLES
 from lettingo.llm.pool import BackendPool, backbones_by_name
-from lettingo.profiles.explore import explore
+from lettingo.profiles.explore import KEY, explore
 from lettingo.profiles.quality import format_summary, summarize_profiles
 from lettingo.schemas import config_object
 from lettingo.stages.base import Output, Stage, StageContext, backbones_pace_keys
@@ -53,7 +53,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             explore_split_samples(samples, splits), backends, prompt_cfg=asdict(conf.prompt),
             item_text_cfg=asdict(conf.dataset.item_text), history_len=conf.history.length, n=sampling.n,
             temperature=sampling.temperature, max_new_tokens=sampling.max_new_tokens, seed=conf.seed,
-            store=ctx.store, artifact_name=PROFILES, fp=ctx.fingerprint(PROFILES), max_users=sampling.max_users,
+            rows=ctx.rows(PROFILES, KEY), max_users=sampling.max_users,
             users_per_chunk=sampling.users_per_chunk,
         )
     explored = {split: frame[frame["split"] == split] for split in splits}

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from lettingo.artifacts import REC_TRAIN_PROFILES, SAMPLES
 from lettingo.data.splits import rec_train_users
 from lettingo.llm.pool import BackendPool, backbones_by_name
-from lettingo.profiles.explore import explore
+from lettingo.profiles.explore import KEY, explore
 from lettingo.schemas import config_object
 from lettingo.stages.base import Output, Stage, StageContext, backbones_pace_keys
 
@@ -33,8 +33,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         frame = explore(
             users, backends, prompt_cfg=asdict(conf.prompt), item_text_cfg=asdict(conf.dataset.item_text),
             history_len=conf.history.length, n=training.profiles_per_user, temperature=sampling.temperature,
-            max_new_tokens=sampling.max_new_tokens, seed=conf.seed, store=ctx.store, artifact_name=REC_TRAIN_PROFILES,
-            fp=ctx.fingerprint(REC_TRAIN_PROFILES), users_per_chunk=sampling.users_per_chunk,
+            max_new_tokens=sampling.max_new_tokens, seed=conf.seed, rows=ctx.rows(REC_TRAIN_PROFILES, KEY),
+            users_per_chunk=sampling.users_per_chunk,
         )
     print(f"rec_profiles: {len(frame)} profiles of {frame['user_id'].nunique()} rec_train users in "
           f"{ctx.store.path(REC_TRAIN_PROFILES)}")

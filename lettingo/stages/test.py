@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -36,6 +37,7 @@ from lettingo.evaluation.views import confusion_frame, reward_samples
 from lettingo.feedback.rewards import score_profiles
 from lettingo.feedback.sensitivity import shuffled_texts
 from lettingo.llm.pool import BackendPool, backbones_by_name, shared_engine_order
+from lettingo.profiles.explore import KEY as PROFILE_KEY
 from lettingo.profiles.explore import PROFILE_COLUMNS, explore
 from lettingo.profiles.oracle import oracle_profile
 from lettingo.recommender.cases import predicted_labels
@@ -82,7 +84,7 @@ def explore_settings(conf: LettingoConfig) -> dict[str, Any]:
 
 def write_test_profiles(ctx: StageContext, conf: LettingoConfig, users: pd.DataFrame) -> pd.DataFrame:
     """One profile per user from every generator and prompt, with its method label in column `method`."""
-    store, common = ctx.store, explore_settings(conf)
+    common = explore_settings(conf)
     generator = conf.backbone["name"]
     bases = backbones_by_name(conf.sampling.backbones)
     adapters = adapter_generators(ctx, conf)
@@ -96,12 +98,12 @@ def write_test_profiles(ctx: StageContext, conf: LettingoConfig, users: pd.DataF
     with BackendPool(configs) as pool:
         for name, prompt in conf.test.fixed_formats.items():
             artifact = fixed_format_artifact(name)
-            frame = explore(users, pool.subset([generator]), prompt_cfg=asdict(prompt), store=store,
-                            artifact_name=artifact, fp=ctx.fingerprint(artifact), **common)
+            frame = explore(users, pool.subset([generator]), prompt_cfg=asdict(prompt),
+                            rows=ctx.rows(artifact, PROFILE_KEY), **common)
             fixed.append(frame.assign(method=f"{prompt.name} ({generator})"))
         names = [n for n in shared_engine_order(configs) if n in labels]
-        frame = explore(users, pool.subset(names), prompt_cfg=asdict(conf.prompt), store=store,
-                        artifact_name=TEST_PROFILES, fp=ctx.fingerprint(TEST_PROFILES), **common)
+        frame = explore(users, pool.subset(names), prompt_cfg=asdict(conf.prompt),
+                        rows=ctx.rows(TEST_PROFILES, PROFILE_KEY), **common)
     frames = [frame.assign(method=frame["backbone"].map(labels)), *fixed]
     return pd.concat(frames, ignore_index=True)
 
@@ -170,14 +172,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
     rec = conf.recommender
     checkpoint = store.path(REC_MODEL) / ctx.need(REC_MODEL)["checkpoint"] if rec.trainable else None
     recommender = LazyRecommender(rec.name, rec.model, checkpoint)
-    predictions = score_profiles(recommender, profiles, samples, store, PREDICTIONS, ctx.fingerprint(PREDICTIONS),
+    predictions = score_profiles(recommender, profiles, samples, ctx.rows(PREDICTIONS, PROFILE_KEY),
                                  conf.test.users_per_chunk)
-    fp = ctx.fingerprint(RESULTS)
     split = conf.test.split
     title = f"{rec.name} on the held-out `{split}` users"
-    if store.prepare(RESULTS, fp) == "done":
-        comparison = read_comparison(store.path(RESULTS) / f"{COMPARISON}.json")
-    else:
+
+    def build(folder: Path) -> dict[str, Any]:
         user_ids, truth, predicted = method_predictions(predictions)
         predicted |= tabular_predictions(ctx, conf, users, user_ids)
         comparison = Comparison.compute(
@@ -187,8 +187,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
                   "degenerate_share": predictions.groupby("method")["degenerate"]
                   .apply(lambda d: float((d != "").mean())).to_dict()},
         )
-        comparison.write(store.path(RESULTS), COMPARISON, title)
-        store.finish(RESULTS, fp, users=len(comparison.users))
+        comparison.write(folder, COMPARISON, title)
+        return {"users": len(comparison.users)}
+
+    ctx.make(RESULTS, build)
+    comparison = read_comparison(store.path(RESULTS) / f"{COMPARISON}.json")
     table3 = [m for m in TABLE3 if m in comparison.predictions]
     if table3:
         table = comparison.table(methods=table3, metrics=TABLE3_METRICS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -57,15 +58,25 @@ def run(ctx: StageContext) -> dict[str, Any]:
         return {"recommender": rec.name, "trained": False}
     samples = ctx.read_table(SAMPLES)
     users = rec_train_users(samples, training.max_users)
-    select_by, seed = training.select_by, conf.seed
     profiles = None
     if training.profiles_per_user > 0:
         profiles = wanted_profiles(conf, users, ctx.read_table(REC_TRAIN_PROFILES))
-    fp = ctx.fingerprint(REC_MODEL)
-    if ctx.agree(store.prepare(REC_MODEL, fp)) == "done":
-        meta = store.meta(REC_MODEL)
-        print(f"train_rec: reusing {store.path(REC_MODEL)} (validation {meta['select_by']} {meta['val_score']:.3f})")
-        return meta
+    meta = ctx.make(REC_MODEL, lambda folder: train_model(ctx, conf, users, profiles, folder))
+    if not ctx.is_main:
+        return {"recommender": rec.name, "trained": True, "rank": ctx.rank}
+    print(f"train_rec: {rec.name} in {store.path(REC_MODEL)}: best validation {meta['select_by']} "
+          f"{meta['val_score']:.3f} ({meta['val_cases']} cases)")
+    return meta
+
+
+def train_model(ctx: StageContext, conf: LettingoConfig, users: pd.DataFrame, profiles: pd.DataFrame | None,
+                folder: Path) -> dict[str, Any]:
+    """Fit the f_Rec on the rec_train users' cases, its checkpoints in ``folder``; return what its meta records.
+
+    Every rank builds the same cases and joins the fit (the distributed sampler shards them).
+    """
+    rec, training = conf.recommender, conf.recommender.training
+    select_by, seed = training.select_by, conf.seed
     began = time.perf_counter()
     texts = {} if profiles is None else profiles.groupby("user_id")["text"].apply(list).to_dict()
     train_users, val_users = split_users(users["user_id"].tolist(), training.val_fraction, seed)
@@ -83,10 +94,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     def make_trainer(**kwargs: Any) -> Any:
         return lightning_trainer(conf.trainer, **training.trainer, **kwargs)
 
-    result = fit(module, data, make_trainer, store.path(REC_MODEL), training.patience,
-                 logger=ctx.tracker.lightning_logger(), select_by=select_by)
-    if not ctx.is_main:
-        return {"recommender": rec.name, "trained": True, "rank": ctx.rank}
+    result = fit(module, data, make_trainer, folder, training.patience, logger=ctx.tracker.lightning_logger(),
+                 select_by=select_by)
     summary = {
         "recommender": rec.name, "trained": True, "checkpoint": result.checkpoint.name,
         "select_by": select_by, "val_score": result.val_score, "epochs": result.epochs, "steps": result.steps,
@@ -94,11 +103,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "val_users": len(val_users), "seconds": time.perf_counter() - began,
         "cut_share": module.cut_share(),  # training and validation pairs longer than the model reads
     }
-    store.finish(REC_MODEL, fp, **summary)
     ctx.tracker.log_metrics({f"train_rec/val/{select_by}": result.val_score,
                              "train_rec/train/seconds": summary["seconds"]})
-    print(f"train_rec: {rec.name} trained on {len(train)} cases of {len(train_users)} users in "
-          f"{summary['seconds']:.0f} s; best validation {select_by} {result.val_score:.3f} ({len(val)} cases)")
+    log.info("train_rec: %s trained on %d cases of %d users in %.0f s", rec.name, len(train), len(train_users),
+             summary["seconds"])
     return summary
 
 
