@@ -60,6 +60,7 @@ class Ranks:
     rank: int = 0
     world: int = 1
     control: Any = None  # a gloo group with the stage-wait timeout (None with one process)
+    wait: timedelta = timedelta(0)  # how long a rank waits for the others at a check point
 
     @property
     def is_main(self) -> bool:
@@ -89,7 +90,7 @@ class Ranks:
         report = None if error is None else f"{type(error).__name__}: {one_line(error)}"
         reports: list[Any] = [None] * self.world
         try:  # gloo's monitored barrier names the ranks that did not arrive in time
-            dist.monitored_barrier(group=self.control, wait_all_ranks=True)
+            dist.monitored_barrier(group=self.control, timeout=self.wait, wait_all_ranks=True)
             dist.all_gather_object(reports, (self.rank, report), group=self.control)
         except RuntimeError as failure:  # a rank died or hung: the wait's timeout or a closed connection
             raise RankFailed(f"rank {self.rank} waited in vain for the others at the end of {where}: "
@@ -134,8 +135,8 @@ def process_group(settings: DistributedSchema, backend: str | None) -> Iterator[
     dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=size,
                             timeout=timedelta(seconds=settings.timeout_s))
     try:
-        control = dist.new_group(backend="gloo", timeout=timedelta(seconds=settings.stage_wait_s))
-        yield Ranks(rank=rank, world=size, control=control)
+        wait = timedelta(seconds=settings.stage_wait_s)
+        yield Ranks(rank=rank, world=size, control=dist.new_group(backend="gloo", timeout=wait), wait=wait)
     finally:
         dist.destroy_process_group()
 
