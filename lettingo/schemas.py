@@ -32,7 +32,8 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandat
 __all__ = [
     "MAX_NEW_TOKENS", "AlignMethodSchema", "AlignSchema", "BootstrapSchema", "ConfigError", "DatasetSchema",
     "EvaluateSchema", "HistorySchema", "LettingoConfig", "PairsSchema", "PromptSchema", "RecTrainingSchema",
-    "RecommenderSchema", "SamplingSchema", "TestSchema", "check_global_batch", "check_model_spec", "compose_config",
+    "RecommenderSchema", "SamplingSchema", "TestSchema", "check_global_batch", "check_model_spec", "check_overrides",
+    "compose_config",
     "config_object", "configured_processes", "validate_config",
 ]
 
@@ -83,18 +84,22 @@ def require(ok: bool, key: str, value: Any, allowed: str) -> None:
 
 
 def at_least(key: str, value: Any, low: float) -> None:
+    """Refuse ``value`` below ``low``."""
     require(value >= low, key, value, f"must be >= {low:g}")
 
 
 def optional_at_least(key: str, value: Any, low: float) -> None:
+    """Refuse ``value`` below ``low``; null is allowed."""
     require(value is None or value >= low, key, value, f"must be null or >= {low:g}")
 
 
 def one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    """Refuse ``value`` outside ``allowed``."""
     require(value in allowed, key, value, "must be one of " + ", ".join(allowed))
 
 
 def token_cap(key: str, value: int) -> None:
+    """Refuse a profile length outside [1, :data:`MAX_NEW_TOKENS`]."""
     require(1 <= value <= MAX_NEW_TOKENS, key, value,
             f"must be in [1, {MAX_NEW_TOKENS}] (a profile longer than that cannot fit beside its prompt)")
 
