@@ -158,21 +158,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                          "(trainer.devices x trainer.num_nodes): start one process per device (torchrun "
                          "--nproc-per-node, or SLURM with hydra.launcher.tasks_per_node=<devices per node>)")
     invocation = Invocation(tuple(sys.argv), tuple(job_overrides()))
-    names = tuple(stage.name for stage in stages)
     if started is None and processes > 1 and any(stage.distributed for stage in stages):
         if int(cfg.trainer.get("num_nodes", 1)) > 1:
             raise ValueError("trainer.num_nodes > 1 needs a launcher that starts every node's processes: "
                              "SLURM (one task per device) or torchrun on each node")
         plain = OmegaConf.to_container(cfg, resolve=True)
         log_dir = Path(cfg.paths.run_dir) / RANK_LOGS
-        results = launch(run_rank, (plain, names, invocation), processes, distributed_settings(cfg), log_dir)
+        results = launch(run_rank, (plain, stages, invocation), processes, distributed_settings(cfg), log_dir)
     else:
-        results = run_rank(cfg, names, invocation)
+        results = run_rank(cfg, stages, invocation)
     print(f"run folder: {cfg.paths.run_dir}")
-    return results[names[0]] if len(names) == 1 else results
+    return results[stages[0].name] if len(stages) == 1 else results
 
 
-def run_rank(cfg: DictConfig | dict[str, Any], names: tuple[str, ...], invocation: Invocation) -> dict[str, Any]:
+def run_rank(cfg: DictConfig | dict[str, Any], stages: list[Stage], invocation: Invocation) -> dict[str, Any]:
     """One rank's run: join the process group (with several processes), then :func:`run_stages`.
 
     The elastic launcher calls this in each process it starts, with the config resolved by the command
@@ -182,7 +181,7 @@ def run_rank(cfg: DictConfig | dict[str, Any], names: tuple[str, ...], invocatio
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
         cfg = OmegaConf.create(cfg)
     with process_group(distributed_settings(cfg), process_group_backend(cfg.trainer)) as ranks:
-        return run_stages(cfg, [BY_NAME[name] for name in names], ranks, invocation)
+        return run_stages(cfg, stages, ranks, invocation)
 
 
 def run_stages(cfg: DictConfig, stages: list[Stage], ranks: Ranks, invocation: Invocation) -> dict[str, Any]:

@@ -100,7 +100,7 @@ def test_a_rank_that_fails_dies_or_hangs_ends_the_run_in_one_line_naming_it(tmp_
 def test_slurm_tasks_must_match_the_trainers_processes(compose_cfg, monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv("SLURM_NTASKS", "1")
     monkeypatch.setenv("SLURM_JOB_NAME", "lettingo")
-    cfg = compose_cfg(["debug=tiny", "trainer=ddp_cpu", "stage=pipeline"], run_dir=tmp_path / "run")
+    cfg = compose_cfg(["debug=tiny", *DDP, "stage=pipeline"], run_dir=tmp_path / "run")
     with pytest.raises(ValueError, match="tasks_per_node"):
         run(cfg)
     assert not (tmp_path / "run").exists()  # refused before any stage
