@@ -74,7 +74,7 @@ def job_overrides() -> list[str]:
 def save_run_config(cfg: DictConfig, run_dir: Path, invocation: Invocation) -> Path:
     """Write the resolved config, the package version and the code's commit beside the results (per invoked
     stage, and latest), and append this invocation to the folder's `invocations.jsonl`."""
-    version, stage = code_version(), str(cfg.stage)
+    version, stage = code_version(), cfg.stage
     record = {"lettingo_version": lettingo.__version__, **version, "stage": stage,
               "config": OmegaConf.to_container(cfg, resolve=True)}
     record_invocation(run_dir, stage, invocation.argv, invocation.overrides, version)
@@ -151,7 +151,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """
     validate_config(cfg)
     check_declarations(cfg)
-    stages = selected_stages(str(cfg.stage), cfg.get("stop_after"))
+    stages = selected_stages(cfg.stage, cfg.stop_after)
     processes, started = trainer_processes(cfg.trainer), external_ranks()
     if started is not None and started != processes and max(started, processes) > 1:
         raise ValueError(f"the launcher started {started} processes but the trainer asks for {processes} "
@@ -159,27 +159,28 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                          "--nproc-per-node, or SLURM with hydra.launcher.tasks_per_node=<devices per node>)")
     invocation = Invocation(tuple(sys.argv), tuple(job_overrides()))
     if started is None and processes > 1 and any(stage.distributed for stage in stages):
-        if int(cfg.trainer.get("num_nodes", 1)) > 1:
+        if cfg.trainer.get("num_nodes", 1) > 1:
             raise ValueError("trainer.num_nodes > 1 needs a launcher that starts every node's processes: "
                              "SLURM (one task per device) or torchrun on each node")
         plain = OmegaConf.to_container(cfg, resolve=True)
         log_dir = Path(cfg.paths.run_dir) / RANK_LOGS
-        results = launch(run_rank, (plain, stages, invocation), processes, distributed_settings(cfg), log_dir)
+        names = tuple(stage.name for stage in stages)
+        results = launch(launched_rank, (plain, names, invocation), processes, distributed_settings(cfg), log_dir)
     else:
         results = run_rank(cfg, stages, invocation)
     print(f"run folder: {cfg.paths.run_dir}")
     return results[stages[0].name] if len(stages) == 1 else results
 
 
-def run_rank(cfg: DictConfig | dict[str, Any], stages: list[Stage], invocation: Invocation) -> dict[str, Any]:
-    """One rank's run: join the process group (with several processes), then :func:`run_stages`.
+def launched_rank(plain: dict[str, Any], names: tuple[str, ...], invocation: Invocation) -> dict[str, Any]:
+    """What each process the elastic launcher starts runs: the config as the command that started them resolved
+    it (so every rank has the same values, run folder included) and the stages by name."""
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    return run_rank(OmegaConf.create(plain), [BY_NAME[name] for name in names], invocation)
 
-    The elastic launcher calls this in each process it starts, with the config resolved by the command
-    that started them (so every rank has the same values, run folder included).
-    """
-    if not isinstance(cfg, DictConfig):
-        logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-        cfg = OmegaConf.create(cfg)
+
+def run_rank(cfg: DictConfig, stages: list[Stage], invocation: Invocation) -> dict[str, Any]:
+    """One rank's run: join the process group (with several processes), then :func:`run_stages`."""
     with process_group(distributed_settings(cfg), process_group_backend(cfg.trainer)) as ranks:
         return run_stages(cfg, stages, ranks, invocation)
 
@@ -187,16 +188,16 @@ def run_rank(cfg: DictConfig | dict[str, Any], stages: list[Stage], invocation: 
 def run_stages(cfg: DictConfig, stages: list[Stage], ranks: Ranks, invocation: Invocation) -> dict[str, Any]:
     """Run ``stages`` on this rank: rank 0 holds the run folder, runs each stage, writes and logs; every rank
     meets the others after each stage, so a failure anywhere stops every rank with one line naming it."""
-    run_dir = Path(ranks.agree(str(cfg.paths.run_dir)))
+    run_dir = Path(ranks.agree(cfg.paths.run_dir))
     cfg.paths.run_dir = str(run_dir)  # rank 0's folder on every rank (an outside launcher's ranks each named one)
     store = ArtifactStore(run_dir, read_only=not ranks.is_main)
-    seed_everything(int(cfg.seed), cfg.get("num_threads"))
+    seed_everything(cfg.seed, cfg.num_threads)
     tracker: Tracker = NullTracker()
     with ExitStack() as held:
         try:
             if ranks.is_main:
                 held.enter_context(store.lock())
-                point_latest(run_dir, Path(cfg.paths.output_root) / str(cfg.experiment_name))
+                point_latest(run_dir, Path(cfg.paths.output_root) / cfg.experiment_name)
                 save_run_config(cfg, run_dir, invocation)
                 tracker = instantiate(cfg.logger)
                 tracker.log_config(OmegaConf.to_container(cfg, resolve=True))

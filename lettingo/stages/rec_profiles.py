@@ -49,7 +49,7 @@ REC_TRAIN_PROFILE_CONFIG = ("sampling.backbones", "sampling.temperature", "sampl
 
 def outputs(cfg: DictConfig) -> list[Output]:
     """The rec_train users' profiles when a trainable f_Rec learns from at least one per user; else nothing."""
-    if not cfg.recommender.trainable or int(cfg.recommender.training.profiles_per_user) == 0:
+    if not cfg.recommender.trainable or cfg.recommender.training.profiles_per_user == 0:
         return []
     return [Output(REC_TRAIN_PROFILES, config=REC_TRAIN_PROFILE_CONFIG, inputs=(SAMPLES,),
                    grows_by=("recommender.training.max_users", "recommender.training.profiles_per_user"),

@@ -119,7 +119,7 @@ def outputs(cfg: DictConfig) -> list[Output]:
     if not cfg.recommender.trainable:
         return []
     model = cfg.recommender.model
-    profiles = (REC_TRAIN_PROFILES,) if int(cfg.recommender.training.profiles_per_user) > 0 else ()
+    profiles = (REC_TRAIN_PROFILES,) if cfg.recommender.training.profiles_per_user > 0 else ()
     return [Output(REC_MODEL, config=("recommender.model", "recommender.training", "trainer", "prompt.facts", "seed"),
                    inputs=(SAMPLES, *profiles),
                    not_identity=(*TRAINER_DISPLAY, *pace_keys(cfg, "recommender.model"),
