@@ -239,9 +239,10 @@ def test_labels_match_the_data_schema() -> None:
 
 
 def test_comparison_is_a_leaf() -> None:
-    """Importing it loads only lettingo.evaluation.* and lettingo.artifacts of ours, and no torch."""
+    """Importing it loads only lettingo.evaluation.*, lettingo.artifacts and lettingo.schemas of ours (the package
+    registers its config schema when imported; schemas imports only omegaconf and hydra), and no torch."""
     code = ("import json, sys, lettingo.evaluation.comparison\n"
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('lettingo', 'torch', 'peft'))))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    allowed = re.compile(r"lettingo(\.artifacts|\.evaluation(\.\w+)?)?")
+    allowed = re.compile(r"lettingo(\.artifacts|\.schemas|\.evaluation(\.\w+)?)?")
     assert [m for m in json.loads(result.stdout) if not allowed.fullmatch(m)] == []

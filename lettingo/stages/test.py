@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
@@ -29,6 +30,7 @@ from lettingo.artifacts import (
     TEST_PROFILES,
     adapter_artifact,
 )
+from lettingo.data.schema import LABELS
 from lettingo.evaluation.comparison import FILE_STEM as COMPARISON
 from lettingo.evaluation.comparison import Comparison, read_comparison
 from lettingo.evaluation.methods import DPO, NO_DPO, ORACLE_FACTS, SFT, SHUFFLED, method_key, no_profile_label
@@ -49,7 +51,7 @@ from lettingo.stages.base import Output, Stage, StageContext, backbones_pace_key
 log = logging.getLogger(__name__)
 
 TABLE3 = (NO_DPO, SFT, DPO)  # the paper's alignment ablation, in its order
-TABLE3_METRICS = ("accuracy", "macro_f1")
+TABLE3_METRICS = ("accuracy", "macro_f1", "p_true", "log_loss")
 
 
 def aligned_label(method: str) -> str:
@@ -142,15 +144,22 @@ def method_predictions(predictions: pd.DataFrame) -> tuple[list[str], list[str],
     return users, truth, {m: by_method[m].loc[users, "predicted"].astype(str).tolist() for m in methods}
 
 
-def tabular_predictions(ctx: StageContext, conf: LettingoConfig, users: pd.DataFrame,
-                        order: list[str]) -> dict[str, list[str]]:
-    """Row label -> the tabular f_Rec's labels for ``order``'s users (none when evaluate.tabular is off)."""
+def method_probabilities(predictions: pd.DataFrame, order: list[str]) -> dict[str, np.ndarray]:
+    """Method -> the f_Rec's probability of each label (columns in LABELS order) for ``order``'s users."""
+    columns = [f"p_{label}" for label in LABELS]
+    return {m: rows.set_index("user_id").loc[order, columns].to_numpy(dtype=float)
+            for m, rows in predictions.groupby("method", sort=False)}
+
+
+def tabular_probabilities(ctx: StageContext, conf: LettingoConfig, users: pd.DataFrame,
+                          order: list[str]) -> dict[str, np.ndarray]:
+    """Row label -> the tabular f_Rec's label probabilities for ``order``'s users (none without evaluate.tabular)."""
     if not conf.evaluate.tabular.enabled:
         return {}
     meta = ctx.need(TABULAR_MODELS)
     by_user = users.set_index(users["user_id"].astype(str)).loc[order].reset_index(drop=True)
     folder = ctx.store.path(TABULAR_MODELS)
-    return {label: predicted_labels(TabularRecommender.load(folder / f"{method_key(label)}.pkl").predict(by_user))
+    return {label: TabularRecommender.load(folder / f"{method_key(label)}.pkl").predict(by_user)
             for label in meta["models"]}
 
 
@@ -179,13 +188,15 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     def build(folder: Path) -> dict[str, Any]:
         user_ids, truth, predicted = method_predictions(predictions)
-        predicted |= tabular_predictions(ctx, conf, users, user_ids)
+        tabular = tabular_probabilities(ctx, conf, users, user_ids)
+        predicted |= {label: predicted_labels(probabilities) for label, probabilities in tabular.items()}
         comparison = Comparison.compute(
             user_ids, truth, predicted, references=[DPO, no_profile_label(conf.history.recent), ORACLE_FACTS],
             n_resamples=conf.bootstrap.n_resamples, confidence=conf.bootstrap.confidence, seed=conf.seed,
             meta={"split": split, "recommender": rec.name, "dataset": conf.dataset.name,
                   "degenerate_share": predictions.groupby("method")["degenerate"]
                   .apply(lambda d: float((d != "").mean())).to_dict()},
+            probabilities=method_probabilities(predictions, user_ids) | tabular,
         )
         comparison.write(folder, COMPARISON, title)
         return {"users": len(comparison.users)}
