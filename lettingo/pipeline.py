@@ -224,7 +224,8 @@ def run_stage(cfg: DictConfig, stage: Stage, ranks: Ranks, store: ArtifactStore,
             log.info("=== stage %s in %s%s ===", stage.name, store.root,
                      f" (rank {ranks.rank} of {ranks.world})" if ranks.world > 1 else "")
             ctx = StageContext(cfg=cfg, run_dir=store.root, store=store, tracker=tracker, stage=stage,
-                               declared=declared, rank=ranks.rank, world=ranks.world, agree=ranks.agree)
+                               declared=declared, rank=ranks.rank, world=ranks.world,
+                               agree=ranks.agree if stage.distributed else Ranks().agree)  # rank 0 alone decides
             for name in stage.needs:  # made for this config by an earlier stage, or one line naming the command
                 ctx.need(name)
             result = stage.run(ctx)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from fixtures_llm import free_port
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
@@ -27,7 +28,7 @@ from lettingo.align.training import checkpoint_activations
 from lettingo.artifacts import adapter_artifact
 from lettingo.llm.memory import fsdp_wrap_policy, is_checkpointing, is_decoder_layer, own_fsdp_unit
 from lettingo.llm.models import load_causal_lm
-from lettingo.pipeline import free_port, run
+from lettingo.pipeline import run
 from lettingo.schemas import ConfigError, validate_config
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
