@@ -101,3 +101,25 @@ def openai_stub() -> Iterator[StubServer]:
     yield stub
     server.shutdown()
     server.server_close()
+
+
+#: The LoRA the parity tests train on both sides (ours and TRL's).
+PARITY_LORA = {"r": 4, "alpha": 8, "dropout": 0.0,
+               "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"]}
+
+
+def parity_lora_model(cache: Path, seed: int = 0):
+    """The tiny model in float32 with a non-identity LoRA (policy and reference differ): what parity tests train."""
+    import torch
+
+    from lettingo.align.adapters import attach_lora
+    from lettingo.llm.models import load_causal_lm
+
+    model, tokenizer = load_causal_lm("tiny_random", cache, dtype="float32")  # parity is checked in float32
+    torch.manual_seed(seed)
+    model = attach_lora(model, PARITY_LORA)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.3)
+    return model, tokenizer

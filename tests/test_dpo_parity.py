@@ -9,32 +9,20 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from fixtures_llm import parity_lora_model
 
-from lettingo.align.adapters import attach_lora
 from lettingo.align.data import collate, completion_token_ids, preference_examples, prompt_token_ids
 from lettingo.align.dpo import DpoModule
 from lettingo.align.trl_engine import dpo_trainer, trl_prompt
 from lettingo.llm.models import load_causal_lm
 
 BETA = 0.3
-LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"]}
 PROFILES = [
     ("Likes crime dramas and thrillers, rates comedies low.", "Toy Story."),
     ("Likes crime dramas and thrillers, rates comedies low.", "Star Wars (1977) Star Wars (1977)"),
     ("They enjoy classic films.", "User profile: likes horror, mean rating 4."),
     ("Dislikes children's films; high ratings to Star Wars (1977).", "Fargo"),
 ]
-
-
-def _lora_model(cache: Path, seed: int = 0):
-    model, tokenizer = load_causal_lm("tiny_random", cache, dtype="float32")  # parity is checked in float32
-    torch.manual_seed(seed)
-    model = attach_lora(model, LORA)
-    with torch.no_grad():  # a non-identity adapter, so policy and reference differ
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0.0, 0.3)
-    return model, tokenizer
 
 
 @pytest.fixture
@@ -49,7 +37,7 @@ def pairs(tmp_path: Path) -> pd.DataFrame:
 
 
 def _trl_side(cache: Path, pairs: pd.DataFrame, tmp: Path):
-    model, tokenizer = _lora_model(cache)
+    model, tokenizer = parity_lora_model(cache)
     trainer = dpo_trainer(model, tokenizer, pairs, None, tmp / "trl", beta=BETA, lr=1e-3, weight_decay=0.0,
                           micro_batch_size=len(pairs), accumulate=1, epochs=1, max_steps=-1, max_length=None,
                           precompute_reference=False, max_grad_norm=1.0, seed=0)
@@ -70,7 +58,7 @@ def test_dpo_matches_trl(tmp_path: Path, pairs: pd.DataFrame, share_prompt: bool
     cache = tmp_path / "models"
     trainer, trl_loss, trl_metrics, trl_grads = _trl_side(cache, pairs, tmp_path)
 
-    model, tokenizer = _lora_model(cache)
+    model, tokenizer = parity_lora_model(cache)
     examples, _ = preference_examples(pairs, tokenizer, 4096, 4096)
     # Same tokens on both sides: TRL's prompt/chosen/rejected ids equal ours.
     for example, row in zip(examples, trainer.train_dataset, strict=True):

@@ -12,13 +12,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from fixtures_llm import parity_lora_model
 
-from lettingo.align.adapters import attach_lora
 from lettingo.align.data import collate
 from lettingo.align.grpo import GrpoModule, group_advantages, group_examples
 from lettingo.llm.models import load_causal_lm
 
-LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"]}
 GROUPS = {  # user -> (what the prompt says, [(completion, reward)] * G)
     "1": ("Toy Story (1995) 5 of 5", [("Likes animation.", 1.0), ("Star Wars Star Wars", 0.0),
                                       ("Likes animation.", 1.0), ("Rates films 4 of 5 on average.", 0.5)]),
@@ -30,17 +29,6 @@ GROUPS = {  # user -> (what the prompt says, [(completion, reward)] * G)
 G = 4
 STEPS = 3
 LR = 0.05  # plain SGD on both sides: later steps start from clearly different weights
-
-
-def _lora_model(cache: Path):
-    model, tokenizer = load_causal_lm("tiny_random", cache, dtype="float32")  # parity is checked in float32
-    torch.manual_seed(0)
-    model = attach_lora(model, LORA)
-    with torch.no_grad():  # a non-identity adapter, so policy and reference differ
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0.0, 0.3)
-    return model, tokenizer
 
 
 @pytest.fixture
@@ -91,13 +79,13 @@ def _grads(model) -> dict[str, torch.Tensor]:
 def test_grpo_matches_trl_for_several_steps(tmp_path: Path, samples: pd.DataFrame, share_prompt: bool,
                                             beta: float) -> None:
     cache = tmp_path / "models"
-    trl_model, tokenizer = _lora_model(cache)
+    trl_model, tokenizer = parity_lora_model(cache)
     examples, _ = group_examples(samples, tokenizer, 4096, 4096)
     assert len(examples) == 3 and all(len(e["completions"]) == G for e in examples)
     trainer = _trl_trainer(trl_model, tokenizer, examples, beta, tmp_path)
     generation_batch = [{"prompt": str(i), "reward": r} for i, e in enumerate(examples) for r in e["rewards"]]
 
-    model, _ = _lora_model(cache)
+    model, _ = parity_lora_model(cache)
     module = GrpoModule(model, optimizer=lambda p: torch.optim.SGD(p, lr=LR), beta=beta, share_prompt=share_prompt)
     batch = collate(examples, range(len(examples)), tokenizer.pad_token_id)
     assert batch["prompt_ids"].shape[0] == 3 and batch["completion_ids"].shape[0] == 11  # one repeat scored once
@@ -129,5 +117,5 @@ def test_grpo_matches_trl_for_several_steps(tmp_path: Path, samples: pd.DataFram
         ours_opt.step()
     moved = [(p - q).abs().max() for p, q in zip(
         (p for p in model.parameters() if p.requires_grad),
-        (p for p in _lora_model(cache)[0].parameters() if p.requires_grad), strict=True)]
+        (p for p in parity_lora_model(cache)[0].parameters() if p.requires_grad), strict=True)]
     assert max(moved) > 1e-2  # later steps compared at weights the earlier ones changed
