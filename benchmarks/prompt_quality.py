@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,6 +40,7 @@ from lettingo.profiles.prompts import history_items
 from lettingo.profiles.user_facts import user_facts
 from lettingo.recommender.loading import LazyRecommender
 from lettingo.reports import RUN_CONFIG_FILE, effect_verdict, markdown_table
+from lettingo.schemas import LettingoConfig, config_object
 from lettingo.stages.test import explore_settings, method_predictions, reference_rows, test_users
 
 NAME = "prompt_quality"
@@ -87,10 +89,10 @@ def profiles_artifact(prompt_cfg: Mapping[str, Any]) -> str:
     return f"profiles_{prompt_cfg['name']}"
 
 
-def generate(cfg: DictConfig, users: pd.DataFrame, prompts: Mapping[str, DictConfig], store: ArtifactStore,
-             samples_fp: str) -> pd.DataFrame:
+def generate(cfg: DictConfig, conf: LettingoConfig, users: pd.DataFrame, prompts: Mapping[str, DictConfig],
+             store: ArtifactStore, samples_fp: str) -> pd.DataFrame:
     """One greedy profile per user and prompt from the run's base generator (artifact per prompt)."""
-    settings = explore_settings(cfg)  # as the test stage writes its profiles
+    settings = explore_settings(conf)  # as the test stage writes its profiles
     identity = {"samples": samples_fp, "backbone": OmegaConf.to_container(cfg.backbone, resolve=True),
                 **{k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v
                    for k, v in settings.items() if k != "users_per_chunk"}}
@@ -117,14 +119,15 @@ def build(run_dir: Path, out: Path, n_users: int = DEFAULT_USERS) -> dict[str, P
         if run_store.meta(needed) is None:
             raise FileNotFoundError(f"{run_store.path(needed)}: not finished; run the pipeline through train_rec first")
     samples = run_store.read_table(SAMPLES)
-    users = test_users(OmegaConf.merge(cfg, {"test": {"max_users": int(n_users)}}), samples)
+    conf = config_object(cfg)
+    users = test_users(dataclasses.replace(conf.test, max_users=int(n_users)), samples)
     history, recent = int(cfg.history.length), int(cfg.history.recent)
     own = run_prompt_label(cfg.prompt, history)
     store = ArtifactStore(run_dir / WORK)
     prompts = {own: cfg.prompt, FULL: full_prompt(cfg.prompt)}
-    generated = generate(cfg, users, prompts, store,
+    generated = generate(cfg, conf, users, prompts, store,
                          str(run_store.meta(SAMPLES)["fingerprint"]))
-    references = reference_rows(cfg, users, generated.assign(method=""))  # no-profile and oracle-facts rows
+    references = reference_rows(conf, users, generated.assign(method=""))  # no-profile and oracle-facts rows
     profiles = pd.concat([references, generated], ignore_index=True)
     rec_meta = run_store.meta(REC_MODEL) if trained else None
     checkpoint = run_store.path(REC_MODEL) / rec_meta["checkpoint"] if rec_meta else None

@@ -53,6 +53,7 @@ from lettingo.evaluation.methods import (
     SHUFFLED,
     SHUFFLED_ORACLE,
 )
+from lettingo.evaluation.metrics import PROBABILITY_METRICS
 from lettingo.evaluation.plots import plot_intervals
 from lettingo.evaluation.tables import results_table, to_markdown
 from lettingo.feedback.pairs import GROUP, build_pairs
@@ -268,7 +269,8 @@ def section_times(folder: Path, numbers: Numbers) -> str:
 
 
 def section_claims(comparison: Comparison, no_profile: str, numbers: Numbers) -> str:
-    metrics = [m for m in DEFAULT_METRICS if m in comparison.metrics]
+    # The label metrics, in points; p_true and log-loss are in the comparison tables, in their own units.
+    metrics = [m for m in DEFAULT_METRICS if m in comparison.metrics and m not in PROBABILITY_METRICS]
     rows, verdicts = [], []
     for method, reference in claims(no_profile):
         name = difference_name(method, reference)
@@ -333,7 +335,8 @@ def section_methods(comparison: Comparison, numbers: Numbers) -> str:
     metrics = [m for m in DEFAULT_METRICS if m in comparison.metrics]
     for method, row in comparison.intervals.items():
         for metric in metrics:
-            numbers.interval("method", method, metric, row[metric])
+            if metric in row:  # a label-only method has no p_true or log-loss
+                numbers.interval("method", method, metric, row[metric])
     return to_markdown(results_table(comparison.intervals, metrics))
 
 
