@@ -23,7 +23,7 @@ from lettingo.align.training import device_count, fit_lightning, fit_trl, genera
 from lettingo.artifacts import PAIRS, PROFILES, adapter_artifact
 from lettingo.llm.models import load_causal_lm, resolve_dtype, training_device
 from lettingo.runtime import lightning_trainer, seed_everything
-from lettingo.schemas import LettingoConfig, config_object
+from lettingo.schemas import LettingoConfig
 from lettingo.stages.base import TRAINER_DISPLAY, Output, Stage, StageContext
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def report(method: str, summary: dict[str, Any]) -> dict[str, float]:
 
 def run(ctx: StageContext) -> dict[str, Any]:
     """Train every method of `align.methods` on the `pairs` artifact; write ``adapter_<method>``."""
-    conf, store = config_object(ctx.cfg), ctx.store
+    conf, store = ctx.conf, ctx.store
     generator = conf.backbone["name"]
     pairs = ctx.read_table(PAIRS)
     profiles = store.read_table(PROFILES) if store.meta(PROFILES) is not None else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lettingo.artifacts import ArtifactStore, MissingArtifact, RowWriter
 from lettingo.llm.pool import PACE_KEYS
+from lettingo.schemas import LettingoConfig, config_object
 from lettingo.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,11 @@ class StageContext:
     rank: int = 0  # this process's global rank (0: the only process, or the one that writes)
     world: int = 1  # processes of this run
     agree: Callable[[Any], Any] = lambda value: value  # rank 0's value on every rank (the runner's broadcast)
+
+    @cached_property
+    def conf(self) -> LettingoConfig:
+        """The config as one typed object, every node checked by its schema: what a stage reads."""
+        return config_object(self.cfg)
 
     @property
     def is_main(self) -> bool:

@@ -16,7 +16,7 @@ from lettingo.data.item_stats import ItemStats, annotate_items
 from lettingo.data.prepare import SampleSpec, format_summary, make_samples, summarize_data
 from lettingo.data.schema import LabelThresholds
 from lettingo.data.splits import expand_split_sizes
-from lettingo.schemas import LettingoConfig, config_object
+from lettingo.schemas import LettingoConfig
 from lettingo.stages.base import Output, Stage, StageContext
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def check_splits_filled(samples: pd.DataFrame, spec: SampleSpec, conf: LettingoC
 
 def run(ctx: StageContext) -> dict[str, Any]:
     """Build the samples (reused when finished for the same inputs) and print their summary."""
-    conf, store = config_object(ctx.cfg), ctx.store
+    conf, store = ctx.conf, ctx.store
 
     def build(folder: Path) -> dict[str, Any]:
         spec = sample_spec(conf)

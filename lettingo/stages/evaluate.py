@@ -43,7 +43,7 @@ from lettingo.recommender.cases import predicted_labels
 from lettingo.recommender.loading import LazyRecommender
 from lettingo.recommender.tabular import TabularRecommender
 from lettingo.recommender.text import ItemTextConfig
-from lettingo.schemas import LettingoConfig, RecommenderSchema, config_object
+from lettingo.schemas import LettingoConfig, RecommenderSchema
 from lettingo.stages.base import Output, Stage, StageContext, pace_keys
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     With no explored profiles (``sampling.max_users=0``, the reference tables) only `baselines` is written.
     """
-    conf, store = config_object(ctx.cfg), ctx.store
+    conf, store = ctx.conf, ctx.store
     split = conf.evaluate.split
     samples = ctx.read_table(SAMPLES)
     profiles = ctx.read_table(PROFILES)

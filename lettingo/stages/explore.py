@@ -13,7 +13,6 @@ from lettingo.artifacts import PROFILES, SAMPLES
 from lettingo.llm.pool import BackendPool, backbones_by_name
 from lettingo.profiles.explore import KEY, explore
 from lettingo.profiles.quality import format_summary, summarize_profiles
-from lettingo.schemas import config_object
 from lettingo.stages.base import Output, Stage, StageContext, backbones_pace_keys
 
 log = logging.getLogger(__name__)
@@ -44,7 +43,7 @@ def tracker_metrics(summary: Mapping[str, Any], split: str) -> dict[str, float]:
 
 def run(ctx: StageContext) -> dict[str, Any]:
     """Write (or grow, or resume) the `profiles` artifact; log the summary per split and a few profiles."""
-    conf = config_object(ctx.cfg)
+    conf = ctx.conf
     sampling, splits = conf.sampling, conf.sampling.splits
     samples = ctx.read_table(SAMPLES)
     backends = BackendPool(backbones_by_name(sampling.backbones))

@@ -17,7 +17,6 @@ from lettingo.artifacts import REC_TRAIN_PROFILES, SAMPLES
 from lettingo.data.splits import rec_train_users
 from lettingo.llm.pool import BackendPool, backbones_by_name
 from lettingo.profiles.explore import KEY, explore
-from lettingo.schemas import config_object
 from lettingo.stages.base import Output, Stage, StageContext, backbones_pace_keys
 
 
@@ -26,7 +25,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if not outputs(ctx.cfg):
         print("rec_profiles: no trainable f_Rec learns from generated profiles; nothing to write")
         return {"rows": 0}
-    conf = config_object(ctx.cfg)
+    conf = ctx.conf
     training, sampling = conf.recommender.training, conf.sampling
     users = rec_train_users(ctx.read_table(SAMPLES), training.max_users)
     with BackendPool(backbones_by_name(sampling.backbones)) as backends:

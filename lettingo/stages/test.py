@@ -45,7 +45,7 @@ from lettingo.profiles.oracle import oracle_profile
 from lettingo.recommender.cases import predicted_labels
 from lettingo.recommender.loading import LazyRecommender
 from lettingo.recommender.tabular import TabularRecommender
-from lettingo.schemas import LettingoConfig, TestSchema, config_object
+from lettingo.schemas import LettingoConfig, TestSchema
 from lettingo.stages.base import Output, Stage, StageContext, backbones_pace_keys, pace_keys
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ def test_users(test: TestSchema, samples: pd.DataFrame) -> pd.DataFrame:
 
 def run(ctx: StageContext) -> dict[str, Any]:
     """Write `test_profiles*`, `predictions` and `results`; print Table 3 and the full comparison."""
-    conf, store = config_object(ctx.cfg), ctx.store
+    conf, store = ctx.conf, ctx.store
     samples = ctx.read_table(SAMPLES)
     users = test_users(conf.test, samples)
     generated = write_test_profiles(ctx, conf, users)

@@ -22,7 +22,7 @@ from lettingo.llm.pool import backbones_by_name
 from lettingo.profiles.oracle import oracle_profiles
 from lettingo.recommender.training import RecDataModule, fit, split_users, training_cases
 from lettingo.runtime import lightning_trainer
-from lettingo.schemas import LettingoConfig, config_object
+from lettingo.schemas import LettingoConfig
 from lettingo.stages.base import TRAINER_DISPLAY, Output, Stage, StageContext, pace_keys
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     Under a multi-process trainer every rank builds the same cases and joins the fit; only rank 0 writes
     the artifact.
     """
-    conf, store = config_object(ctx.cfg), ctx.store
+    conf, store = ctx.conf, ctx.store
     rec, training = conf.recommender, conf.recommender.training
     if training is None:  # only a trainable f_Rec has its training node
         if ctx.is_main:
