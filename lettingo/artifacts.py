@@ -188,6 +188,24 @@ def write_table_data(folder: Path, frame: pd.DataFrame) -> dict[str, Any]:
 class RunFolderInUse(RuntimeError):
     """Another process holds the run folder."""
 
+    @classmethod
+    def held(cls, root: Path, holder: str) -> RunFolderInUse:
+        """The one line for run folder ``root`` held by process ``holder``."""
+        return cls(f"run folder {root} is in use by pid {holder}; wait for it to finish or pick another folder "
+                   "with run_dir=<folder>")
+
+
+def check_not_in_use(root: Path) -> None:
+    """Raise :class:`RunFolderInUse` when another process holds run folder ``root``; creates and writes nothing."""
+    path = Path(root) / LOCK_FILE
+    if not path.is_file():
+        return
+    with path.open() as handle:
+        try:  # a shared lock is refused while the holder keeps its exclusive one; closing releases ours
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunFolderInUse.held(Path(root), handle.read().strip() or "?") from None
+
 
 class MissingArtifact(RuntimeError):
     """A stage needs an artifact that the run folder does not hold (finished)."""
@@ -420,8 +438,7 @@ class ArtifactStore:
             handle.seek(0)
             holder = handle.read().strip() or "?"
             handle.close()
-            raise RunFolderInUse(f"run folder {self.root} is in use by pid {holder}; wait for it to finish "
-                                 "or pick another folder with run_dir=<folder>") from None
+            raise RunFolderInUse.held(self.root, holder) from None
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))

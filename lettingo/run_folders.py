@@ -19,7 +19,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from lettingo.artifacts import WriteFailed, reserve_folder, writing
+from lettingo.artifacts import RunFolderInUse, WriteFailed, check_not_in_use, reserve_folder, writing
 
 RESOLVER = "lettingo_run_dir"
 JOB_HASH = "lettingo_job_hash"
@@ -82,20 +82,23 @@ class WritableRunFolder(Callback):
     one line naming it, before Hydra's own writes there (its log, `.hydra/`) would fail with a long traceback."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Check the single run's folder (resolving ``hydra.run.dir`` makes a new dated folder)."""
-        self._check(config, "hydra.run.dir")
+        """Check the single run's folder (resolving ``hydra.run.dir`` makes a new dated folder), and that no
+        other process holds it: a refused command writes nothing there (not even Hydra's `.hydra/` and log)."""
+        self._check(config, "hydra.run.dir", check_not_in_use)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Check the sweep's folder."""
         self._check(config, "hydra.sweep.dir")
 
     @staticmethod
-    def _check(config: DictConfig, key: str) -> None:
+    def _check(config: DictConfig, key: str, *more: Callable[[Path], None]) -> None:
         try:
-            check_writable(Path(str(OmegaConf.select(config, key))))
+            folder = Path(str(OmegaConf.select(config, key)))
+            for check in (check_writable, *more):
+                check(folder)
         except Exception as error:
             cause: BaseException | None = error  # OmegaConf wraps what a resolver raises (as the context)
-            while cause is not None and not isinstance(cause, WriteFailed):
+            while cause is not None and not isinstance(cause, WriteFailed | RunFolderInUse):
                 cause = cause.__cause__ or cause.__context__
             if cause is None:
                 raise

@@ -80,11 +80,15 @@ def test_a_missing_upstream_artifact_names_the_folder_and_the_command(tmp_path) 
     assert "Traceback" not in done.stderr and (run_dir / "cli.log").read_text().count("Traceback") == 1
 
 
-def test_a_second_process_on_a_run_folder_is_refused(tmp_path) -> None:
+def test_a_second_process_on_a_run_folder_is_refused_and_writes_nothing_there(tmp_path) -> None:
     run_dir = tmp_path / "busy"
     with ArtifactStore(run_dir).lock():
+        before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
         done = lettingo_cli(tmp_path, "stage=data", f"run_dir={run_dir}")
-    assert done.returncode == 1 and f"in use by pid {os.getpid()}" in done.stderr
+        assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before  # no `.hydra/`, no log, no lock
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [f"error: run folder {run_dir} is in use by pid {os.getpid()}; wait "
+                                                "for it to finish or pick another folder with run_dir=<folder>"]
 
 
 @pytest.fixture
