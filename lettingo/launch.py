@@ -27,30 +27,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from lettingo.run_folders import external_ranks, slurm_tasks
 from lettingo.schemas import DistributedSchema
 
-#: Under a SLURM allocation, a step of this name is a shell, not a managed step (as Lightning decides).
-SLURM_SHELLS = ("bash", "interactive")
 #: The folder inside the run folder where the elastic agent keeps each rank's stdout, stderr and error.
 RANK_LOGS = "rank_logs"
 
 
 class RankFailed(RuntimeError):
     """A rank of this run failed (or none answered in time), so the run cannot finish."""
-
-
-def slurm_tasks() -> int | None:
-    """Tasks of this SLURM step when SLURM runs one process per device (None: not under a managed srun step)."""
-    if "SLURM_NTASKS" not in os.environ or os.environ.get("SLURM_JOB_NAME") in SLURM_SHELLS:
-        return None
-    return int(os.environ["SLURM_NTASKS"])
-
-
-def external_ranks() -> int | None:
-    """How many ranks an outside launcher started (torchrun's ``WORLD_SIZE`` or SLURM's tasks); None: none did."""
-    if "WORLD_SIZE" in os.environ and "RANK" in os.environ:
-        return int(os.environ["WORLD_SIZE"])
-    return slurm_tasks()
 
 
 @dataclass

@@ -25,8 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 import lettingo
 from lettingo.align.training import device_count
 from lettingo.artifacts import ArtifactStore, write_json_atomic
-from lettingo.launch import RANK_LOGS, Ranks, external_ranks, launch, process_group
+from lettingo.launch import RANK_LOGS, Ranks, launch, process_group
 from lettingo.provenance import code_version, record_invocation
+from lettingo.run_folders import external_ranks
 from lettingo.runtime import release_accelerator_memory, seed_everything
 from lettingo.schemas import DistributedSchema, validate_config
 from lettingo.stages import BY_NAME, STAGES, check_declarations, declarations

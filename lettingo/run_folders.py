@@ -52,14 +52,32 @@ def run_folder(root: str, stage: str, run_dir: str | None = None, now: Callable[
     return str(reserve_folder(Path(root) / now().strftime(FOLDER_FORMAT)))
 
 
+#: Under a SLURM allocation, a step of this name is a shell, not a managed step (as Lightning decides).
+SLURM_SHELLS = ("bash", "interactive")
+
+
+def slurm_tasks(env: Mapping[str, str] = os.environ) -> int | None:
+    """Tasks of this SLURM step when SLURM runs one process per device (None: not under a managed srun step)."""
+    if "SLURM_NTASKS" not in env or env.get("SLURM_JOB_NAME") in SLURM_SHELLS:
+        return None
+    return int(env["SLURM_NTASKS"])
+
+
+def external_ranks(env: Mapping[str, str] = os.environ) -> int | None:
+    """How many ranks an outside launcher started (torchrun's ``WORLD_SIZE`` or SLURM's tasks); None: none did."""
+    if "WORLD_SIZE" in env and "RANK" in env:
+        return int(env["WORLD_SIZE"])
+    return slurm_tasks(env)
+
+
 def outside_launch(env: Mapping[str, str] = os.environ) -> str | None:
     """The folder name every rank of an outside launch gives a new run: ``slurm-<job>-<step>`` for the tasks
     of a SLURM step, ``torchrun-<run id>`` for torchrun's ranks; None for one process, and for a torchrun
     launch without an id (no ``--standalone`` or ``--rdzv-id``: rank 0 then tells the others its folder,
     and each rank's Hydra log stays in the folder that rank named)."""
-    if int(env.get("SLURM_NTASKS", "1")) > 1 and env.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
+    if (slurm_tasks(env) or 1) > 1:
         return f"slurm-{env.get('SLURM_JOB_ID', '0')}-{env.get('SLURM_STEP_ID', '0')}"
-    if int(env.get("WORLD_SIZE", "1")) > 1 and env.get("TORCHELASTIC_RUN_ID", "none") != "none":
+    if (external_ranks(env) or 1) > 1 and env.get("TORCHELASTIC_RUN_ID", "none") != "none":
         return f"torchrun-{env['TORCHELASTIC_RUN_ID']}"
     return None
 
