@@ -172,10 +172,12 @@ def test_one_bootstrap_node_and_the_evaluate_and_test_nodes(compose_cfg) -> None
 
 def test_align_trains_each_listed_method_from_its_node(compose_cfg) -> None:
     cfg = compose_cfg()
-    assert list(cfg.align.methods) == ["dpo", "sft"] and set(cfg.align.method) == {"dpo", "sft"}
+    assert list(cfg.align.methods) == ["dpo", "sft"] and set(cfg.align.method) == {"dpo", "sft", "dpo_sft", "grpo"}
     assert not {"name", "sft_baseline", "dpo", "sft"} & set(cfg.align)
-    examples = {"dpo": "preference", "sft": "positive"}
-    for name in cfg.align.methods:
+    examples = {"dpo": "preference", "sft": "positive", "dpo_sft": "preference", "grpo": "group"}
+    assert cfg.align.method.dpo_sft.module.sft_weight == 1.0 and "sft_weight" not in cfg.align.method.dpo.module
+    assert cfg.align.rounds == 1
+    for name in cfg.align.method:
         node = cfg.align.method[name]
         assert node.examples == examples[name] and node.module._partial_ is True
         assert node.module.share_prompt is cfg.align.share_prompt is True

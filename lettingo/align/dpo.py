@@ -1,4 +1,9 @@
-"""DPO (sigmoid loss) on the generator's LoRA adapter; the reference is the same base with the adapter off."""
+"""DPO (sigmoid loss) on the generator's LoRA adapter; the reference is the same base with the adapter off.
+
+With ``sft_weight`` > 0 the loss adds the token-mean cross-entropy of the chosen profiles (RPO, TRL's
+``loss_type=["sigmoid", "sft"]``): it counters likelihood displacement, where DPO lowers the chosen
+profile's likelihood along with the rejected one's and the generator drifts into degenerate text.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,9 @@ import torch.nn.functional as F
 from peft import PeftModel
 
 from lettingo.align.data import Example, completion_batch
-from lettingo.align.logprobs import completion_logps
+from lettingo.align.logprobs import completion_logps, completion_token_logps
 from lettingo.align.module import AdapterModule, OptimizerFactory
+from lettingo.align.sft import sft_loss
 from lettingo.align.sharding import call_in_forward, is_sharded
 
 
@@ -103,12 +109,15 @@ class DpoModule(AdapterModule):
     """
 
     def __init__(self, model: PeftModel, optimizer: OptimizerFactory, beta: float = 0.1, share_prompt: bool = True,
-                 precompute_reference: bool = True) -> None:
+                 precompute_reference: bool = True, sft_weight: float = 0.0) -> None:
         super().__init__(model, optimizer, share_prompt)
         if beta <= 0:
             raise ValueError(f"beta must be positive, got {beta}")
+        if sft_weight < 0:
+            raise ValueError(f"sft_weight must be >= 0, got {sft_weight}")
         self.beta = beta
         self.precompute_reference = precompute_reference
+        self.sft_weight = sft_weight
 
     def on_fit_start(self) -> None:
         """Precompute the reference log-probs of the train and validation examples."""
@@ -129,9 +138,15 @@ class DpoModule(AdapterModule):
         call_in_forward(self, precompute)
 
     def step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """DPO loss of a batch with its reward metrics."""
-        policy = example_logps(self.model, batch, self.share_prompt)
+        """DPO loss of a batch with its reward metrics (and the SFT term with ``sft_weight``)."""
+        rows = batch["completion_rows"]
+        tokens = completion_token_logps(self.model, completion_batch(batch), self.share_prompt)
         reference = batch["ref_logps"] if "ref_logps" in batch else reference_logps(self.model, batch,
                                                                                     self.share_prompt)
-        loss, rewards = dpo_loss(policy, reference, self.beta)
-        return loss, reward_metrics(rewards)
+        loss, rewards = dpo_loss(tokens.sum(-1)[rows], reference, self.beta)
+        metrics = reward_metrics(rewards)
+        if self.sft_weight:
+            sft = sft_loss(tokens, batch["completion_mask"], rows[:, 0])
+            loss = loss + self.sft_weight * sft
+            metrics["sft_loss"] = sft.detach()
+        return loss, metrics

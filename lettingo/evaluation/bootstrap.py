@@ -335,3 +335,39 @@ def compare_methods(
         for ref in dict.fromkeys(references)
     }
     return intervals, paired
+
+
+def _resampled_means(values: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
+    """The mean of ``values`` (one per unit) on each of ``n_resamples`` resamples of the units."""
+    sums = np.concatenate([weights.astype(np.float64) @ values
+                           for weights in _multiplicities(len(values), n_resamples, seed)])
+    return sums / len(values)
+
+
+def _unit_values(values: Sequence[float]) -> np.ndarray:
+    """``values`` as a float array of at least one finite entry per unit."""
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 1 or len(array) == 0 or not np.isfinite(array).all():
+        raise ValueError("expected one finite value per unit, at least one unit")
+    return array
+
+
+def mean_interval(values: Sequence[float], n_resamples: int = 1000, confidence: float = 0.95,
+                  seed: int = 0) -> Interval:
+    """The mean of per-unit ``values`` (e.g. each user's reward) with its percentile bootstrap interval."""
+    array = _unit_values(values)
+    return Interval(float(array.mean()), *_percentiles(_resampled_means(array, n_resamples, seed), confidence),
+                    len(array))
+
+
+def paired_mean_difference(values_a: Sequence[float], values_b: Sequence[float], n_resamples: int = 1000,
+                           confidence: float = 0.95, seed: int = 0) -> PairedDifference:
+    """mean(a) - mean(b) over the same units (a's and b's value of each user), resampled together.
+
+    The p-value is :func:`paired_bootstrap`'s (two-sided, add-one smoothed).
+    """
+    a, b = _unit_values(values_a), _unit_values(values_b)
+    if len(a) != len(b):
+        raise ValueError(f"paired values need one per unit for both methods, got {len(a)} and {len(b)}")
+    resampled = _resampled_means(a - b, n_resamples, seed)
+    return _difference(float(a.mean()), float(b.mean()), resampled, np.zeros_like(resampled), confidence, len(a))

@@ -137,7 +137,7 @@ def _format_cell(cell: Mapping[str, float], scale: float = 100.0, decimals: int 
     return f"{value:+.{decimals}f} {bounds}, {_format_p(cell['p_value'])}"
 
 
-def _render(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+def render_markdown(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
     """Markdown pipe table; first column left-aligned, the others right-aligned, padded."""
     table = [list(header), *[list(r) for r in body]]
     table = [[cell.replace("|", "\\|") for cell in row] for row in table]
@@ -163,4 +163,4 @@ def to_markdown(df: pd.DataFrame) -> str:
                          for heading in headings]
         for method in df.index
     ]
-    return _render([df.index.name or "method", *headings], body)
+    return render_markdown([df.index.name or "method", *headings], body)
