@@ -73,9 +73,17 @@ State = Literal["done", "partial", "new"]
 OTHER_INPUTS = "was made from other inputs than this config"
 
 
-def adapter_artifact(method: str) -> str:
-    """The artifact holding the LoRA adapter trained by alignment method ``method``."""
-    return f"{ADAPTER_PREFIX}{method}"
+def adapter_artifact(method: str, round_: int = 1) -> str:
+    """The artifact holding the LoRA adapter trained by alignment method ``method`` in on-policy round ``round_``
+    (round 1, the paper's single round, keeps the plain name)."""
+    return f"{ADAPTER_PREFIX}{method}" if round_ == 1 else f"{ADAPTER_PREFIX}{method}_r{round_}"
+
+
+def round_artifact(kind: str, method: str, round_: int) -> str:
+    """The ``kind`` artifact (profiles, rewards, pairs) that round ``round_`` >= 2 of ``method`` makes for itself."""
+    if round_ < 2:
+        raise ValueError(f"round 1 uses the explore and evaluate stages' own {kind}; got round {round_}")
+    return f"{kind}_{method}_r{round_}"
 
 
 def fingerprint(inputs: Mapping[str, Any]) -> str:

@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lettingo.align.adapters import lora_config
 from lettingo.align.data import AlignDataModule, check_pairs, positive_examples, preference_examples
+from lettingo.align.grpo import group_examples
 from lettingo.align.module import AdapterModule
 from lettingo.align.sharding import gather_adapter, is_sharded
 from lettingo.llm.memory import enable_gradient_checkpointing
@@ -24,7 +25,7 @@ from lettingo.schemas import AlignMethodSchema, AlignSchema, check_global_batch,
 log = logging.getLogger(__name__)
 
 #: How a method's training examples are built from the pairs (`align.method.<name>.examples`).
-EXAMPLE_BUILDERS = {"preference": preference_examples, "positive": positive_examples}
+EXAMPLE_BUILDERS = {"preference": preference_examples, "positive": positive_examples, "group": group_examples}
 LAST_CHECKPOINT = "last.ckpt"
 
 

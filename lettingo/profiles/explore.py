@@ -32,6 +32,15 @@ PROFILE_COLUMNS: tuple[str, ...] = (
 KEY: tuple[str, ...] = ("user_id", "backbone", "sample_idx", "prompt_name", "history_len")
 
 
+def explore_split_samples(samples: pd.DataFrame, splits: Sequence[str]) -> pd.DataFrame:
+    """The samples of ``splits`` (`sampling.splits`); an unknown split name is an error."""
+    known = set(samples["split"])
+    unknown = sorted(set(splits) - known)
+    if unknown:
+        raise ValueError(f"sampling.splits names unknown splits {unknown}; the samples have {sorted(known)}")
+    return samples[samples["split"].isin(splits)]
+
+
 def select_users(samples: pd.DataFrame, max_users: int | None) -> pd.DataFrame:
     """The first ``max_users`` samples of each split, in the frame's order (all when None, none when 0)."""
     if max_users is not None and max_users < 0:

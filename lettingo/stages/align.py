@@ -1,70 +1,92 @@
-"""Stage align: train the generator's LoRA adapter with every method of `align.methods` on the `pairs`.
+"""Stage align: train the generator's LoRA adapter with every method of `align.methods`, for `align.rounds` rounds.
 
-Each method writes the artifact ``adapter_<method>`` (PEFT format), reused when its inputs (pairs,
-generator, align settings, seed) are the same. Training goes through the Lightning Trainer of the
-`trainer` config; epoch-end checkpoints (adapter only) live under ``align/<method>/`` so a killed
-run resumes to the adapter an uninterrupted run writes.
+Round 1 trains on the evaluate stage's `pairs` (a group method such as GRPO on its `rewards`); each later
+round explores with the previous round's adapter first (see :mod:`lettingo.stages.rounds`). Each method
+and round writes the artifact ``adapter_<method>[_r<round>]`` (PEFT format), reused when its inputs
+(examples, generator, align settings, seed, previous adapter) are the same. Training goes through the
+Lightning Trainer of the `trainer` config; epoch-end checkpoints (adapter only) live under
+``align/<method>[_r<round>]/`` so a killed run resumes to the adapter an uninterrupted run writes.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from omegaconf import DictConfig
 
-from lettingo.align.adapters import attach_lora, save_adapter
+from lettingo.align.adapters import attach_lora, load_adapter, save_adapter
 from lettingo.align.data import select_pairs, split_by_user
 from lettingo.align.training import device_count, fit_lightning, fit_trl, generator_pairs
-from lettingo.artifacts import PAIRS, PROFILES, adapter_artifact
+from lettingo.artifacts import PAIRS, PROFILES, REWARDS, SAMPLES, adapter_artifact, round_artifact, write_table_data
+from lettingo.feedback.pairs import build_pairs, pairs_summary
+from lettingo.feedback.rewards import score_profiles
 from lettingo.llm.models import load_causal_lm, resolve_dtype, training_device
+from lettingo.llm.pool import BackendPool
+from lettingo.profiles.explore import KEY, explore, explore_split_samples
+from lettingo.profiles.quality import format_summary, summarize_profiles
 from lettingo.runtime import lightning_trainer, seed_everything
 from lettingo.schemas import LettingoConfig
-from lettingo.stages.base import TRAINER_DISPLAY, Output, Stage, StageContext
+from lettingo.seeding import derive_seed
+from lettingo.stages.base import Output, Stage, StageContext, frozen_recommender
+from lettingo.stages.rounds import GROUP_EXAMPLES, adapter_generator, round_outputs
 
 log = logging.getLogger(__name__)
 
 
-def checkpoints(method: str) -> str:
-    """The store name of the folder holding ``method``'s epoch-end checkpoints while it trains."""
-    return f"align/{method}"
+def checkpoints(method: str, round_: int = 1) -> str:
+    """The store name of the folder holding the epoch-end checkpoints of ``method``'s round while it trains."""
+    return f"align/{method}" if round_ == 1 else f"align/{method}_r{round_}"
 
 
-def align_method(ctx: StageContext, conf: LettingoConfig, method: str, pairs: pd.DataFrame) -> dict[str, Any]:
-    """The artifact ``adapter_<method>``: reused when finished for this config, else trained (:func:`train_adapter`).
+def align_method(ctx: StageContext, conf: LettingoConfig, method: str, round_: int,
+                 examples: pd.DataFrame) -> dict[str, Any]:
+    """The artifact ``adapter_<method>[_r<round>]``: reused when finished for this config, else trained.
 
     Under a multi-process trainer every rank reaches the same fits (rank 0's reuse and resume decisions);
     only rank 0 writes the checkpoints and the adapter.
     """
-    name = adapter_artifact(method)
-    meta = ctx.make(name, lambda folder: train_adapter(ctx, conf, method, pairs, folder))
+    name = adapter_artifact(method, round_)
+    meta = ctx.make(name, lambda folder: train_adapter(ctx, conf, method, round_, examples, folder))
     return meta if ctx.is_main else {"method": method, "rank": ctx.rank}
 
 
-def train_adapter(ctx: StageContext, conf: LettingoConfig, method: str, pairs: pd.DataFrame,
+def training_rows(conf: LettingoConfig, method: str, examples: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The train and validation rows of ``examples``, no user in both: pairs spread over users up to
+    `align.data.max_pairs`; a group method's (user, prompt, completion, reward) samples whole."""
+    acfg, seed = conf.align, conf.seed
+    if conf.align.method[method].examples != GROUP_EXAMPLES:
+        examples = select_pairs(examples, acfg.data.max_pairs, seed)
+    return split_by_user(examples, acfg.data.val_fraction, seed)
+
+
+def train_adapter(ctx: StageContext, conf: LettingoConfig, method: str, round_: int, examples: pd.DataFrame,
                   folder: Path) -> dict[str, Any]:
-    """Train ``method``'s LoRA adapter on ``pairs`` into ``folder``, resuming its epoch-end checkpoints
-    (``align/<method>``) when a killed run left them for this config; return what its meta records."""
+    """Train ``method``'s LoRA adapter of ``round_`` on ``examples`` into ``folder``, resuming its epoch-end
+    checkpoints when a killed run left them for this config; return what its meta records.
+
+    Round 1 starts from a fresh adapter (the identity); a later round continues from the previous round's
+    adapter, and the reference of DPO (the adapter switched off) stays the base model.
+    """
     acfg, method_cfg, seed, trainer = conf.align, conf.align.method[method], conf.seed, conf.trainer
     seed_everything(seed)
-    selected = select_pairs(pairs, acfg.data.max_pairs, seed)
-    train, val = split_by_user(selected, acfg.data.val_fraction, seed)
+    train, val = training_rows(conf, method, examples)
     device = training_device(trainer.get("accelerator", "cpu"))
     model, tokenizer = load_causal_lm(conf.backbone["model"], conf.backbone["cache_dir"],
                                       dtype=resolve_dtype(acfg.dtype, device), device="cpu")
     began = time.perf_counter()
     engine = acfg.engine
-    work = checkpoints(method)
-    resume = ctx.resume(work, of=adapter_artifact(method))
+    work = checkpoints(method, round_)
+    resume = ctx.resume(work, of=adapter_artifact(method, round_))
     weights = None  # the adapter's gathered weights when the fit sharded the model
     if engine == "trl" and method_cfg.examples == "preference":
-        if ctx.world > 1:
-            raise ValueError("align.engine=trl trains in one process; use align.engine=lightning with a "
-                             "multi-process trainer")
+        if ctx.world > 1 or round_ > 1:
+            raise ValueError("align.engine=trl trains round 1 in one process; use align.engine=lightning with a "
+                             "multi-process trainer or align.rounds > 1")
         trained, summary = fit_trl(acfg, method_cfg, model, tokenizer, train, val, ctx.store.path(work), seed,
                                    trainer.get("gradient_clip_val") or 0.0)
     else:
@@ -73,16 +95,20 @@ def train_adapter(ctx: StageContext, conf: LettingoConfig, method: str, pairs: p
         def make_trainer(**kwargs: Any) -> Any:
             return lightning_trainer(trainer, **overrides, **kwargs, logger=ctx.tracker.lightning_logger())
 
-        trained, summary, weights = fit_lightning(acfg, method_cfg, attach_lora(model, asdict(acfg.lora)), tokenizer,
-                                                  train, val, make_trainer, ctx.store.path(work), resume, seed,
-                                                  device_count(trainer))
+        if round_ == 1:
+            policy = attach_lora(model, asdict(acfg.lora))
+        else:
+            policy = load_adapter(model, ctx.store.path(adapter_artifact(method, round_ - 1)), trainable=True)
+        trained, summary, weights = fit_lightning(acfg, method_cfg, policy, tokenizer, train, val, make_trainer,
+                                                  ctx.store.path(work), resume, seed, device_count(trainer))
     if not ctx.is_main:
         return {}
     seconds = time.perf_counter() - began
     save_adapter(trained, folder, weights)
-    return summary | {"method": method, "engine": engine, "pairs_train": len(train), "pairs_val": len(val),
-                      "users_train": int(train["user_id"].nunique()), "users_val": int(val["user_id"].nunique()),
-                      "seconds": seconds, "seconds_per_pair": seconds / max(1, len(train) * acfg.epochs)}
+    return summary | {"method": method, "round": round_, "engine": engine, "pairs_train": len(train),
+                      "pairs_val": len(val), "users_train": int(train["user_id"].nunique()),
+                      "users_val": int(val["user_id"].nunique()), "seconds": seconds,
+                      "seconds_per_pair": seconds / max(1, len(train) * acfg.epochs)}
 
 
 def report(method: str, summary: dict[str, Any]) -> dict[str, float]:
@@ -99,41 +125,111 @@ def report(method: str, summary: dict[str, Any]) -> dict[str, float]:
     return metrics | {f"align/val/{method}/{k.replace('/', '_')}_final": float(v) for k, v in last.items()}
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
-    """Train every method of `align.methods` on the `pairs` artifact; write ``adapter_<method>``."""
-    conf, store = ctx.conf, ctx.store
+def group_samples(rewards: pd.DataFrame) -> pd.DataFrame:
+    """A group method's samples from rewarded profile rows: (user, prompt, completion, reward) per profile."""
+    return rewards.rename(columns={"text": "completion"}).loc[:, ["user_id", "prompt", "completion", "reward"]]
+
+
+def first_round_examples(ctx: StageContext, conf: LettingoConfig, method: str) -> pd.DataFrame:
+    """Round 1's examples: the evaluate stage's pairs on the generator's own prompts, or for a group method the
+    generator's own explored profiles with their rewards."""
     generator = conf.backbone["name"]
-    pairs = ctx.read_table(PAIRS)
-    profiles = store.read_table(PROFILES) if store.meta(PROFILES) is not None else None
-    pairs = generator_pairs(pairs, profiles, generator)
-    if pairs.empty:
-        # Adapters left from earlier inputs would be tested as if trained on these pairs.
-        for method in conf.align.methods:
-            store.move_aside(adapter_artifact(method))
-        log.warning("align SKIPPED: no preference pairs for %s (every user's profiles were all right or all "
-                    "wrong); the test stage compares the base methods only. Explore more users or profiles "
-                    "(sampling.max_users, sampling.n) or try pairs=margin.", generator)
-        return {"skipped": "no preference pairs"}
+    if conf.align.method[method].examples == GROUP_EXAMPLES:
+        rewards = ctx.read_table(REWARDS)
+        return group_samples(rewards[rewards["backbone"] == generator])
+    profiles = ctx.store.read_table(PROFILES) if ctx.store.meta(PROFILES) is not None else None
+    return generator_pairs(ctx.read_table(PAIRS), profiles, generator)
+
+
+def explore_round(ctx: StageContext, conf: LettingoConfig, method: str, round_: int) -> pd.DataFrame:
+    """Round ``round_``'s profiles, written by the generator with the previous round's adapter for the users
+    the explore stage explored, each with the frozen f_Rec's reward (artifacts profiles_ and rewards_<method>_r<r>)."""
+    samples = ctx.read_table(SAMPLES)
+    previous = adapter_artifact(method, round_ - 1)
+    ctx.need(previous)
+    generator = adapter_generator(conf, method, round_ - 1, str(ctx.store.path(previous)))
+    sampling = conf.sampling
+    with BackendPool({generator["name"]: generator}) as pool:
+        profiles = explore(
+            explore_split_samples(samples, sampling.splits), pool, prompt_cfg=asdict(conf.prompt),
+            item_text_cfg=asdict(conf.dataset.item_text), history_len=conf.history.length, n=sampling.n,
+            temperature=sampling.temperature, max_new_tokens=sampling.max_new_tokens,
+            seed=derive_seed(conf.seed, method, round_), rows=ctx.rows(round_artifact(PROFILES, method, round_), KEY),
+            max_users=sampling.max_users, users_per_chunk=sampling.users_per_chunk,
+        )
+    print(format_summary(summarize_profiles(profiles), f"{method} round {round_}"))
+    return score_profiles(frozen_recommender(ctx, conf.recommender), profiles, samples,
+                          ctx.rows(round_artifact(REWARDS, method, round_), KEY), conf.evaluate.users_per_chunk,
+                          reward=conf.evaluate.reward, targets=conf.evaluate.targets_per_user)
+
+
+def later_round_examples(ctx: StageContext, conf: LettingoConfig, method: str, round_: int) -> pd.DataFrame:
+    """Round ``round_`` >= 2's examples, from profiles the previous round's adapter writes (see :func:`explore_round`):
+    its own pairs under `pairs.*` (artifact pairs_<method>_r<r>), or a group method's samples."""
+    rewards = explore_round(ctx, conf, method, round_)
+    print(f"{method} round {round_}: mean reward {rewards['reward'].mean():.3f} over {len(rewards)} profiles")
+    if conf.align.method[method].examples == GROUP_EXAMPLES:
+        return group_samples(rewards)
+    name = round_artifact(PAIRS, method, round_)
+    rule = conf.pairs
+
+    def build(folder: Path) -> dict[str, Any]:
+        pairs = build_pairs(rewards, rule=rule.rule, max_pairs_per_user=rule.max_pairs_per_user,
+                            min_margin=rule.min_margin, seed=conf.seed)
+        return write_table_data(folder, pairs) | {"summary": pairs_summary(rewards, pairs)}
+
+    ctx.make(name, build)
+    return ctx.store.read_table(name)
+
+
+def round_examples(ctx: StageContext, conf: LettingoConfig, method: str, round_: int) -> pd.DataFrame:
+    """The examples ``method`` trains on in ``round_``, the same on every rank: a later round's are explored,
+    judged and paired by rank 0 alone (its own reuse decisions), then shared."""
+    if round_ == 1:
+        return first_round_examples(ctx, conf, method)
+    examples = later_round_examples(replace(ctx, agree=lambda value: value), conf, method, round_) \
+        if ctx.is_main else None
+    return ctx.agree(examples)
+
+
+def has_signal(examples: pd.DataFrame, kind: str) -> bool:
+    """Whether ``examples`` can teach anything: a pair, or a group whose rewards differ."""
+    if kind != GROUP_EXAMPLES:
+        return not examples.empty
+    return bool(len(examples) and examples.groupby(["user_id", "prompt"])["reward"].nunique().gt(1).any())
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    """Train every method of `align.methods` for `align.rounds` rounds; write ``adapter_<method>[_r<round>]``."""
+    conf, store = ctx.conf, ctx.store
+    rounds = conf.align.rounds
     results = {}
     for method in conf.align.methods:
-        summary = align_method(ctx, conf, method, pairs)
-        if not ctx.is_main:
-            continue
-        ctx.tracker.log_metrics(report(method, summary))
-        if summary.get("val_history"):
-            ctx.tracker.log_table(f"align/val/{method}_history", pd.DataFrame(summary["val_history"]))
-        results[method] = {**summary, "adapter": str(store.path(adapter_artifact(method)))}
+        for round_ in range(1, rounds + 1):
+            examples = round_examples(ctx, conf, method, round_)
+            if not has_signal(examples, conf.align.method[method].examples):
+                # Adapters left from earlier inputs would be tested as if trained on these examples.
+                for later in range(round_, rounds + 1):
+                    store.move_aside(adapter_artifact(method, later))
+                log.warning("align %s round %d SKIPPED: no preference pairs or informative groups (every profile "
+                            "of a user got the same reward); the test stage compares the earlier generators only. "
+                            "Explore more users or profiles (sampling.max_users, sampling.n) or try pairs=margin.",
+                            method, round_)
+                break
+            summary = align_method(ctx, conf, method, round_, examples)
+            if not ctx.is_main:
+                continue
+            key = method if round_ == 1 else f"{method}_r{round_}"
+            ctx.tracker.log_metrics(report(key, summary))
+            if summary.get("val_history"):
+                ctx.tracker.log_table(f"align/val/{key}_history", pd.DataFrame(summary["val_history"]))
+            results[key] = {**summary, "adapter": str(store.path(adapter_artifact(method, round_)))}
     return results
 
 
 def outputs(cfg: DictConfig) -> list[Output]:
-    """One adapter per method of `align.methods`: the align settings in full, with its own method's node only."""
-    def others(method: str) -> tuple[str, ...]:
-        return tuple(f"align.method.{other}" for other in cfg.align.method if other != method)
-
-    return [Output(adapter_artifact(str(m)), config=("align", "backbone.model", "trainer", "seed"),
-                   inputs=(PAIRS, PROFILES), not_identity=("align.methods", *others(str(m)), *TRAINER_DISPLAY))
-            for m in cfg.align.methods]
+    """Every round's artifacts of every method of `align.methods` (see :func:`round_outputs`)."""
+    return [output for method in cfg.align.methods for output in round_outputs(cfg, str(method))]
 
 
 STAGE = Stage(name="align", run=run, needs=(PAIRS,), outputs=outputs, distributed=True)

@@ -7,26 +7,15 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
-import pandas as pd
-
 from lettingo.artifacts import PROFILES, SAMPLES
 from lettingo.llm.pool import BackendPool, backbones_by_name
-from lettingo.profiles.explore import KEY, explore
+from lettingo.profiles.explore import KEY, explore, explore_split_samples
 from lettingo.profiles.quality import format_summary, summarize_profiles
-from lettingo.stages.base import Output, Stage, StageContext, backbones_pace_keys
+from lettingo.stages.base import PROFILE_CONFIG, Output, Stage, StageContext, backbones_pace_keys
 
 log = logging.getLogger(__name__)
 
 SAMPLE_ROWS = 3  # users shown in the `explore/samples` table (sample 0 of every backbone)
-
-
-def explore_split_samples(samples: pd.DataFrame, splits: list[str]) -> pd.DataFrame:
-    """The samples of ``splits``; an unknown split name is an error."""
-    known = set(samples["split"])
-    unknown = sorted(set(splits) - known)
-    if unknown:
-        raise ValueError(f"sampling.splits names unknown splits {unknown}; the samples have {sorted(known)}")
-    return samples[samples["split"].isin(splits)]
 
 
 def tracker_metrics(summary: Mapping[str, Any], split: str) -> dict[str, float]:
@@ -70,10 +59,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
     print(f"profiles artifact: {ctx.store.path(PROFILES)}")
     return {"artifact": str(ctx.store.path(PROFILES)), "splits": summaries}
 
-
-#: What a profile row depends on; `max_users`, `n` and `splits` only add rows. `users_per_chunk` is part of it:
-#: the prompts sharing a generate call change a text through rounding (README "Artifacts").
-PROFILE_CONFIG = ("sampling", "prompt", "dataset.item_text", "history.length", "seed")
 
 STAGE = Stage(
     name="explore",

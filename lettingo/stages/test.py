@@ -3,14 +3,16 @@
 Methods, all on the same users: f_Rec with no profile (the K recent items only), its floor and ceiling
 (the no-DPO profiles shuffled among users; the oracle facts of the older history); the LettinGo prompt through each base
 backbone of `sampling.backbones` (the aligned generator's base is "no DPO"); the generator with each
-adapter of `align.methods` (when trained); and the fixed-format prompts of `test.fixed_formats` (PALR,
+round's adapter of `align.methods` (when trained); and the fixed-format prompts of `test.fixed_formats` (PALR,
 RLMRec, KAR styles) through the generator's base model. Profiles go to resumable artifacts
-``test_profiles*``, verdicts to `predictions` (one row per user and method), and the comparison of
-every method (intervals, paired differences against DPO, no profile and oracle facts) to `results`.
+``test_profiles*``, verdicts to `predictions` (one row per user and method), and to `results`: the held-out
+reward of every generator (`evaluate.reward`, with its profiles shuffled among users beside it) and the
+comparison of every method (intervals, paired differences against DPO, no profile and oracle facts).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -23,58 +25,50 @@ from omegaconf import DictConfig
 
 from lettingo.artifacts import (
     PREDICTIONS,
-    REC_MODEL,
     RESULTS,
     SAMPLES,
     TABULAR_MODELS,
     TEST_PROFILES,
-    adapter_artifact,
+    atomic_path,
+    write_json_atomic,
 )
 from lettingo.data.schema import LABELS
 from lettingo.evaluation.comparison import FILE_STEM as COMPARISON
 from lettingo.evaluation.comparison import Comparison, read_comparison
 from lettingo.evaluation.methods import DPO, NO_DPO, ORACLE_FACTS, SFT, SHUFFLED, method_key, no_profile_label
+from lettingo.evaluation.reward_table import ROW_COLUMNS, reward_markdown, reward_table
 from lettingo.evaluation.tables import to_markdown
 from lettingo.evaluation.views import confusion_frame, reward_samples
-from lettingo.feedback.rewards import score_profiles
+from lettingo.feedback.rewards import RULE_REWARD, score_profiles
 from lettingo.feedback.sensitivity import shuffled_texts
 from lettingo.llm.pool import BackendPool, backbones_by_name, shared_engine_order
 from lettingo.profiles.explore import KEY as PROFILE_KEY
 from lettingo.profiles.explore import PROFILE_COLUMNS, explore
 from lettingo.profiles.oracle import oracle_profile
 from lettingo.recommender.cases import predicted_labels
-from lettingo.recommender.loading import LazyRecommender
 from lettingo.recommender.tabular import TabularRecommender
 from lettingo.schemas import LettingoConfig, TestSchema
-from lettingo.stages.base import Output, Stage, StageContext, backbones_pace_keys, pace_keys
+from lettingo.stages.base import (
+    Output,
+    Stage,
+    StageContext,
+    backbones_pace_keys,
+    frozen_recommender,
+    pace_keys,
+    recommender_inputs,
+)
+from lettingo.stages.rounds import every_adapter, trained_generators
 
 log = logging.getLogger(__name__)
 
 TABLE3 = (NO_DPO, SFT, DPO)  # the paper's alignment ablation, in its order
 TABLE3_METRICS = ("accuracy", "macro_f1", "p_true", "log_loss")
-
-
-def aligned_label(method: str) -> str:
-    """The results label of the generator aligned by ``method`` (`dpo` -> DPO)."""
-    return method.upper()
+REWARD_TABLE = "rewards"  # file stem of the held-out reward table in the results artifact
 
 
 def fixed_format_artifact(name: str) -> str:
     """The artifact of the test profiles written with fixed-format prompt ``name``."""
     return f"{TEST_PROFILES}_{name}"
-
-
-def adapter_generators(ctx: StageContext, conf: LettingoConfig) -> dict[str, dict[str, Any]]:
-    """Method label -> generator config with its adapter, for every trained adapter of `align.methods`."""
-    found = {}
-    for method in conf.align.methods:
-        artifact = adapter_artifact(method)
-        if ctx.store.meta(artifact) is None:
-            continue
-        ctx.need(artifact)
-        found[aligned_label(method)] = {**conf.backbone, "name": f"{conf.backbone['name']}+{method}",
-                                        "adapter": str(ctx.store.path(artifact))}
-    return found
 
 
 def explore_settings(conf: LettingoConfig) -> dict[str, Any]:
@@ -89,7 +83,7 @@ def write_test_profiles(ctx: StageContext, conf: LettingoConfig, users: pd.DataF
     common = explore_settings(conf)
     generator = conf.backbone["name"]
     bases = backbones_by_name(conf.sampling.backbones)
-    adapters = adapter_generators(ctx, conf)
+    adapters = trained_generators(ctx, conf)
     labels = {name: (NO_DPO if name == generator else name) for name in bases}
     labels |= {config["name"]: label for label, config in adapters.items()}
     configs = {**bases, **{config["name"]: config for config in adapters.values()}}
@@ -119,17 +113,41 @@ def text_rows(users: pd.DataFrame, texts: Mapping[str, str], method: str) -> pd.
     return pd.DataFrame(rows, columns=list(PROFILE_COLUMNS)).assign(method=method)
 
 
+def shuffled_label(method: str) -> str:
+    """The label of ``method``'s profiles shuffled among the users (the base's is the paper-style floor row)."""
+    return SHUFFLED if method == NO_DPO else f"{method} shuffled"
+
+
 def reference_rows(conf: LettingoConfig, users: pd.DataFrame, generated: pd.DataFrame) -> pd.DataFrame:
-    """The rows every profile method is read against: no profile (K recent items only), the no-DPO
-    profiles shuffled among users (the floor) and the oracle facts of the older history (the ceiling)."""
+    """The rows every profile method is read against: no profile (K recent items only), the oracle facts of
+    the older history (the ceiling), and each LettinGo-prompt generator's profiles shuffled among users
+    (the floor of its rows, and the guard beside its held-out reward)."""
     facts = asdict(conf.prompt.facts)
     oracle = {str(s["user_id"]): oracle_profile(s, conf.history.length, facts) for s in users.to_dict("records")}
     frames = [text_rows(users, {}, no_profile_label(conf.history.recent)), text_rows(users, oracle, ORACLE_FACTS)]
-    base = generated[generated["method"] == NO_DPO]
-    if base["user_id"].nunique() >= 2:
-        texts = dict(zip(base["user_id"].astype(str), base["text"], strict=True))
-        frames.append(text_rows(users, shuffled_texts(texts, conf.seed), SHUFFLED))
+    own_prompt = generated[generated["prompt_name"] == conf.prompt.name]
+    for method, rows in own_prompt.groupby("method", sort=False):
+        if rows["user_id"].nunique() >= 2:
+            texts = dict(zip(rows["user_id"].astype(str), rows["text"], strict=True))
+            frames.append(text_rows(users, shuffled_texts(texts, conf.seed), shuffled_label(str(method))))
     return pd.concat(frames, ignore_index=True)
+
+
+def guarded_methods(predictions: pd.DataFrame) -> dict[str, str]:
+    """Method -> the label of its shuffled rows, for every method whose profiles were also scored shuffled."""
+    methods = set(predictions["method"])
+    return {m: shuffled_label(m) for m in methods if shuffled_label(m) in methods and m != shuffled_label(m)}
+
+
+def held_out_rewards(conf: LettingoConfig, predictions: pd.DataFrame, folder: Path) -> dict[str, Any]:
+    """The held-out reward table (:func:`reward_table`, reference: no DPO), written as rewards.md and .json."""
+    table = reward_table(predictions.loc[:, list(ROW_COLUMNS)], guarded_methods(predictions), NO_DPO,
+                         conf.bootstrap.n_resamples, conf.bootstrap.confidence, conf.seed)
+    markdown = reward_markdown(table, conf.evaluate.reward, NO_DPO)
+    with atomic_path(folder / f"{REWARD_TABLE}.md") as tmp:
+        tmp.write_text(markdown)
+    write_json_atomic(folder / f"{REWARD_TABLE}.json", {"reward": conf.evaluate.reward, "methods": table})
+    return table
 
 
 def method_predictions(predictions: pd.DataFrame) -> tuple[list[str], list[str], dict[str, list[str]]]:
@@ -171,38 +189,31 @@ def test_users(test: TestSchema, samples: pd.DataFrame) -> pd.DataFrame:
     return users if test.max_users is None else users.head(test.max_users)
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
-    """Write `test_profiles*`, `predictions` and `results`; print Table 3 and the full comparison."""
-    conf, store = ctx.conf, ctx.store
-    samples = ctx.read_table(SAMPLES)
-    users = test_users(conf.test, samples)
-    generated = write_test_profiles(ctx, conf, users)
-    profiles = pd.concat([reference_rows(conf, users, generated), generated], ignore_index=True)
-    rec = conf.recommender
-    checkpoint = store.path(REC_MODEL) / ctx.need(REC_MODEL)["checkpoint"] if rec.trainable else None
-    recommender = LazyRecommender(rec.name, rec.model, checkpoint)
-    predictions = score_profiles(recommender, profiles, samples, ctx.rows(PREDICTIONS, PROFILE_KEY),
-                                 conf.test.users_per_chunk)
-    split = conf.test.split
-    title = f"{rec.name} on the held-out `{split}` users"
+def label_comparison(ctx: StageContext, conf: LettingoConfig, users: pd.DataFrame, predictions: pd.DataFrame,
+                     folder: Path, title: str) -> int:
+    """Write the f_Rec's label comparison of every method (accuracy, F1s, p_true, log-loss with intervals and
+    paired differences against DPO, no profile and oracle facts); return how many users it compares."""
+    guards = set(guarded_methods(predictions).values()) - {SHUFFLED}
+    predictions = predictions[~predictions["method"].isin(guards)]
+    user_ids, truth, predicted = method_predictions(predictions)
+    tabular = tabular_probabilities(ctx, conf, users, user_ids)
+    predicted |= {label: predicted_labels(probabilities) for label, probabilities in tabular.items()}
+    comparison = Comparison.compute(
+        user_ids, truth, predicted, references=[DPO, no_profile_label(conf.history.recent), ORACLE_FACTS],
+        n_resamples=conf.bootstrap.n_resamples, confidence=conf.bootstrap.confidence, seed=conf.seed,
+        meta={"split": conf.test.split, "recommender": conf.recommender.name, "dataset": conf.dataset.name,
+              "degenerate_share": predictions.groupby("method")["degenerate"]
+              .apply(lambda d: float((d != "").mean())).to_dict()},
+        probabilities=method_probabilities(predictions, user_ids) | tabular,
+    )
+    comparison.write(folder, COMPARISON, title)
+    return len(comparison.users)
 
-    def build(folder: Path) -> dict[str, Any]:
-        user_ids, truth, predicted = method_predictions(predictions)
-        tabular = tabular_probabilities(ctx, conf, users, user_ids)
-        predicted |= {label: predicted_labels(probabilities) for label, probabilities in tabular.items()}
-        comparison = Comparison.compute(
-            user_ids, truth, predicted, references=[DPO, no_profile_label(conf.history.recent), ORACLE_FACTS],
-            n_resamples=conf.bootstrap.n_resamples, confidence=conf.bootstrap.confidence, seed=conf.seed,
-            meta={"split": split, "recommender": rec.name, "dataset": conf.dataset.name,
-                  "degenerate_share": predictions.groupby("method")["degenerate"]
-                  .apply(lambda d: float((d != "").mean())).to_dict()},
-            probabilities=method_probabilities(predictions, user_ids) | tabular,
-        )
-        comparison.write(folder, COMPARISON, title)
-        return {"users": len(comparison.users)}
 
-    ctx.make(RESULTS, build)
-    comparison = read_comparison(store.path(RESULTS) / f"{COMPARISON}.json")
+def report_comparison(ctx: StageContext, folder: Path, title: str) -> dict[str, Any]:
+    """Print Table 3 and the full label comparison; log them; return the comparison as JSON."""
+    comparison = read_comparison(folder / f"{COMPARISON}.json")
+    split = comparison.meta["split"]
     table3 = [m for m in TABLE3 if m in comparison.predictions]
     if table3:
         table = comparison.table(methods=table3, metrics=TABLE3_METRICS)
@@ -210,11 +221,47 @@ def run(ctx: StageContext) -> dict[str, Any]:
     print(comparison.markdown(title))
     ctx.tracker.log_metrics(comparison.tracker_metrics(f"test/{split}"))
     ctx.tracker.log_table(f"test/{split}/results", comparison.flat_table())
-    ctx.tracker.log_image(f"test/{split}/macro_f1", store.path(RESULTS) / f"{COMPARISON}.png")
+    ctx.tracker.log_image(f"test/{split}/macro_f1", folder / f"{COMPARISON}.png")
     ctx.tracker.log_table(f"test/{split}/confusion_matrix", confusion_frame(comparison.details))
-    ctx.tracker.log_table(f"test/{split}/samples", reward_samples(predictions, "method"))
-    print(f"results: {store.path(RESULTS) / COMPARISON}.json")
+    print(f"results: {folder / COMPARISON}.json")
     return comparison.to_json()
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    """Write `test_profiles*`, `predictions` and `results`; print the held-out rewards, Table 3 and the comparison.
+
+    With a rule reward (no f_Rec judges) the results hold the held-out reward table only.
+    """
+    conf, store = ctx.conf, ctx.store
+    samples = ctx.read_table(SAMPLES)
+    users = test_users(conf.test, samples)
+    generated = write_test_profiles(ctx, conf, users)
+    profiles = pd.concat([reference_rows(conf, users, generated), generated], ignore_index=True)
+    reward = conf.evaluate.reward
+    judged = reward != RULE_REWARD
+    recommender = frozen_recommender(ctx, conf.recommender) if judged else None
+    predictions = score_profiles(recommender, profiles, samples, ctx.rows(PREDICTIONS, PROFILE_KEY),
+                                 conf.test.users_per_chunk, reward=reward, targets=conf.evaluate.targets_per_user,
+                                 history=conf.history.length)
+    split = conf.test.split
+    title = f"{conf.recommender.name} on the held-out `{split}` users"
+
+    def build(folder: Path) -> dict[str, Any]:
+        rewards = held_out_rewards(conf, predictions, folder)
+        users_compared = label_comparison(ctx, conf, users, predictions, folder, title) if judged else 0
+        return {"users": users_compared, "reward_users": next(iter(rewards.values()))["users"]}
+
+    ctx.make(RESULTS, build)
+    folder = store.path(RESULTS)
+    rewards = json.loads((folder / f"{REWARD_TABLE}.json").read_text())["methods"]
+    print(f"## Held-out reward ({reward}) on the `{split}` users\n\n" + (folder / f"{REWARD_TABLE}.md").read_text())
+    ctx.tracker.log_metrics({f"test/{split}/reward/{method_key(m)}/{field}": float(row[part]["value"])
+                             for m, row in rewards.items()
+                             for field, part in (("mean", "reward"), ("vs_no_dpo", "vs_reference"),
+                                                 ("true_minus_shuffled", "true_minus_shuffled"))})
+    ctx.tracker.log_table(f"test/{split}/samples", reward_samples(predictions, "method"))
+    results = report_comparison(ctx, folder, title) if judged else {}
+    return results | {"held_out_reward": rewards}
 
 
 #: What every test profile depends on (how many users only adds rows; the users sharing a generate call are part
@@ -225,9 +272,9 @@ TEST_PROFILE_CONFIG = ("test.temperature", "test.max_new_tokens", "test.users_pe
 
 def outputs(cfg: DictConfig) -> list[Output]:
     """The test profiles (LettinGo prompt, then one artifact per fixed format), predictions and results."""
-    adapters = tuple(adapter_artifact(str(m)) for m in cfg.align.methods)
+    adapters = every_adapter(cfg)
     fixed = [str(name) for name in (cfg.test.get("fixed_formats") or {})]
-    rec = (REC_MODEL,) if cfg.recommender.trainable else ()
+    rec = recommender_inputs(cfg)
     grows = ("test.max_users",)
     generators = pace_keys(cfg, "backbone")
     profiles = (TEST_PROFILES, *map(fixed_format_artifact, fixed))
@@ -236,10 +283,12 @@ def outputs(cfg: DictConfig) -> list[Output]:
                inputs=(SAMPLES, *adapters), grows_by=grows, not_identity=(*backbones_pace_keys(cfg), *generators)),
         *[Output(fixed_format_artifact(name), config=(*TEST_PROFILE_CONFIG, f"test.fixed_formats.{name}", "backbone"),
                  inputs=(SAMPLES,), grows_by=grows, not_identity=generators) for name in fixed],
-        Output(PREDICTIONS, config=("recommender.model", "history", "prompt.facts", "test.users_per_chunk"),
+        Output(PREDICTIONS, config=("recommender.model", "history", "prompt.facts", "test.users_per_chunk",
+                                    "evaluate.reward", "evaluate.targets_per_user"),
                inputs=(*profiles, *rec), grows_by=grows, grows_with=profiles,
                not_identity=pace_keys(cfg, "recommender.model")),
-        Output(RESULTS, config=("bootstrap", "seed", "test.split", "test.max_users", "evaluate.tabular.enabled"),
+        Output(RESULTS, config=("bootstrap", "seed", "test.split", "test.max_users", "evaluate.tabular.enabled",
+                                "evaluate.reward"),
                inputs=(PREDICTIONS, *profiles, *((TABULAR_MODELS,) if cfg.evaluate.tabular.enabled else ()))),
     ]
 
