@@ -507,6 +507,11 @@ class TabularSchema:
     oracle: RecommenderSchema
 
 
+#: The rewards of a profile (`evaluate.reward`): f_Rec right or wrong (the paper's), its probability of the true
+#: label, that probability's log, the log's gain over no profile, and the stated-mean rule (no f_Rec).
+REWARD_NAMES: tuple[str, ...] = ("correct", "p_true", "log_p_true", "log_p_gain", "stated_mean")
+
+
 @dataclass
 class EvaluateSchema:
     """`evaluate`: rewards of the explored profiles, pairs, and the baselines table."""
@@ -516,12 +521,16 @@ class EvaluateSchema:
     users_per_chunk: int
     sensitivity: SensitivitySchema
     tabular: TabularSchema
+    reward: str = "correct"
+    targets_per_user: int = 1
 
     def __post_init__(self) -> None:
         require(bool(self.split), "split", self.split, "must name a split")
         for i, h in enumerate(self.raw_histories):
             at_least(f"raw_histories[{i}]", h, 1)
         at_least("users_per_chunk", self.users_per_chunk, 1)
+        one_of("reward", self.reward, REWARD_NAMES)
+        at_least("targets_per_user", self.targets_per_user, 1)
 
 
 @dataclass

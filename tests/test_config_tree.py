@@ -159,7 +159,8 @@ def test_shipped_datasets_have_no_path(compose_cfg, dataset: str) -> None:
 def test_one_bootstrap_node_and_the_evaluate_and_test_nodes(compose_cfg) -> None:
     cfg = compose_cfg()
     assert OmegaConf.to_container(cfg.bootstrap) == {"n_resamples": 1000, "confidence": 0.95}
-    assert set(cfg.evaluate) == {"split", "raw_histories", "users_per_chunk", "sensitivity", "tabular"}
+    assert set(cfg.evaluate) == {"split", "raw_histories", "users_per_chunk", "reward", "targets_per_user",
+                                 "sensitivity", "tabular"}
     assert cfg.evaluate.tabular.enabled and not cfg.evaluate.tabular.plain.model.with_oracle
     assert cfg.evaluate.tabular.oracle.model.with_oracle
     assert set(cfg.test) == {"split", "max_users", "temperature", "max_new_tokens", "users_per_chunk", "fixed_formats"}

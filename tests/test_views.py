@@ -12,7 +12,7 @@ from lettingo.tracking import CsvTracker
 def _rewards() -> pd.DataFrame:
     return pd.DataFrame({
         "user_id": ["1", "1", "2", "2", "3"], "backbone": ["a", "b", "a", "b", "a"], "sample_idx": [0, 0, 0, 0, 0],
-        "text": ["p1", "p2", "p3", "p4", "p5"], "p_true": [0.9, 0.2, 0.5, 0.4, 0.7],
+        "text": ["p1", "p2", "p3", "p4", "p5"], "reward": [0.9, 0.2, 0.5, 0.4, 0.7],
         "correct": [True, False, True, False, True], "completion_tokens": [10, 20, 30, 40, 50],
     })
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from lettingo.data.samples import sample_items
+
 #: Keys of an item dict that hold its statistics among the other training users (see `annotate_items`).
 OTHERS_MEAN = "others_mean"
 OTHERS_COUNT = "others_count"
@@ -29,11 +31,11 @@ class ItemStats:
 
     @classmethod
     def from_samples(cls, samples: pd.DataFrame) -> ItemStats:
-        """Statistics over every item (older, recent, target) of every sample; a user's item counts once."""
+        """Statistics over every item (`sample_items`) of every sample; a user's item counts once."""
         stats = cls()
         for sample in samples.to_dict("records"):
             user = str(sample["user_id"])
-            for item in [*sample["older"], *sample["recent"], sample["target"]]:
+            for item in sample_items(sample):
                 key = (user, str(item["item_id"]))
                 if key in stats.own:
                     continue
@@ -63,7 +65,7 @@ class ItemStats:
 
 
 def annotate_items(samples: pd.DataFrame, stats: ItemStats) -> pd.DataFrame:
-    """The samples with every item (older, recent, target) carrying `others_mean` and `others_count`:
+    """The samples with every item (older, recent, target, target windows) carrying `others_mean` and `others_count`:
     its mean rating and rating count among the training users other than the sample's own user."""
 
     def annotate(item: dict, user: str) -> dict:
@@ -75,4 +77,8 @@ def annotate_items(samples: pd.DataFrame, stats: ItemStats) -> pd.DataFrame:
         columns[column] = [[annotate(dict(i), str(u)) for i in items]
                            for u, items in zip(samples["user_id"], samples[column], strict=True)]
     columns["target"] = [annotate(dict(t), str(u)) for u, t in zip(samples["user_id"], samples["target"], strict=True)]
+    if "targets" in samples:
+        columns["targets"] = [[{"target": annotate(dict(w["target"]), str(u)),
+                                "recent": [annotate(dict(i), str(u)) for i in w["recent"]]} for w in windows]
+                              for u, windows in zip(samples["user_id"], samples["targets"], strict=True)]
     return samples.assign(**columns)

@@ -14,13 +14,14 @@ SAMPLE_USERS = 5  # users whose every profile is shown in a samples table
 
 
 def reward_samples(rewards: pd.DataFrame, source: str = "backbone", n_users: int = SAMPLE_USERS) -> pd.DataFrame:
-    """Every profile of the first ``n_users`` users with its reward (f_Rec's probability of the true label).
+    """Every profile of the first ``n_users`` users with its reward (`evaluate.reward`) and, when f_Rec judged it,
+    whether f_Rec was right on the real target.
 
     ``source`` names the column that says who wrote the profile (`backbone`, or `method` in the test stage).
     """
     shown = rewards[rewards["user_id"].isin(rewards["user_id"].unique()[:n_users])]
-    columns = ["user_id", source, "sample_idx", "text", "p_true", "correct"]
-    return shown.loc[:, columns].rename(columns={"p_true": "reward"}).reset_index(drop=True)
+    columns = ["user_id", source, "sample_idx", "text", "reward", *(["correct"] if "correct" in rewards else [])]
+    return shown.loc[:, columns].reset_index(drop=True)
 
 
 def confusion_frame(details: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
@@ -39,4 +40,4 @@ def log_reward_views(tracker: Tracker, rewards: pd.DataFrame, prefix: str) -> No
     tracker.log_table(f"{prefix}/samples", reward_samples(rewards))
     for backbone, rows in rewards.groupby("backbone"):
         tracker.log_histogram(f"{prefix}/{backbone}/profile_tokens", rows["completion_tokens"].astype(float).tolist())
-        tracker.log_histogram(f"{prefix}/{backbone}/reward", rows["p_true"].astype(float).tolist())
+        tracker.log_histogram(f"{prefix}/{backbone}/reward", rows["reward"].astype(float).tolist())

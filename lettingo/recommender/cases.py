@@ -51,6 +51,21 @@ def case_from_sample(sample: Mapping[str, Any], profile: str = "") -> RecCase:
     )
 
 
+def target_cases(sample: Mapping[str, Any], profile: str, targets: int = 1) -> list[RecCase]:
+    """The cases of a sample's last ``targets`` target windows (`evaluate.targets_per_user`), oldest target first.
+
+    The last is the real target's case (`case_from_sample`); every target follows the older history.
+    """
+    if targets == 1:
+        return [case_from_sample(sample, profile)]
+    windows = list(sample.get("targets", ()))
+    if len(windows) < targets:
+        raise ValueError(f"user {sample['user_id']} has {len(windows)} target windows, fewer than "
+                         f"evaluate.targets_per_user={targets}: the samples were made for another M")
+    return [RecCase(str(sample["user_id"]), profile, tuple(plain_item(i) for i in w["recent"]),
+                    plain_item(w["target"])) for w in windows[len(windows) - targets :]]
+
+
 def shifted_cases(sample: Mapping[str, Any], profile: str, n_targets: int) -> list[RecCase]:
     """Up to `n_targets` cases of one user: the real target, then each recent item in turn (newest first).
 

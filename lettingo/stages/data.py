@@ -31,6 +31,7 @@ def sample_spec(conf: LettingoConfig) -> SampleSpec:
         split_sizes=expand_split_sizes(conf.dataset.splits, histories),
         split_seed=conf.dataset.split_seed,
         thresholds=LabelThresholds(**asdict(conf.dataset.labels)),
+        targets=conf.evaluate.targets_per_user,
     )
 
 
@@ -39,11 +40,12 @@ def check_splits_filled(samples: pd.DataFrame, spec: SampleSpec, conf: LettingoC
     sizes = samples["split"].value_counts()
     empty = sorted(name for name, size in spec.split_sizes.items() if size > 0 and sizes.get(name, 0) == 0)
     if empty:
-        need = spec.max_history + spec.recent + 1
-        raise ValueError(f"history.length={conf.history.length}, history.recent={spec.recent}: only {len(samples)} "
+        need = spec.max_history + spec.recent + spec.targets
+        raise ValueError(f"history.length={conf.history.length}, history.recent={spec.recent}, "
+                         f"evaluate.targets_per_user={spec.targets}: only {len(samples)} "
                          f"users of {conf.dataset.name} have the {need} interactions needed, so splits {empty} got "
                          "no users; "
-                         "lower H or K, or the split sizes")
+                         "lower H, K or M, or the split sizes")
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -72,6 +74,7 @@ STAGE = Stage(
     run=run,
     needs=(),
     # How items are written into prompts is not part of the samples.
-    outputs=lambda cfg: [Output(SAMPLES, config=("dataset", "history", "test.split", "evaluate.split"),
+    outputs=lambda cfg: [Output(SAMPLES, config=("dataset", "history", "test.split", "evaluate.split",
+                                                 "evaluate.targets_per_user"),
                                 not_identity=("dataset.item_text", "dataset.attribute_label"))],
 )

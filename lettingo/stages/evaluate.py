@@ -34,7 +34,7 @@ from lettingo.evaluation.methods import ORACLE_FACTS, method_key, no_profile_lab
 from lettingo.evaluation.views import log_reward_views
 from lettingo.feedback.baselines import baseline_predictions
 from lettingo.feedback.pairs import build_pairs, format_pairs_summary, pairs_summary
-from lettingo.feedback.rewards import profile_cases, score_profiles
+from lettingo.feedback.rewards import RULE_REWARD, profile_cases, score_profiles
 from lettingo.feedback.sensitivity import Sensitivity, profile_sensitivity, sensitivity_message
 from lettingo.profiles.explore import KEY as PROFILE_KEY
 from lettingo.profiles.oracle import oracle_profile
@@ -174,16 +174,32 @@ def baselines_comparison(ctx: StageContext, conf: LettingoConfig, recommender: R
     return {"users": len(comparison.users)}
 
 
+def reward_metrics(rewards: pd.DataFrame) -> dict[str, float]:
+    """Per explored split: the mean reward and, when f_Rec judged the profiles, their accuracy on the real target."""
+    metrics = {}
+    for split, rows in rewards.groupby("split"):
+        metrics[f"evaluate/{split}/reward"] = float(rows["reward"].mean())
+        if "correct" in rows:
+            metrics[f"evaluate/{split}/profile_accuracy"] = float(rows["correct"].mean())
+    return metrics
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     """Write `rewards`, `pairs`, `sensitivity` and `baselines` (each reused when finished for its inputs).
 
     With no explored profiles (``sampling.max_users=0``, the reference tables) only `baselines` is written.
+    The rule reward (``evaluate.reward=stated_mean``) needs no f_Rec: only `rewards` and `pairs` are written.
     """
     conf, store = ctx.conf, ctx.store
-    split = conf.evaluate.split
+    evaluate = conf.evaluate
     samples = ctx.read_table(SAMPLES)
     profiles = ctx.read_table(PROFILES)
-    recommender = frozen_recommender(ctx, conf.recommender)
+    recommender = None
+    if evaluate.reward == RULE_REWARD:
+        print(f"evaluate: reward {RULE_REWARD} is a rule on the text that needs no f_Rec, so no sensitivity check "
+              "and no baselines")
+    else:
+        recommender = frozen_recommender(ctx, conf.recommender)
     metrics: dict[str, float] = {}
     pairs: dict[str, Any] = {}
     sensitivity: dict[str, dict[str, float]] = {}
@@ -192,12 +208,18 @@ def run(ctx: StageContext) -> dict[str, Any]:
               "the baselines table only")
     else:
         rewards = score_profiles(recommender, profiles, samples, ctx.rows(REWARDS, PROFILE_KEY),
-                                 conf.evaluate.users_per_chunk)
+                                 evaluate.users_per_chunk, reward=evaluate.reward,
+                                 targets=evaluate.targets_per_user, history=conf.history.length)
         pairs = write_pairs(ctx, conf, rewards)
-        sensitivity = check_sensitivity(ctx, conf, recommender, rewards, samples)
-        metrics |= {f"evaluate/{split}/profile_accuracy": float(rows["correct"].mean())
-                    for split, rows in rewards.groupby("split")}
+        metrics |= reward_metrics(rewards)
         log_reward_views(ctx.tracker, rewards, "evaluate")
+        if recommender is not None:
+            sensitivity = check_sensitivity(ctx, conf, recommender, rewards, samples)
+    metrics |= {f"evaluate/pairs/{k}": float(v) for k, v in pairs.items() if isinstance(v, int | float)}
+    if recommender is None:
+        ctx.tracker.log_metrics(metrics)
+        return {"recommender": None, "reward": evaluate.reward, "pairs": pairs}
+    split = evaluate.split
     comparison = baselines(ctx, conf, recommender, samples, profiles)
     print(comparison.markdown(f"{recommender.name} on the held-out `{split}` users"))
 
@@ -205,7 +227,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
         metrics |= {f"evaluate/{explored}/profile_sensitivity{suffix}": float(result[field])
                     for suffix, field in (("", "value"), ("_low", "low"), ("_high", "high"))}
     metrics |= comparison.tracker_metrics(f"evaluate/{split}")
-    metrics |= {f"evaluate/pairs/{k}": float(v) for k, v in pairs.items() if isinstance(v, int | float)}
     ctx.tracker.log_metrics(metrics)
     ctx.tracker.log_table(f"evaluate/{split}/baselines", comparison.flat_table())
     ctx.tracker.log_image(f"evaluate/{split}/macro_f1", store.path(BASELINES) / f"{COMPARISON}.png")
@@ -222,10 +243,13 @@ def outputs(cfg: DictConfig) -> list[Output]:
     """rewards (row-keyed by profile: grows with the profiles), pairs, sensitivity and baselines."""
     rec = recommender_inputs(cfg)
     pace = pace_keys(cfg, "recommender.model")
+    # The rule reward reads the text and the older history's mean rating, never f_Rec.
+    judge, judge_inputs = ((("history.length",), ()) if cfg.evaluate.reward == RULE_REWARD
+                           else (("recommender.model",), rec))
     return [
         # The users scored together change a verdict through rounding, as for generated texts.
-        Output(REWARDS, config=("recommender.model", "evaluate.users_per_chunk"), inputs=(PROFILES, *rec),
-               grows_with=(PROFILES,), not_identity=pace),
+        Output(REWARDS, config=(*judge, "evaluate.users_per_chunk", "evaluate.reward", "evaluate.targets_per_user"),
+               inputs=(PROFILES, *judge_inputs), grows_with=(PROFILES,), not_identity=pace),
         Output(PAIRS, config=("pairs", "seed"), inputs=(REWARDS,)),
         Output(SENSITIVITY, config=("bootstrap", "seed"), inputs=(REWARDS, SAMPLES)),
         *([Output(TABULAR_MODELS, config=("evaluate.tabular", "evaluate.split", "test.split", "history", "seed"),
