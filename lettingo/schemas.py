@@ -262,20 +262,31 @@ class SamplingSchema:
 
 
 PAIR_RULES = ("all", "margin")
+GATE_MODES = ("report", "require", "off")
 
 
 @dataclass
 class PairsSchema:
-    """`pairs`: which preference pairs stage evaluate writes from the rewards."""
+    """`pairs`: which preference pairs stage evaluate writes from the rewards, and the reliability gate."""
 
     rule: str
     max_pairs_per_user: int | None
-    min_margin: float
+    min_margin: Any  # a number >= 0, or "auto" (OmegaConf 2.3 has no float | str)
+    top_k: int
+    gate: str
+    gate_min_replication: float
+    replicate_target: float
 
     def __post_init__(self) -> None:
         one_of("rule", self.rule, PAIR_RULES)
         optional_at_least("max_pairs_per_user", self.max_pairs_per_user, 1)
-        at_least("min_margin", self.min_margin, 0)
+        number = isinstance(self.min_margin, int | float) and not isinstance(self.min_margin, bool)
+        require(self.min_margin == "auto" or (number and self.min_margin >= 0), "min_margin", self.min_margin,
+                "must be a number >= 0 or auto")
+        at_least("top_k", self.top_k, 0)
+        one_of("gate", self.gate, GATE_MODES)
+        for key in ("gate_min_replication", "replicate_target"):
+            require(0 <= getattr(self, key) <= 1, key, getattr(self, key), "must be in [0, 1] (a share of pairs)")
 
 
 @dataclass

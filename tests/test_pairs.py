@@ -1,4 +1,4 @@
-"""Preference pairs from hand-made rewards: the paper's rule, the cap, the margin rule, the summary."""
+"""Preference pairs from hand-made rewards: the paper's rule, the cap, the margin rule (with top-k), the summary."""
 
 from __future__ import annotations
 
@@ -59,6 +59,23 @@ def test_margin_rule_keeps_best_over_worst_above_the_threshold() -> None:
     assert got == {"all_right": ("all_right-p0", "all_right-p2"), "mixed": ("mixed-p2", "mixed-p3")}
     assert len(build_pairs(REWARDS, rule="margin", min_margin=0.85)) == 0
     assert len(build_pairs(REWARDS, rule="margin", min_margin=0.0)) == 4
+    assert pairs["chosen_reward"].tolist() == pairs["chosen_p_true"].tolist()  # rewards without `reward`
+
+
+def test_margin_pairs_point_from_higher_to_lower_reward_above_the_margin_and_top_k() -> None:
+    rewards = REWARDS.assign(reward=1 - REWARDS["p_true"])  # the reward, not P(true label), orders the profiles
+    pairs = build_pairs(rewards, rule="margin", min_margin=0.35, top_k=5)
+    got = {(u, c, r) for u, c, r in pairs[["user_id", "chosen", "rejected"]].itertuples(index=False)}
+    # mixed by reward: p3 0.9, p4 0.8, p1 0.7, p0 0.4, p2 0.1; five profiles make two pairs, p1 is left out.
+    # The other users' gaps are 0.2 at most.
+    assert got == {("mixed", "mixed-p3", "mixed-p2"), ("mixed", "mixed-p4", "mixed-p0")}
+    assert (pairs["chosen_reward"] - pairs["rejected_reward"] > 0.35).all()
+    assert pairs[["chosen_p_true", "rejected_p_true"]].notna().all().all()
+    assert set(build_pairs(rewards, rule="margin", min_margin=0.5, top_k=5)["chosen"]) == {"mixed-p3"}
+    assert len(build_pairs(rewards, rule="margin", min_margin=0.35, top_k=0)) == 1  # best vs worst only
+    assert len(build_pairs(rewards, rule="margin", min_margin=0.15, top_k=1)) == 3  # + all_right (gap 0.2)
+    with pytest.raises(ValueError, match="top_k"):
+        build_pairs(rewards, rule="margin", top_k=-1)
 
 
 def test_pairs_summary_counts_users_and_shares() -> None:
@@ -90,3 +107,14 @@ def test_empty_profiles_take_part_in_no_pair() -> None:
     for rule in ("all", "margin"):
         pairs = build_pairs(rewards, rule=rule)
         assert pairs[["chosen", "rejected"]].values.tolist() == [["likes dramas", "hates everything"]], rule
+
+
+def test_a_rule_reward_without_f_rec_verdicts_makes_margin_pairs_only() -> None:
+    rewards = REWARDS.drop(columns=["correct", "p_true"]).assign(reward=REWARDS["p_true"])
+    pairs = build_pairs(rewards, rule="margin", min_margin=0.1)
+    assert len(pairs) == 2 and pairs["chosen_p_true"].isna().all()
+    summary = pairs_summary(rewards, pairs)
+    assert summary["users"] == 4 and summary["pairs"] == 2 and pd.isna(summary["share_all_right"])
+    assert format_pairs_summary(summary | {"min_margin": 0.1}, "margin").endswith("reward gap > 0.1")
+    with pytest.raises(ValueError, match="pairs.rule=all needs"):
+        build_pairs(rewards, rule="all")

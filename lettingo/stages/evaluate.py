@@ -34,6 +34,7 @@ from lettingo.evaluation.methods import ORACLE_FACTS, method_key, no_profile_lab
 from lettingo.evaluation.views import log_reward_views
 from lettingo.feedback.baselines import baseline_predictions
 from lettingo.feedback.pairs import build_pairs, format_pairs_summary, pairs_summary
+from lettingo.feedback.reliability import check_gate, gate_of, pair_margin
 from lettingo.feedback.rewards import RULE_REWARD, profile_cases, score_profiles
 from lettingo.feedback.sensitivity import Sensitivity, profile_sensitivity, sensitivity_message
 from lettingo.profiles.explore import KEY as PROFILE_KEY
@@ -60,13 +61,25 @@ def frozen_recommender(ctx: StageContext, rec: RecommenderSchema) -> LazyRecomme
 
 
 def write_pairs(ctx: StageContext, conf: LettingoConfig, rewards: pd.DataFrame) -> dict[str, Any]:
-    """The `pairs` artifact from the rewards under `pairs.*` (reused when finished); return its summary."""
+    """The `pairs` artifact from the rewards under `pairs.*` (reused when finished); return its summary.
+
+    The reliability gate runs first: under `pairs.gate=require` a judge without learnable signal stops the
+    run here, before any pairs exist for align. The summary holds the gate and the margin used.
+    """
     rule = conf.pairs
+    gate = gate_of(rewards)
+    if gate is not None and rule.gate != "off":
+        ctx.tracker.log_metrics({f"evaluate/gate/{key}": float(value) for key, value in gate.scalars().items()})
+    if line := check_gate(gate, rule.gate, rule.gate_min_replication):
+        print(line)
+    min_margin = pair_margin(rule.min_margin, gate, rule.replicate_target) if rule.rule == "margin" else 0.0
 
     def build(folder: Path) -> dict[str, Any]:
         pairs = build_pairs(rewards, rule=rule.rule, max_pairs_per_user=rule.max_pairs_per_user,
-                            min_margin=rule.min_margin, seed=conf.seed)
-        return write_table_data(folder, pairs) | {"summary": pairs_summary(rewards, pairs)}
+                            min_margin=min_margin, seed=conf.seed, top_k=rule.top_k)
+        summary = pairs_summary(rewards, pairs) | {"min_margin": min_margin,
+                                                   "gate": gate.to_dict() if gate is not None else None}
+        return write_table_data(folder, pairs) | {"summary": summary}
 
     summary = ctx.make(PAIRS, build)["summary"]
     print(format_pairs_summary(summary, rule.rule))
