@@ -170,3 +170,19 @@ def test_the_rewards_come_back_from_the_artifact_unchanged(tiny, tmp_path) -> No
     assert not scored
     assert np.stack(again["target_rewards"].map(np.asarray)) == pytest.approx(
         np.stack(first["target_rewards"].map(np.asarray)))
+
+
+def test_an_e0_evaluate_needs_no_trained_f_rec(compose_cfg, tiny_model_cache, tmp_path, capsys) -> None:
+    def tiny_cfg(*overrides: str):
+        return compose_cfg([*TINY, f"paths.model_cache={tiny_model_cache}", "recommender=llm_lora", *overrides])
+
+    run(tiny_cfg("stage=data"))
+    run(tiny_cfg("stage=explore"))
+    summary = run(tiny_cfg("stage=evaluate", "evaluate.reward=stated_mean"))  # no train_rec: no rec_model
+    assert "needs no f_Rec, so no sensitivity check and no baselines" in capsys.readouterr().out
+    store = ArtifactStore(tmp_path / "run")
+    rewards = store.read_table("rewards")
+    assert summary["recommender"] is None and len(rewards) == len(store.read_table("profiles")) > 0
+    assert (rewards["target_rewards"].map(len) == 1).all() and "predicted" not in rewards
+    assert rewards["reward"].tolist() == [r[0] for r in rewards["target_rewards"]]
+    assert not (tmp_path / "run" / "baselines").exists() and not (tmp_path / "run" / "rec_model").exists()

@@ -257,12 +257,12 @@ def outputs(cfg: DictConfig) -> list[Output]:
     rec = recommender_inputs(cfg)
     pace = pace_keys(cfg, "recommender.model")
     # The rule reward reads the text and the older history's mean rating, never f_Rec.
-    judge, judge_inputs = ((("history.length",), ()) if cfg.evaluate.reward == RULE_REWARD
-                           else (("recommender.model",), rec))
+    rule = cfg.evaluate.reward == RULE_REWARD
+    judge = ("history.length",) if rule else ("recommender.model",)
     return [
         # The users scored together change a verdict through rounding, as for generated texts.
         Output(REWARDS, config=(*judge, "evaluate.users_per_chunk", "evaluate.reward", "evaluate.targets_per_user"),
-               inputs=(PROFILES, *judge_inputs), grows_with=(PROFILES,), not_identity=pace),
+               inputs=(PROFILES, *(() if rule else rec)), grows_with=(PROFILES,), not_identity=() if rule else pace),
         Output(PAIRS, config=("pairs", "seed"), inputs=(REWARDS,)),
         Output(SENSITIVITY, config=("bootstrap", "seed"), inputs=(REWARDS, SAMPLES)),
         *([Output(TABULAR_MODELS, config=("evaluate.tabular", "evaluate.split", "test.split", "history", "seed"),
