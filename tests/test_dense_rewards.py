@@ -179,7 +179,9 @@ def test_an_e0_evaluate_needs_no_trained_f_rec(compose_cfg, tiny_model_cache, tm
     run(tiny_cfg("stage=data"))
     run(tiny_cfg("stage=explore"))
     summary = run(tiny_cfg("stage=evaluate", "evaluate.reward=stated_mean"))  # no train_rec: no rec_model
-    assert "needs no f_Rec, so no sensitivity check and no baselines" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "needs no f_Rec, so no sensitivity check and no baselines" in out
+    assert "stated_mean reward" in out and "(the guard)" in out
     store = ArtifactStore(tmp_path / "run")
     rewards = store.read_table("rewards")
     assert summary["recommender"] is None and len(rewards) == len(store.read_table("profiles")) > 0

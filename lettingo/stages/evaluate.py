@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -35,7 +36,8 @@ from lettingo.evaluation.views import log_reward_views
 from lettingo.feedback.baselines import baseline_predictions
 from lettingo.feedback.pairs import build_pairs, format_pairs_summary, pairs_summary
 from lettingo.feedback.reliability import check_gate, gate_of, pair_margin
-from lettingo.feedback.rewards import RULE_REWARD, profile_cases, score_profiles
+from lettingo.feedback.rewards import RULE_REWARD, profile_cases, score_profiles, user_samples
+from lettingo.feedback.rule_reward import shuffled_mean_rewards, user_mean
 from lettingo.feedback.sensitivity import Sensitivity, profile_sensitivity, sensitivity_message
 from lettingo.profiles.explore import KEY as PROFILE_KEY
 from lettingo.profiles.oracle import oracle_profile
@@ -197,6 +199,23 @@ def reward_metrics(rewards: pd.DataFrame) -> dict[str, float]:
     return metrics
 
 
+def rule_guard_metrics(rewards: pd.DataFrame, samples: pd.DataFrame, history: int, seed: int) -> dict[str, float]:
+    """Per explored split of at least 2 users: the mean rule reward against another user's mean (the guard)."""
+    by_user = user_samples(rewards, samples)
+    metrics = {}
+    for split, rows in rewards.groupby("split"):
+        users = rows["user_id"].astype(str).tolist()
+        if len(set(users)) < 2:
+            continue
+        means = {user: user_mean(by_user[user], history) for user in set(users)}
+        shuffled = shuffled_mean_rewards(users, rows["text"].astype(str).tolist(),
+                                         (rows["degenerate"] != "").tolist(), means, seed)
+        metrics[f"evaluate/{split}/reward_shuffled"] = float(np.mean(shuffled))
+        print(f"{split}: {RULE_REWARD} reward {rows['reward'].mean():+.3f}, against another user's mean "
+              f"(the guard) {np.mean(shuffled):+.3f}")
+    return metrics
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     """Write `rewards`, `pairs`, `sensitivity` and `baselines` (each reused when finished for its inputs).
 
@@ -228,6 +247,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         log_reward_views(ctx.tracker, rewards, "evaluate")
         if recommender is not None:
             sensitivity = check_sensitivity(ctx, conf, recommender, rewards, samples)
+        else:
+            metrics |= rule_guard_metrics(rewards, samples, conf.history.length, conf.seed)
     metrics |= {f"evaluate/pairs/{k}": float(v) for k, v in pairs.items() if isinstance(v, int | float)}
     if recommender is None:
         ctx.tracker.log_metrics(metrics)
