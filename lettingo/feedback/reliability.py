@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lettingo.feedback.pairs import GROUP, pairable
-from lettingo.schemas import ConfigError
+from lettingo.feedback.pairs import GROUP, build_pairs, pairable, pairs_summary
+from lettingo.schemas import ConfigError, PairsSchema
 
 log = logging.getLogger(__name__)
 
@@ -204,3 +204,41 @@ def pair_margin(min_margin: float | str, gate: Gate | None, replicate_target: fl
         log.warning("pairs.min_margin=auto: no margin reaches pairs.replicate_target=%g; taking δ=%.3g, where %s "
                     "replicate", replicate_target, margin, _share(gate.replication[gate.best]))
     return margin
+
+
+@dataclass(frozen=True)
+class PairPlan:
+    """How `pairs.*` pairs one rewards table: its gate (None with one target per profile) and the margin the
+    margin rule uses (``auto`` resolved from the gate). What every stage that writes pairs runs."""
+
+    settings: PairsSchema
+    gate: Gate | None
+    min_margin: float
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        """The gate's single numbers as tracker scalars ``<prefix>/<key>`` (none without a gate or when off)."""
+        if self.gate is None or self.settings.gate == "off":
+            return {}
+        return {f"{prefix}/{key}": float(value) for key, value in self.gate.scalars().items()}
+
+    def report(self) -> str:
+        """The gate's line to print (see :func:`check_gate`: raises under `pairs.gate=require` without signal)."""
+        return check_gate(self.gate, self.settings.gate, self.settings.gate_min_replication)
+
+    def pairs(self, rewards: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, dict[str, Any]]:
+        """The pairs of ``rewards`` and their summary, which holds the margin used and the gate."""
+        rule = self.settings
+        pairs = build_pairs(rewards, rule=rule.rule, max_pairs_per_user=rule.max_pairs_per_user,
+                            min_margin=self.min_margin, seed=seed, top_k=rule.top_k)
+        gate = self.gate.to_dict() if self.gate is not None else None
+        return pairs, pairs_summary(rewards, pairs) | {"min_margin": self.min_margin, "gate": gate}
+
+
+def plan_pairs(rewards: pd.DataFrame, settings: PairsSchema) -> PairPlan:
+    """The gate of ``rewards`` and the margin of the pairs under ``settings`` (`pairs`).
+
+    ``min_margin: auto`` with one target per profile is a :class:`ConfigError`.
+    """
+    gate = gate_of(rewards)
+    margin = pair_margin(settings.min_margin, gate, settings.replicate_target) if settings.rule == "margin" else 0.0
+    return PairPlan(settings, gate, margin)

@@ -34,8 +34,8 @@ from lettingo.evaluation.comparison import Comparison, read_comparison
 from lettingo.evaluation.methods import ORACLE_FACTS, method_key, no_profile_label
 from lettingo.evaluation.views import log_reward_views
 from lettingo.feedback.baselines import baseline_predictions
-from lettingo.feedback.pairs import build_pairs, format_pairs_summary, pairs_summary
-from lettingo.feedback.reliability import check_gate, gate_of, pair_margin
+from lettingo.feedback.pairs import format_pairs_summary
+from lettingo.feedback.reliability import plan_pairs
 from lettingo.feedback.rewards import RULE_REWARD, profile_cases, score_profiles, user_samples
 from lettingo.feedback.rule_reward import shuffled_mean_rewards, user_mean
 from lettingo.feedback.sensitivity import Sensitivity, profile_sensitivity, sensitivity_message
@@ -68,23 +68,18 @@ def write_pairs(ctx: StageContext, conf: LettingoConfig, rewards: pd.DataFrame) 
     The reliability gate runs first: under `pairs.gate=require` a judge without learnable signal stops the
     run here, before any pairs exist for align. The summary holds the gate and the margin used.
     """
-    rule = conf.pairs
-    gate = gate_of(rewards)
-    if gate is not None and rule.gate != "off":
-        ctx.tracker.log_metrics({f"evaluate/gate/{key}": float(value) for key, value in gate.scalars().items()})
-    if line := check_gate(gate, rule.gate, rule.gate_min_replication):
+    plan = plan_pairs(rewards, conf.pairs)
+    if metrics := plan.metrics("evaluate/gate"):
+        ctx.tracker.log_metrics(metrics)
+    if line := plan.report():
         print(line)
-    min_margin = pair_margin(rule.min_margin, gate, rule.replicate_target) if rule.rule == "margin" else 0.0
 
     def build(folder: Path) -> dict[str, Any]:
-        pairs = build_pairs(rewards, rule=rule.rule, max_pairs_per_user=rule.max_pairs_per_user,
-                            min_margin=min_margin, seed=conf.seed, top_k=rule.top_k)
-        summary = pairs_summary(rewards, pairs) | {"min_margin": min_margin,
-                                                   "gate": gate.to_dict() if gate is not None else None}
+        pairs, summary = plan.pairs(rewards, conf.seed)
         return write_table_data(folder, pairs) | {"summary": summary}
 
     summary = ctx.make(PAIRS, build)["summary"]
-    print(format_pairs_summary(summary, rule.rule))
+    print(format_pairs_summary(summary, conf.pairs.rule))
     return summary
 
 
