@@ -11,10 +11,10 @@ the reward:
   exceeds δ, the share whose order holds on half B.
 
 The margins are δ = 0 and the 10%..50% quantiles of the half-A best-vs-worst gaps: a grid in the
-reward's own units, whatever the reward, on which every margin keeps at least half of the users'
-pairs. ``pairs.min_margin: auto`` takes the smallest δ at which
-``pairs.replicate_target`` of the pairs replicate and applies it to the gaps of the full M-target
-mean, which are less noisy than half-A gaps: pairs kept there replicate at least as often.
+reward's own units, whatever the reward, on which every margin keeps about half of the users' pairs
+or more. ``pairs.min_margin: auto`` takes the smallest δ at which ``pairs.replicate_target`` of the
+pairs replicate and applies it to the gaps of the full M-target mean, which are less noisy than
+half-A gaps: pairs kept there replicate at least as often.
 """
 
 from __future__ import annotations
