@@ -373,7 +373,7 @@ def check_global_batch(global_size: int, micro_size: int, processes: int, key: s
             f"must be a positive multiple of {where}: each process runs micro_size pairs per forward")
 
 
-EXAMPLE_KINDS = ("preference", "positive")
+EXAMPLE_KINDS = ("preference", "positive", "group")
 
 
 @dataclass
@@ -410,9 +410,11 @@ class AlignSchema:
     dtype: str
     precision: str | None
     gradient_checkpointing: bool = False
+    rounds: int = 1
 
     def __post_init__(self) -> None:
         require(len(self.methods) > 0, "methods", self.methods, "must name at least one method")
+        at_least("rounds", self.rounds, 1)
         require(len(set(self.methods)) == len(self.methods), "methods", self.methods, "must not repeat a method")
         for name in self.methods:
             require(name in self.method, "methods", self.methods,
@@ -433,6 +435,9 @@ class AlignSchema:
         trained = [name for name in self.methods if self.method[name].examples == "preference"]
         if not trained:
             return
+        with_sft = [name for name in trained if self.method[name].module.get("sft_weight")]
+        require(not with_sft, "methods", self.methods,
+                f"engine=trl trains {', '.join(with_sft)} as plain sigmoid DPO (no SFT term); use engine=lightning")
         needs = f"engine=trl ({','.join(trained)} by TRL's DPOTrainer) needs share_prompt=false, " \
                 "val_checks_per_epoch=1, precision=null"
         require(not self.share_prompt, "share_prompt", self.share_prompt,
