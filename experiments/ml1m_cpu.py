@@ -17,16 +17,13 @@ Run: python experiments/ml1m_cpu.py outputs/ml1m_cpu_k3/latest [--out results]
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
-import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from lettingo.artifacts import (
     BASELINES,
@@ -57,27 +54,31 @@ from lettingo.evaluation.metrics import PROBABILITY_METRICS
 from lettingo.evaluation.plots import plot_intervals
 from lettingo.evaluation.tables import results_table, to_markdown
 from lettingo.feedback.pairs import GROUP, build_pairs
-from lettingo.provenance import INVOCATIONS_FILE, read_invocations
 from lettingo.reports import (
     PAPER_TABLE2,
     PAPER_TABLE3,
     RESULTS_FILE,
     RUN_CONFIG_FILE,
+    Numbers,
     RunRecord,
+    config_value,
     effect_verdict,
+    format_number,
+    invocation_lines,
     markdown_table,
     paired_difference,
+    read_json,
     read_run,
     rec_model_line,
-    shown_path,
+    require_files,
+    run_lines,
+    stage_times_table,
 )
 
 NAME = "ml1m_cpu"
 EXPERIMENT = "ml1m_cpu"
 DEFAULT_OUT = "results"
-CSV_COLUMNS = ("section", "row", "metric", "value", "low", "high", "p_value", "n")
 METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "weighted_f1": "weighted-F1"}
-STAGE_ORDER = ("data", "explore", "rec_profiles", "train_rec", "evaluate", "align", "test")
 DATASET_NAMES = {"ml1m": "MovieLens-1M", "ml10m": "MovieLens-10M", "ml100k": "MovieLens-100K", "yelp": "Yelp",
                  "amazon_books": "Amazon Books"}
 MINUS = "\u2212"  # the minus sign of the difference names ("DPO − no DPO")
@@ -108,82 +109,6 @@ def _interval(interval: Interval) -> str:
 
 def _difference(diff: PairedDifference) -> str:
     return f"{100 * diff.value:+.1f} [{100 * diff.low:+.1f}, {100 * diff.high:+.1f}], p={diff.p_value:.3f}"
-
-
-def _number(value: Any, digits: int = 1) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
-class Numbers:
-    """The CSV rows: every number the markdown shows, one per row."""
-
-    def __init__(self) -> None:
-        self.rows: list[dict[str, Any]] = []
-
-    def add(self, section: str, row: str, metric: str, value: Any, low: Any = None, high: Any = None,
-            p_value: Any = None, n: Any = None) -> None:
-        self.rows.append(dict(zip(CSV_COLUMNS, (section, row, metric, value, low, high, p_value, n), strict=True)))
-
-    def interval(self, section: str, row: str, metric: str, interval: Interval) -> None:
-        self.add(section, row, metric, interval.value, interval.low, interval.high, None, interval.n)
-
-    def difference(self, section: str, row: str, metric: str, diff: PairedDifference) -> None:
-        self.add(section, row, metric, diff.value, diff.low, diff.high, diff.p_value, diff.n)
-
-    def write(self, path: Path) -> None:
-        with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as stream:
-            writer = csv.DictWriter(stream, fieldnames=list(CSV_COLUMNS))
-            writer.writeheader()
-            writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in self.rows)
-
-
-# ----------------------------------------------------------------------------------------------- run folder
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def config_value(config: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
-    """A config value by dotted key, or ``default``."""
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return default
-        node = node[part]
-    return node
-
-
-def recorded_overrides(folder: Path, record: Mapping[str, Any]) -> list[str] | None:
-    """The command-line overrides of the run: from run_config.json when it records them, else Hydra's
-    ``.hydra/overrides.yaml``; None when neither is there."""
-    for key in ("overrides", "hydra_overrides"):
-        found = record.get(key, record.get("config", {}).get(key))
-        if isinstance(found, list):
-            return [str(o) for o in found]
-    hydra_file = folder / ".hydra" / "overrides.yaml"
-    if hydra_file.is_file():
-        found = yaml.safe_load(hydra_file.read_text()) or []
-        return [str(o) for o in found]
-    return None
-
-
-def command_of(folder: Path, record: Mapping[str, Any]) -> tuple[str, str]:
-    """The command that made the run folder and where it was read from."""
-    overrides = recorded_overrides(folder, record)
-    if overrides is not None:
-        return shlex.join(["lettingo", *overrides]), "the overrides the run recorded"
-    config = record.get("config", {})
-    extra = [] if config_value(config, "history.recent") in (None, 3) else [
-        f"history.recent={config_value(config, 'history.recent')}"]
-    stages = sorted(p.stem for p in (folder / "configs").glob("*.json"))
-    return (shlex.join(["lettingo", f"experiment={EXPERIMENT}", *extra]),
-            f"reconstructed from the config (no overrides recorded; configs/ holds the stages {stages})")
-
-
-def git_commit(record: Mapping[str, Any]) -> str:
-    """The commit of the code that ran (run_config.json's ``git_commit``), or ``unknown``."""
-    return str(record.get("git_commit") or record.get("config", {}).get("git_commit") or "unknown")
 
 
 # ----------------------------------------------------------------------------------------------- efficiency
@@ -224,48 +149,24 @@ def exploration_efficiency(profiles: pd.DataFrame, rewards: pd.DataFrame, pairs_
 
 
 # ----------------------------------------------------------------------------------------------- sections
+def reconstructed_command(config: Mapping[str, Any]) -> list[str]:
+    """The overrides of the command that made a run of this experiment with ``config`` (K = 3 is its default)."""
+    recent = config_value(config, "history.recent")
+    return [f"experiment={EXPERIMENT}", *([] if recent in (None, 3) else [f"history.recent={recent}"])]
+
+
 def section_run(folder: Path, record: Mapping[str, Any], run: RunRecord) -> str:
-    command, source = command_of(folder, record)
     config = record.get("config", {})
     slots = config_value(config, "sampling.backbones") or {}
     backbones = sorted({str(b.get("name", slot)) for slot, b in slots.items() if isinstance(b, Mapping)})
     lines = [
-        f"- run folder: `{shown_path(folder)}`",
-        f"- command: `{command}` ({source})",
-        f"- git commit: `{git_commit(record)}`; lettingo {record.get('lettingo_version', 'unknown')}",
+        *run_lines(folder, record, reconstructed_command(config)),
         f"- dataset: {run.get('dataset.name')}; K = {run.get('history.recent')} recent items, "
         f"H = {run.get('history.length')} older items; f_Rec: {run.get('recommender.name')}; "
         f"generator(s): {', '.join(backbones) or config_value(config, 'backbone.name')}, "
         f"N = {config_value(config, 'sampling.n')} profiles per user; seed {config_value(config, 'seed')}",
     ]
     return "\n".join(lines + invocation_lines(folder)) + "\n"
-
-
-def invocation_lines(folder: Path) -> list[str]:
-    """One line per recorded invocation of the run folder: when, which stage, the commit and the command."""
-    invocations = read_invocations(folder)
-    if not invocations:
-        return [f"- invocations: not recorded (the folder predates `{INVOCATIONS_FILE}`)"]
-    lines = [f"- invocations ({len(invocations)}, from `{INVOCATIONS_FILE}`; stage times add up over them):"]
-    for entry in invocations:
-        commit = str(entry.get("git_commit") or "unknown")[:12] + (" + local changes" if entry.get("git_dirty") else "")
-        lines.append(f"  - {entry.get('started')}: stage {entry.get('stage')} at commit `{commit}`: "
-                     f"`{entry.get('command')}`")
-    return lines
-
-
-def section_times(folder: Path, numbers: Numbers) -> str:
-    times = _read_json(folder / "stage_times.json")
-    if not times:
-        return "_No stage_times.json in the run folder._\n"
-    order = [s for s in STAGE_ORDER if s in times] + [s for s in times if s not in STAGE_ORDER]
-    rows = [[stage, f"{float(times[stage]):.1f}", f"{float(times[stage]) / 60:.1f}"] for stage in order]
-    total = sum(float(times[s]) for s in order)
-    for stage in order:
-        numbers.add("stage_seconds", stage, "seconds", float(times[stage]))
-    numbers.add("stage_seconds", "total", "seconds", total)
-    rows.append(["total", f"{total:.1f}", f"{total / 60:.1f}"])
-    return markdown_table(["stage", "seconds", "minutes"], rows)
 
 
 def section_claims(comparison: Comparison, no_profile: str, numbers: Numbers) -> str:
@@ -341,7 +242,7 @@ def section_methods(comparison: Comparison, numbers: Numbers) -> str:
 
 
 def section_sensitivity(folder: Path, comparison: Comparison, numbers: Numbers) -> str:
-    found = _read_json(folder / SENSITIVITY / "data.json") or {}
+    found = read_json(folder / SENSITIVITY / "data.json") or {}
     rows = []
     for split, s in found.items():
         diff = PairedDifference(float(s["value"]), float(s["low"]), float(s["high"]), float(s["p_value"]),
@@ -366,7 +267,7 @@ def section_sensitivity(folder: Path, comparison: Comparison, numbers: Numbers) 
         rows.append([name, _difference(diff), _pct(accuracy[method]["accuracy"].value),
                      _pct(accuracy[floor]["accuracy"].value), _pct(_flip_rate(source, method, floor)),
                      len(source.users), len(source.users), effect_verdict(diff)])
-    trained = f"\n{rec_model_line(_read_json(folder / REC_MODEL / META_FILE) or {})}.\n"
+    trained = f"\n{rec_model_line(read_json(folder / REC_MODEL / META_FILE) or {})}.\n"
     if not rows:
         return f"_No {SENSITIVITY}/data.json in the run folder and no shuffled rows._\n" + trained
     return ("f_Rec's accuracy with each user's own profiles minus with another user's (shuffled), paired over "
@@ -384,7 +285,7 @@ def _flip_rate(comparison: Comparison, method: str, other: str) -> float:
 
 
 def section_pairs(folder: Path, config: Mapping[str, Any], numbers: Numbers) -> str:
-    summary = (_read_json(folder / PAIRS / "_meta.json") or {}).get("summary")
+    summary = (read_json(folder / PAIRS / "_meta.json") or {}).get("summary")
     lines = []
     pcfg = config_value(config, "pairs") or {}
     if summary:
@@ -400,7 +301,7 @@ def section_pairs(folder: Path, config: Mapping[str, Any], numbers: Numbers) -> 
     else:
         lines.append(f"- _No {PAIRS}/_meta.json summary in the run folder._")
     for method in ("dpo", "sft"):
-        meta = _read_json(folder / adapter_artifact(method) / "_meta.json")
+        meta = read_json(folder / adapter_artifact(method) / "_meta.json")
         if not meta:
             continue
         for key in ("pairs_train", "users_train", "pairs_val", "users_val", "steps", "seconds", "seconds_per_pair"):
@@ -408,12 +309,13 @@ def section_pairs(folder: Path, config: Mapping[str, Any], numbers: Numbers) -> 
                 numbers.add("align", method, key, meta[key])
         lines.append(f"- {method.upper()} trained on {meta.get('pairs_train')} pairs from {meta.get('users_train')} "
                      f"users (held out: {meta.get('pairs_val')} pairs from {meta.get('users_val')} users), "
-                     f"{meta.get('steps')} optimizer steps, {_number(meta.get('seconds_per_pair'), 2)} s per pair")
+                     f"{meta.get('steps')} optimizer steps, {format_number(meta.get('seconds_per_pair'), 2)} s "
+                     "per pair")
     return "\n".join(lines) + "\n"
 
 
 def section_margin(folder: Path, numbers: Numbers) -> str:
-    meta = _read_json(folder / adapter_artifact("dpo") / "_meta.json")
+    meta = read_json(folder / adapter_artifact("dpo") / "_meta.json")
     history = (meta or {}).get("val_history") or []
     if not history:
         return "_No DPO val_history in adapter_dpo/_meta.json._\n"
@@ -423,15 +325,15 @@ def section_margin(folder: Path, numbers: Numbers) -> str:
         step = entry.get("step")
         for key in keys:
             if key in entry:
-                numbers.add("dpo_val", _number(step, 0), VAL_KEYS[key], float(entry[key]))
-        rows.append([_number(step, 0), *(_number(entry.get(k), 4) for k in keys)])
+                numbers.add("dpo_val", format_number(step, 0), VAL_KEYS[key], float(entry[key]))
+        rows.append([format_number(step, 0), *(format_number(entry.get(k), 4) for k in keys)])
     margin = [h for h in history if "align/val/rewards/margins" in h]
     summary = ""
     if margin:
         first, last = margin[0], margin[-1]
         summary = (f"Held-out reward margin (chosen minus rejected implicit reward, on pairs of held-out users) "
-                   f"{first['align/val/rewards/margins']:+.4f} at step {_number(first.get('step'), 0)} -> "
-                   f"{last['align/val/rewards/margins']:+.4f} at step {_number(last.get('step'), 0)}.\n\n")
+                   f"{first['align/val/rewards/margins']:+.4f} at step {format_number(first.get('step'), 0)} -> "
+                   f"{last['align/val/rewards/margins']:+.4f} at step {format_number(last.get('step'), 0)}.\n\n")
     return summary + markdown_table(["step", *(VAL_KEYS[k] for k in keys)], rows)
 
 
@@ -452,9 +354,10 @@ def section_efficiency(folder: Path, config: Mapping[str, Any], numbers: Numbers
                         "users_with_pairs_per_1k_tokens"):
                 numbers.add(section, row["scope"], key, row[key])
         return [[r["scope"], r["profiles"], r["tokens"], r["users"], r["pairs"], r["users_with_pairs"],
-                 _number(r["pairs_per_1k_tokens"], 2), _number(r["users_with_pairs_per_1k_tokens"], 2)] for r in found]
+                 format_number(r["pairs_per_1k_tokens"], 2), format_number(r["users_with_pairs_per_1k_tokens"], 2)]
+                for r in found]
 
-    summary = (_read_json(folder / PAIRS / "_meta.json") or {}).get("summary") or {}
+    summary = (read_json(folder / PAIRS / "_meta.json") or {}).get("summary") or {}
     check = ""
     if by_n and summary:
         full = by_n[-1]
@@ -480,7 +383,7 @@ def section_baselines(folder: Path, numbers: Numbers) -> str:
     for method, row in comparison.intervals.items():
         for metric in metrics:
             numbers.interval("baselines", method, metric, row[metric])
-    tabular = (_read_json(folder / TABULAR_MODELS / "_meta.json") or {}).get("models") or {}
+    tabular = (read_json(folder / TABULAR_MODELS / "_meta.json") or {}).get("models") or {}
     cv = "".join(f"\n- {label}: cross-validated accuracy {_pct(info.get('cv_accuracy'))}% on the training users, "
                  f"parameters {info.get('best_params')}" for label, info in tabular.items())
     return (f"The evaluate stage's reference rows on the `{comparison.meta.get('split')}` users "
@@ -503,10 +406,7 @@ def build(folder: str | Path, out: str | Path = DEFAULT_OUT, remarks: Sequence[s
     ``remarks`` (e.g. a pause that counts in a stage's time) are printed under the stage times as given.
     """
     folder, out = Path(folder), Path(out)
-    for needed in (RUN_CONFIG_FILE, RESULTS_FILE):
-        if not (folder / needed).is_file():
-            raise FileNotFoundError(f"{folder / needed} is missing: give a finished run folder of "
-                                    f"`lettingo experiment={EXPERIMENT}` (the test stage writes {RESULTS_FILE})")
+    require_files(folder, (RUN_CONFIG_FILE, RESULTS_FILE), EXPERIMENT)
     record = json.loads((folder / RUN_CONFIG_FILE).read_text())
     run = read_run(folder)
     comparison, config = run.comparison, run.config
@@ -520,7 +420,7 @@ def build(folder: str | Path, out: str | Path = DEFAULT_OUT, remarks: Sequence[s
     numbers.add("run", "test", "n_users", n_users)
     parts = [
         f"# {title}\n", section_run(folder, record, run),
-        "## Wall time per stage\n", section_times(folder, numbers) + remarks_paragraph(remarks),
+        "## Wall time per stage\n", stage_times_table(folder, numbers) + remarks_paragraph(remarks),
         "## Every method on the same test users\n",
         f"n = {n_users} test users, every method on the same users; {100 * confidence:g}% percentile bootstrap "
         f"intervals over users ({meta.get('n_resamples')} resamples, seed {meta.get('seed')}); values in %. "

@@ -3,29 +3,48 @@
 Each `experiments/` script picks rows from the collected runs; this module finds the runs (every
 folder with a ``results.json`` written by ``Comparison.write`` / ``Comparison.to_json`` and a
 ``run_config.json``), writes the markdown table, the CSV and the PNG into the report folder, and
-holds the paper's numbers. It imports only ``lettingo.evaluation`` and ``lettingo.artifacts`` (no
-torch), so reports run anywhere the results were copied to.
+holds the paper's numbers. A script that reports one run folder takes its common parts from here:
+the run's command, commit and invocations, the stage-times table, and :class:`Numbers`, the CSV of every
+number it prints. It imports only ``lettingo.evaluation``, ``lettingo.artifacts`` and
+``lettingo.provenance`` (no torch), so reports run anywhere the results were copied to.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
+import shlex
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from lettingo.artifacts import RESULTS, atomic_path
 from lettingo.evaluation.bootstrap import DEFAULT_METRICS, Interval, PairedDifference
 from lettingo.evaluation.comparison import FILE_STEM, Comparison, read_comparison
 from lettingo.evaluation.methods import DEFAULT_RECENT, DPO, NO_DPO, NO_PROFILE, SFT, no_profile_label
 from lettingo.evaluation.plots import plot_intervals
-from lettingo.evaluation.tables import flat_columns, paired_heading, paired_table, results_table, to_markdown
+from lettingo.evaluation.tables import (
+    flat_columns,
+    paired_heading,
+    paired_table,
+    render_markdown,
+    results_table,
+    to_markdown,
+)
+from lettingo.provenance import INVOCATIONS_FILE, read_invocations
 
 RESULTS_FILE = f"{RESULTS}/{FILE_STEM}.json"  # the test stage's `results` artifact
 RUN_CONFIG_FILE = "run_config.json"
+STAGE_TIMES_FILE = "stage_times.json"
+#: The columns of a results script's CSV: every number of its markdown, one per row.
+CSV_COLUMNS = ("section", "row", "metric", "value", "low", "high", "p_value", "n")
+#: The pipeline's stages in the order they run (the stage-times table's order).
+STAGE_ORDER = ("data", "explore", "rec_profiles", "train_rec", "evaluate", "align", "test")
 
 #: The PAPER's accuracy (fractions; LLaMA3-8B-Instruct zero-shot f_Rec), shown in "paper" columns,
 #: never as ours. Keys are the method labels of `lettingo.evaluation.methods`.
@@ -53,12 +72,7 @@ class RunRecord:
 
     def get(self, dotted: str, default: Any = None) -> Any:
         """A config value by dotted key (`history.length`), or `default`."""
-        node: Any = self.config
-        for part in dotted.split("."):
-            if not isinstance(node, Mapping) or part not in node:
-                return default
-            node = node[part]
-        return node
+        return config_value(self.config, dotted, default)
 
     def intervals(self) -> dict[str, dict[str, Interval]]:
         """method -> metric -> Interval."""
@@ -228,14 +242,130 @@ def shown_path(path: str | Path) -> str:
         return str(resolved)
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A markdown pipe table; the first column left-aligned, the others right-aligned."""
-    cells = [[str(c).replace("|", "\\|") for c in row] for row in [header, *rows]]
-    widths = [max(3, *(len(row[i]) for row in cells)) for i in range(len(header))]
+def markdown_table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
+    """A markdown pipe table of any cells (shown with ``str``); first column left-aligned, the others right-aligned."""
+    return render_markdown([str(c) for c in header], [[str(c) for c in row] for row in rows])
 
-    def line(row: Sequence[str]) -> str:
-        return "| " + " | ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:],
-                                                                                          strict=True))]) + " |"
 
-    rule = "|:" + "-" * widths[0] + "-|" + "".join("-" * (w + 1) + ":|" for w in widths[1:])
-    return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])]) + "\n"
+def config_value(config: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
+    """A config value by dotted key (`history.length`), or ``default``."""
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def read_json(path: Path) -> Any:
+    """The JSON in ``path``, or None when there is no such file."""
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def require_files(folder: Path, names: Sequence[str], experiment: str) -> None:
+    """Raise FileNotFoundError naming the first of ``names`` missing from ``folder``: not a finished run of
+    ``lettingo experiment=<experiment>``."""
+    for name in names:
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder / name} is missing: give a finished run folder of "
+                                    f"`lettingo experiment={experiment}`")
+
+
+def format_number(value: Any, digits: int = 1) -> str:
+    """A float with ``digits`` decimals, another value as ``str``; "" for None and NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+class Numbers:
+    """A results script's CSV rows: every number its markdown shows, one per row (:data:`CSV_COLUMNS`)."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, section: str, row: str, metric: str, value: Any, low: Any = None, high: Any = None,
+            p_value: Any = None, n: Any = None) -> None:
+        """One number, with its interval, p-value and n where it has them."""
+        self.rows.append(dict(zip(CSV_COLUMNS, (section, row, metric, value, low, high, p_value, n), strict=True)))
+
+    def interval(self, section: str, row: str, metric: str, interval: Interval) -> None:
+        """An interval's value, bounds and n."""
+        self.add(section, row, metric, interval.value, interval.low, interval.high, None, interval.n)
+
+    def difference(self, section: str, row: str, metric: str, diff: PairedDifference) -> None:
+        """A paired difference's value, bounds, p-value and n."""
+        self.add(section, row, metric, diff.value, diff.low, diff.high, diff.p_value, diff.n)
+
+    def write(self, path: Path) -> None:
+        """Write the rows as CSV to ``path`` (atomically; None as an empty cell)."""
+        with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as stream:
+            writer = csv.DictWriter(stream, fieldnames=list(CSV_COLUMNS))
+            writer.writeheader()
+            writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in self.rows)
+
+
+def recorded_overrides(folder: Path, record: Mapping[str, Any]) -> list[str] | None:
+    """The command-line overrides of the run: from run_config.json when it records them, else Hydra's
+    ``.hydra/overrides.yaml``; None when neither is there."""
+    for key in ("overrides", "hydra_overrides"):
+        found = record.get(key, record.get("config", {}).get(key))
+        if isinstance(found, list):
+            return [str(o) for o in found]
+    hydra_file = folder / ".hydra" / "overrides.yaml"
+    if hydra_file.is_file():
+        found = yaml.safe_load(hydra_file.read_text()) or []
+        return [str(o) for o in found]
+    return None
+
+
+def command_of(folder: Path, record: Mapping[str, Any], reconstructed: Sequence[str]) -> tuple[str, str]:
+    """The command that made the run folder and where it was read from; ``lettingo <reconstructed>`` when
+    the run recorded no overrides."""
+    overrides = recorded_overrides(folder, record)
+    if overrides is not None:
+        return shlex.join(["lettingo", *overrides]), "the overrides the run recorded"
+    stages = sorted(p.stem for p in (folder / "configs").glob("*.json"))
+    return (shlex.join(["lettingo", *reconstructed]),
+            f"reconstructed from the config (no overrides recorded; configs/ holds the stages {stages})")
+
+
+def git_commit(record: Mapping[str, Any]) -> str:
+    """The commit of the code that ran (run_config.json's ``git_commit``), or ``unknown``."""
+    return str(record.get("git_commit") or record.get("config", {}).get("git_commit") or "unknown")
+
+
+def run_lines(folder: Path, record: Mapping[str, Any], reconstructed: Sequence[str]) -> list[str]:
+    """The results file's lines naming the run folder, the command that made it and the commit that ran
+    (``reconstructed``: see :func:`command_of`)."""
+    command, source = command_of(folder, record, reconstructed)
+    return [f"- run folder: `{shown_path(folder)}`", f"- command: `{command}` ({source})",
+            f"- git commit: `{git_commit(record)}`; lettingo {record.get('lettingo_version', 'unknown')}"]
+
+
+def invocation_lines(folder: Path) -> list[str]:
+    """One line per recorded invocation of the run folder: when, which stage, the commit and the command."""
+    invocations = read_invocations(folder)
+    if not invocations:
+        return [f"- invocations: not recorded (the folder predates `{INVOCATIONS_FILE}`)"]
+    lines = [f"- invocations ({len(invocations)}, from `{INVOCATIONS_FILE}`; stage times add up over them):"]
+    for entry in invocations:
+        commit = str(entry.get("git_commit") or "unknown")[:12] + (" + local changes" if entry.get("git_dirty") else "")
+        lines.append(f"  - {entry.get('started')}: stage {entry.get('stage')} at commit `{commit}`: "
+                     f"`{entry.get('command')}`")
+    return lines
+
+
+def stage_times_table(folder: Path, numbers: Numbers) -> str:
+    """The wall time of each stage (``stage_times.json``) and the total, as markdown; each into ``numbers``."""
+    times = read_json(folder / STAGE_TIMES_FILE)
+    if not times:
+        return f"_No {STAGE_TIMES_FILE} in the run folder._\n"
+    order = [s for s in STAGE_ORDER if s in times] + [s for s in times if s not in STAGE_ORDER]
+    rows = [[stage, f"{float(times[stage]):.1f}", f"{float(times[stage]) / 60:.1f}"] for stage in order]
+    total = sum(float(times[s]) for s in order)
+    for stage in order:
+        numbers.add("stage_seconds", stage, "seconds", float(times[stage]))
+    numbers.add("stage_seconds", "total", "seconds", total)
+    rows.append(["total", f"{total:.1f}", f"{total / 60:.1f}"])
+    return markdown_table(["stage", "seconds", "minutes"], rows)

@@ -55,16 +55,21 @@ def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
     return done
 
 
+def run_tiny(root: Path, model_cache: Path, *overrides: str) -> Path:
+    """``python -m lettingo <overrides> run_dir=<root>/run`` as a user runs it (offline, models in ``model_cache``);
+    the run folder."""
+    run_dir = root / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LETTINGO_ROOT": str(root), "LETTINGO_MODEL_CACHE": str(model_cache)}
+    done = subprocess.run([sys.executable, "-m", "lettingo", *overrides, f"run_dir={run_dir}"],
+                          capture_output=True, text=True, env=env, cwd=root, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_cache: Path) -> Path:
     """A finished run folder of the whole tiny pipeline (every stage, every artifact the scripts read)."""
-    root = tmp_path_factory.mktemp("tiny_pipeline")
-    run_dir = root / "run"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LETTINGO_ROOT": str(root),
-           "LETTINGO_MODEL_CACHE": str(tiny_model_cache)}
-    done = subprocess.run([sys.executable, "-m", "lettingo", "stage=pipeline", "debug=tiny", f"run_dir={run_dir}"],
-                          capture_output=True, text=True, env=env, cwd=root, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = run_tiny(tmp_path_factory.mktemp("tiny_pipeline"), tiny_model_cache, "stage=pipeline", "debug=tiny")
     assert (run_dir / "results" / "comparison.json").is_file() and (run_dir / "baselines" / "comparison.json").is_file()
     return run_dir
 

@@ -13,7 +13,8 @@ import pytest
 from lettingo.artifacts import RESULTS
 from lettingo.evaluation.comparison import FILE_STEM, Comparison
 from lettingo.evaluation.methods import DPO, NO_DPO, NO_PROFILE, SFT
-from lettingo.reports import RESULTS_FILE, local_runs
+from lettingo.evaluation.tables import render_markdown
+from lettingo.reports import RESULTS_FILE, local_runs, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(p.stem for p in (ROOT / "experiments").glob("*.py"))
@@ -143,3 +144,9 @@ def test_script_command_line_writes_the_report(tmp_path) -> None:
     assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["table3.csv", "table3.md", "table3.png"]
     refused = subprocess.run([*command, "--wandb-project", "p"], capture_output=True, text=True)
     assert refused.returncode == 2 and "unrecognized arguments: --wandb-project" in refused.stderr
+
+
+def test_markdown_table_renders_any_cells_as_the_tables_module_does() -> None:
+    assert markdown_table(["row", "n"], [["a|b", 3], ["c", 1.5]]) == render_markdown(["row", "n"],
+                                                                                     [["a|b", "3"], ["c", "1.5"]])
+    assert "| a\\|b |   3 |" in markdown_table(["row", "n"], [["a|b", 3]])
