@@ -18,6 +18,7 @@ from lettingo.evaluation.methods import DPO, NO_DPO, NO_PROFILE, ORACLE_FACTS, S
 from lettingo.llm.models import load_causal_lm
 from lettingo.pipeline import run
 from lettingo.stages import BY_NAME, declarations
+from lettingo.stages.align import NO_SIGNAL
 from lettingo.stages.base import StageContext
 from lettingo.tracking import NullTracker
 
@@ -156,9 +157,13 @@ def test_test_stage_compares_every_method_on_the_same_users(tiny, aligned, capsy
     assert set(results["paired"][DPO]) == methods - {DPO}
     saved = read_comparison(run_dir / RESULTS / "comparison.json")
     assert len(saved.users) == 10 and saved.details[DPO]["confusion_matrix"] and saved.details[DPO]["n"] == 10
+    held_out = results.pop("held_out_reward")
     assert saved.to_json() == results
+    # Every LettinGo-prompt generator's profiles are also scored shuffled: the guard beside its held-out reward.
+    assert set(held_out) == {NO_DPO, SFT, DPO} and all(row["users"] == 10 for row in held_out.values())
     predictions = ArtifactStore(run_dir).read_table(PREDICTIONS)
-    assert len(predictions) == 10 * len(methods) and predictions.groupby("method").size().eq(10).all()
+    assert set(predictions["method"]) == methods | {"SFT shuffled", "DPO shuffled"}
+    assert len(predictions) == 10 * (len(methods) + 2) and predictions.groupby("method").size().eq(10).all()
     assert "## Table 3" in out and "| DPO" in out and "| SFT" in out and "| no DPO" in out
 
 
@@ -174,7 +179,7 @@ def test_no_pairs_skips_alignment_and_the_test_stage_compares_the_base_methods(t
     cfg, run_dir, _ = aligned
     pairs = ArtifactStore(run_dir).read_table(PAIRS)
     write_pairs(cfg, pairs.iloc[:0])
-    assert run(cfg) == {"skipped": "no preference pairs"}
+    assert run(cfg) == {method: {"skipped": NO_SIGNAL} for method in ("dpo", "sft")}
     assert not (run_dir / adapter_artifact("dpo")).exists() and not (run_dir / adapter_artifact("sft")).exists()
     assert len(list(run_dir.glob(f"{adapter_artifact('dpo')}.stale-*"))) == 1  # moved aside, not deleted
     test_users = ["dataset.splits.test=6", "test.max_users=6", "test.max_new_tokens=4", "bootstrap.n_resamples=20",

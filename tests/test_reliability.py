@@ -1,6 +1,6 @@
 """The reliability gate and `pairs.min_margin: auto` on planted rewards: split-half reliability by hand,
 the margin `auto` picks where the replication share by margin is known, the gate stopping pure noise,
-and stage evaluate's `write_pairs` under the real config."""
+and the stages' `write_pairs` (lettingo/stages/judging.py) under the real config."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from lettingo.feedback.reliability import (
 from lettingo.schemas import ConfigError, config_object, validate_config
 from lettingo.stages import BY_NAME, declarations
 from lettingo.stages.base import StageContext
-from lettingo.stages.evaluate import write_pairs
+from lettingo.stages.judging import write_pairs
 from lettingo.tracking import NullTracker
 
 
@@ -143,7 +143,7 @@ def test_write_pairs_runs_the_gate_and_auto_margin_under_the_real_config(compose
     cfg = compose_cfg(["debug=tiny", "pairs.min_margin=auto", "pairs.gate=require", "pairs.top_k=1"])
     ctx = evaluate_context(cfg, tmp_path / "run")
     rewards = planted(300, quality_sd=0.5, seed=2)
-    summary = write_pairs(ctx, config_object(cfg), rewards)
+    summary = write_pairs(ctx, config_object(cfg), rewards, PAIRS, "evaluate/gate")
     gate = gate_of(rewards)
     assert summary["gate"]["best_replication"] == pytest.approx(gate.replication[gate.best])
     assert summary["min_margin"] == pytest.approx(gate.margin_for(0.7))
@@ -160,7 +160,7 @@ def test_write_pairs_stops_before_any_pairs_on_pure_noise(compose_cfg, tmp_path)
     cfg = compose_cfg(["debug=tiny", "pairs.gate=require"])
     ctx = evaluate_context(cfg, tmp_path / "run")
     with pytest.raises(NoLearnableSignal, match="no learnable signal"):
-        write_pairs(ctx, config_object(cfg), planted(500, quality_sd=0.0, seed=1))
+        write_pairs(ctx, config_object(cfg), planted(500, quality_sd=0.0, seed=1), PAIRS, "evaluate/gate")
     assert ctx.store.meta(PAIRS) is None and "evaluate/gate/best_replication" in ctx.tracker.metrics
 
 
@@ -168,4 +168,4 @@ def test_auto_margin_with_one_target_fails_in_one_line(compose_cfg, tmp_path) ->
     cfg = compose_cfg(["debug=tiny", "pairs.min_margin=auto"])
     rewards = rewards_of({"u": [[0.9], [0.1]]})
     with pytest.raises(ConfigError, match="targets_per_user >= 2"):
-        write_pairs(evaluate_context(cfg, tmp_path / "run"), config_object(cfg), rewards)
+        write_pairs(evaluate_context(cfg, tmp_path / "run"), config_object(cfg), rewards, PAIRS, "evaluate/gate")

@@ -22,9 +22,7 @@ from omegaconf import DictConfig
 from lettingo.align.adapters import attach_lora, load_adapter, save_adapter
 from lettingo.align.data import select_pairs, split_by_user
 from lettingo.align.training import device_count, fit_lightning, fit_trl, generator_pairs
-from lettingo.artifacts import PAIRS, PROFILES, REWARDS, SAMPLES, adapter_artifact, round_artifact, write_table_data
-from lettingo.feedback.pairs import build_pairs, pairs_summary
-from lettingo.feedback.rewards import score_profiles
+from lettingo.artifacts import PAIRS, PROFILES, REWARDS, SAMPLES, adapter_artifact, round_artifact
 from lettingo.llm.models import load_causal_lm, resolve_dtype, training_device
 from lettingo.llm.pool import BackendPool
 from lettingo.profiles.explore import KEY, explore, explore_split_samples
@@ -32,10 +30,13 @@ from lettingo.profiles.quality import format_summary, summarize_profiles
 from lettingo.runtime import lightning_trainer, seed_everything
 from lettingo.schemas import LettingoConfig
 from lettingo.seeding import derive_seed
-from lettingo.stages.base import Output, Stage, StageContext, frozen_recommender
+from lettingo.stages.base import Output, Stage, StageContext
+from lettingo.stages.judging import reward_profiles, write_pairs
 from lettingo.stages.rounds import GROUP_EXAMPLES, adapter_generator, round_outputs
 
 log = logging.getLogger(__name__)
+
+NO_SIGNAL = "no preference pairs or informative groups"  # why a method's round trains nothing
 
 
 def checkpoints(method: str, round_: int = 1) -> str:
@@ -158,9 +159,7 @@ def explore_round(ctx: StageContext, conf: LettingoConfig, method: str, round_: 
             max_users=sampling.max_users, users_per_chunk=sampling.users_per_chunk,
         )
     print(format_summary(summarize_profiles(profiles), f"{method} round {round_}"))
-    return score_profiles(frozen_recommender(ctx, conf.recommender), profiles, samples,
-                          ctx.rows(round_artifact(REWARDS, method, round_), KEY), conf.evaluate.users_per_chunk,
-                          reward=conf.evaluate.reward, targets=conf.evaluate.targets_per_user)
+    return reward_profiles(ctx, conf, profiles, samples, round_artifact(REWARDS, method, round_))
 
 
 def later_round_examples(ctx: StageContext, conf: LettingoConfig, method: str, round_: int) -> pd.DataFrame:
@@ -171,14 +170,7 @@ def later_round_examples(ctx: StageContext, conf: LettingoConfig, method: str, r
     if conf.align.method[method].examples == GROUP_EXAMPLES:
         return group_samples(rewards)
     name = round_artifact(PAIRS, method, round_)
-    rule = conf.pairs
-
-    def build(folder: Path) -> dict[str, Any]:
-        pairs = build_pairs(rewards, rule=rule.rule, max_pairs_per_user=rule.max_pairs_per_user,
-                            min_margin=rule.min_margin, seed=conf.seed)
-        return write_table_data(folder, pairs) | {"summary": pairs_summary(rewards, pairs)}
-
-    ctx.make(name, build)
+    write_pairs(ctx, conf, rewards, name, f"align/{method}_r{round_}/gate")
     return ctx.store.read_table(name)
 
 
@@ -211,10 +203,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 # Adapters left from earlier inputs would be tested as if trained on these examples.
                 for later in range(round_, rounds + 1):
                     store.move_aside(adapter_artifact(method, later))
-                log.warning("align %s round %d SKIPPED: no preference pairs or informative groups (every profile "
-                            "of a user got the same reward); the test stage compares the earlier generators only. "
-                            "Explore more users or profiles (sampling.max_users, sampling.n) or try pairs=margin.",
-                            method, round_)
+                log.warning("align %s round %d SKIPPED: %s (every profile of a user got the same reward); the test "
+                            "stage compares the earlier generators only. Explore more users or profiles "
+                            "(sampling.max_users, sampling.n) or try pairs=margin.", method, round_, NO_SIGNAL)
+                results[method if round_ == 1 else f"{method}_r{round_}"] = {"skipped": NO_SIGNAL}
                 break
             summary = align_method(ctx, conf, method, round_, examples)
             if not ctx.is_main:

@@ -19,10 +19,9 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from lettingo.artifacts import REC_MODEL, ArtifactStore, MissingArtifact, RowWriter
+from lettingo.artifacts import ArtifactStore, MissingArtifact, RowWriter
 from lettingo.llm.pool import PACE_KEYS
-from lettingo.recommender.loading import LazyRecommender
-from lettingo.schemas import LettingoConfig, RecommenderSchema, config_object
+from lettingo.schemas import LettingoConfig, config_object
 from lettingo.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -31,9 +30,6 @@ log = logging.getLogger(__name__)
 #: only add rows. `users_per_chunk` is part of it: the prompts sharing a generate call change a text through
 #: rounding (README "Artifacts").
 PROFILE_CONFIG = ("sampling", "prompt", "dataset.item_text", "history.length", "seed")
-#: What a profile's reward depends on besides the profile: the f_Rec, the reward and its targets, and the users
-#: scored together (they change a verdict through rounding, as for generated texts).
-REWARD_CONFIG = ("recommender.model", "evaluate.users_per_chunk", "evaluate.reward", "evaluate.targets_per_user")
 
 #: Trainer keys that change logging and display, never what a fit learns.
 TRAINER_DISPLAY = ("trainer.default_root_dir", "trainer.enable_progress_bar", "trainer.enable_model_summary",
@@ -172,20 +168,6 @@ class StageContext:
         if name not in self.declared:
             raise KeyError(f"no stage declares artifact {name!r} under this config")
         return self.declared[name]
-
-
-def frozen_recommender(ctx: StageContext, rec: RecommenderSchema) -> LazyRecommender:
-    """The configured f_Rec, built on first use: zero-shot as configured, trainable from `rec_model`."""
-    checkpoint = None
-    if rec.trainable:
-        meta = ctx.need(REC_MODEL)
-        checkpoint = ctx.store.path(REC_MODEL) / meta["checkpoint"]
-    return LazyRecommender(rec.name, rec.model, checkpoint)
-
-
-def recommender_inputs(cfg: DictConfig) -> tuple[str, ...]:
-    """The artifact that identifies the f_Rec: its checkpoint when trainable (a zero-shot one is its config)."""
-    return (REC_MODEL,) if cfg.recommender.trainable else ()
 
 
 def identity_value(cfg: DictConfig, key: str, dropped: Sequence[str] = ()) -> Any:

@@ -18,14 +18,12 @@ from lettingo.artifacts import (
     JSON_FILE,
     PAIRS,
     PROFILES,
-    REC_MODEL,
     REWARDS,
     SAMPLES,
     SENSITIVITY,
     TABULAR_MODELS,
     atomic_path,
     write_json_atomic,
-    write_table_data,
 )
 from lettingo.data.schema import LABELS, LabelThresholds
 from lettingo.data.splits import REC_TRAIN
@@ -34,53 +32,20 @@ from lettingo.evaluation.comparison import Comparison, read_comparison
 from lettingo.evaluation.methods import ORACLE_FACTS, method_key, no_profile_label
 from lettingo.evaluation.views import log_reward_views
 from lettingo.feedback.baselines import baseline_predictions
-from lettingo.feedback.pairs import format_pairs_summary
-from lettingo.feedback.reliability import plan_pairs
-from lettingo.feedback.rewards import RULE_REWARD, profile_cases, score_profiles, user_samples
+from lettingo.feedback.rewards import RULE_REWARD, profile_cases, user_samples
 from lettingo.feedback.rule_reward import shuffled_mean_rewards, user_mean
 from lettingo.feedback.sensitivity import Sensitivity, profile_sensitivity, sensitivity_message
-from lettingo.profiles.explore import KEY as PROFILE_KEY
 from lettingo.profiles.oracle import oracle_profile
 from lettingo.recommender.base import Recommender
 from lettingo.recommender.cases import predicted_labels
-from lettingo.recommender.loading import LazyRecommender
 from lettingo.recommender.tabular import TabularRecommender
 from lettingo.recommender.text import ItemTextConfig
-from lettingo.schemas import LettingoConfig, RecommenderSchema
+from lettingo.schemas import LettingoConfig
 from lettingo.stages.base import Output, Stage, StageContext, pace_keys
+from lettingo.stages.judging import judge, recommender_inputs, reward_profiles, rewards_output, write_pairs
 
 log = logging.getLogger(__name__)
 
-
-
-def frozen_recommender(ctx: StageContext, rec: RecommenderSchema) -> LazyRecommender:
-    """The configured f_Rec, built on first use: zero-shot as configured, trainable from `rec_model`."""
-    checkpoint = None
-    if rec.trainable:
-        meta = ctx.need(REC_MODEL)
-        checkpoint = ctx.store.path(REC_MODEL) / meta["checkpoint"]
-    return LazyRecommender(rec.name, rec.model, checkpoint)
-
-
-def write_pairs(ctx: StageContext, conf: LettingoConfig, rewards: pd.DataFrame) -> dict[str, Any]:
-    """The `pairs` artifact from the rewards under `pairs.*` (reused when finished); return its summary.
-
-    The reliability gate runs first: under `pairs.gate=require` a judge without learnable signal stops the
-    run here, before any pairs exist for align. The summary holds the gate and the margin used.
-    """
-    plan = plan_pairs(rewards, conf.pairs)
-    if metrics := plan.metrics("evaluate/gate"):
-        ctx.tracker.log_metrics(metrics)
-    if line := plan.report():
-        print(line)
-
-    def build(folder: Path) -> dict[str, Any]:
-        pairs, summary = plan.pairs(rewards, conf.seed)
-        return write_table_data(folder, pairs) | {"summary": summary}
-
-    summary = ctx.make(PAIRS, build)["summary"]
-    print(format_pairs_summary(summary, conf.pairs.rule))
-    return summary
 
 
 def check_sensitivity(ctx: StageContext, conf: LettingoConfig, recommender: Recommender, rewards: pd.DataFrame,
@@ -221,12 +186,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     evaluate = conf.evaluate
     samples = ctx.read_table(SAMPLES)
     profiles = ctx.read_table(PROFILES)
-    recommender = None
-    if evaluate.reward == RULE_REWARD:
+    recommender = judge(ctx, conf)
+    if recommender is None:
         print(f"evaluate: reward {RULE_REWARD} is a rule on the text that needs no f_Rec, so no sensitivity check "
               "and no baselines")
-    else:
-        recommender = frozen_recommender(ctx, conf.recommender)
     metrics: dict[str, float] = {}
     pairs: dict[str, Any] = {}
     sensitivity: dict[str, dict[str, float]] = {}
@@ -234,10 +197,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         print(f"evaluate: no explored profiles (sampling.max_users={conf.sampling.max_users}): no rewards or pairs; "
               "the baselines table only")
     else:
-        rewards = score_profiles(recommender, profiles, samples, ctx.rows(REWARDS, PROFILE_KEY),
-                                 evaluate.users_per_chunk, reward=evaluate.reward,
-                                 targets=evaluate.targets_per_user, history=conf.history.length)
-        pairs = write_pairs(ctx, conf, rewards)
+        rewards = reward_profiles(ctx, conf, profiles, samples, REWARDS)
+        pairs = write_pairs(ctx, conf, rewards, PAIRS, "evaluate/gate")
         metrics |= reward_metrics(rewards)
         log_reward_views(ctx.tracker, rewards, "evaluate")
         if recommender is not None:
@@ -263,22 +224,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
             "baselines": comparison.to_json()["methods"]}
 
 
-def recommender_inputs(cfg: DictConfig) -> tuple[str, ...]:
-    """The artifact that identifies the f_Rec: its checkpoint when trainable (a zero-shot one is its config)."""
-    return (REC_MODEL,) if cfg.recommender.trainable else ()
-
-
 def outputs(cfg: DictConfig) -> list[Output]:
     """rewards (row-keyed by profile: grows with the profiles), pairs, sensitivity and baselines."""
     rec = recommender_inputs(cfg)
     pace = pace_keys(cfg, "recommender.model")
-    # The rule reward reads the text and the older history's mean rating, never f_Rec.
-    rule = cfg.evaluate.reward == RULE_REWARD
-    judge = ("history.length",) if rule else ("recommender.model",)
     return [
-        # The users scored together change a verdict through rounding, as for generated texts.
-        Output(REWARDS, config=(*judge, "evaluate.users_per_chunk", "evaluate.reward", "evaluate.targets_per_user"),
-               inputs=(PROFILES, *(() if rule else rec)), grows_with=(PROFILES,), not_identity=() if rule else pace),
+        rewards_output(cfg, REWARDS, PROFILES),
         Output(PAIRS, config=("pairs", "seed"), inputs=(REWARDS,)),
         Output(SENSITIVITY, config=("bootstrap", "seed"), inputs=(REWARDS, SAMPLES)),
         *([Output(TABULAR_MODELS, config=("evaluate.tabular", "evaluate.split", "test.split", "history", "seed"),

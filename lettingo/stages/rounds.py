@@ -15,15 +15,8 @@ from omegaconf import DictConfig
 
 from lettingo.artifacts import PAIRS, PROFILES, REWARDS, SAMPLES, adapter_artifact, round_artifact
 from lettingo.schemas import LettingoConfig
-from lettingo.stages.base import (
-    PROFILE_CONFIG,
-    REWARD_CONFIG,
-    TRAINER_DISPLAY,
-    Output,
-    StageContext,
-    pace_keys,
-    recommender_inputs,
-)
+from lettingo.stages.base import PROFILE_CONFIG, TRAINER_DISPLAY, Output, StageContext, pace_keys
+from lettingo.stages.judging import rewards_output
 
 #: Methods whose examples are groups of a user's sampled profiles with their rewards (GRPO), not pairs.
 GROUP_EXAMPLES = "group"
@@ -89,8 +82,7 @@ def round_outputs(cfg: DictConfig, method: str) -> list[Output]:
                 Output(profiles, config=(*PROFILE_CONFIG, "backbone"), inputs=(SAMPLES, previous),
                        grows_by=("sampling.max_users", "sampling.n", "sampling.splits"),
                        not_identity=(*pace_keys(cfg, "backbone"), "sampling.backbones")),
-                Output(rewards, config=REWARD_CONFIG, inputs=(profiles, SAMPLES, *recommender_inputs(cfg)),
-                       grows_with=(profiles,), not_identity=pace_keys(cfg, "recommender.model")),
+                rewards_output(cfg, rewards, profiles),
             ]
             if source != rewards:
                 outputs.append(Output(source, config=("pairs", "seed"), inputs=(rewards,)))

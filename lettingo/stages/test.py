@@ -39,7 +39,7 @@ from lettingo.evaluation.methods import DPO, NO_DPO, ORACLE_FACTS, SFT, SHUFFLED
 from lettingo.evaluation.reward_table import ROW_COLUMNS, reward_markdown, reward_table
 from lettingo.evaluation.tables import to_markdown
 from lettingo.evaluation.views import confusion_frame, reward_samples
-from lettingo.feedback.rewards import RULE_REWARD, score_profiles
+from lettingo.feedback.rewards import score_profiles
 from lettingo.feedback.sensitivity import shuffled_texts
 from lettingo.llm.pool import BackendPool, backbones_by_name, shared_engine_order
 from lettingo.profiles.explore import KEY as PROFILE_KEY
@@ -48,15 +48,8 @@ from lettingo.profiles.oracle import oracle_profile
 from lettingo.recommender.cases import predicted_labels
 from lettingo.recommender.tabular import TabularRecommender
 from lettingo.schemas import LettingoConfig, TestSchema
-from lettingo.stages.base import (
-    Output,
-    Stage,
-    StageContext,
-    backbones_pace_keys,
-    frozen_recommender,
-    pace_keys,
-    recommender_inputs,
-)
+from lettingo.stages.base import Output, Stage, StageContext, backbones_pace_keys, pace_keys
+from lettingo.stages.judging import judge, recommender_inputs
 from lettingo.stages.rounds import every_adapter, trained_generators
 
 log = logging.getLogger(__name__)
@@ -238,8 +231,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     generated = write_test_profiles(ctx, conf, users)
     profiles = pd.concat([reference_rows(conf, users, generated), generated], ignore_index=True)
     reward = conf.evaluate.reward
-    judged = reward != RULE_REWARD
-    recommender = frozen_recommender(ctx, conf.recommender) if judged else None
+    recommender = judge(ctx, conf)
+    judged = recommender is not None
     predictions = score_profiles(recommender, profiles, samples, ctx.rows(PREDICTIONS, PROFILE_KEY),
                                  conf.test.users_per_chunk, reward=reward, targets=conf.evaluate.targets_per_user,
                                  history=conf.history.length)
