@@ -127,7 +127,7 @@ def build(run_dir: Path, out: Path, n_users: int = DEFAULT_USERS) -> dict[str, P
     prompts = {own: cfg.prompt, FULL: full_prompt(cfg.prompt)}
     generated = generate(cfg, conf, users, prompts, store,
                          str(run_store.meta(SAMPLES)["fingerprint"]))
-    references = reference_rows(conf, users, generated.assign(method=""))  # no-profile and oracle-facts rows
+    references = reference_rows(conf, users)
     profiles = pd.concat([references, generated], ignore_index=True)
     rec_meta = run_store.meta(REC_MODEL) if trained else None
     checkpoint = run_store.path(REC_MODEL) / rec_meta["checkpoint"] if rec_meta else None

@@ -93,7 +93,9 @@ def test_paper_experiment_runs_the_whole_pipeline(
         assert results["align"][method]["steps"] >= 1
 
     saved = read_comparison(run_dir / RESULTS / "comparison.json")
+    held_out = results["test"].pop("held_out_reward")
     assert len(saved.users) == TEST_USERS and saved.to_json() == results["test"]
+    assert {NO_DPO, SFT, DPO} <= set(held_out)
     methods = set(saved.methods)
     assert {NO_PROFILE, ORACLE_FACTS, TABULAR, TABULAR_ORACLE, NO_DPO, SFT, DPO} <= methods
     assert {"palr (tiny_random)", "rlmrec (tiny_random)", "kar (tiny_random)"} <= methods

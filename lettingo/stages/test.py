@@ -111,13 +111,19 @@ def shuffled_label(method: str) -> str:
     return SHUFFLED if method == NO_DPO else f"{method} shuffled"
 
 
-def reference_rows(conf: LettingoConfig, users: pd.DataFrame, generated: pd.DataFrame) -> pd.DataFrame:
-    """The rows every profile method is read against: no profile (K recent items only), the oracle facts of
-    the older history (the ceiling), and each LettinGo-prompt generator's profiles shuffled among users
-    (the floor of its rows, and the guard beside its held-out reward)."""
+def reference_rows(conf: LettingoConfig, users: pd.DataFrame) -> pd.DataFrame:
+    """The rows every profile method is read against: no profile (K recent items only) and the oracle facts of
+    the older history (the ceiling)."""
     facts = asdict(conf.prompt.facts)
     oracle = {str(s["user_id"]): oracle_profile(s, conf.history.length, facts) for s in users.to_dict("records")}
-    frames = [text_rows(users, {}, no_profile_label(conf.history.recent)), text_rows(users, oracle, ORACLE_FACTS)]
+    return pd.concat([text_rows(users, {}, no_profile_label(conf.history.recent)),
+                      text_rows(users, oracle, ORACLE_FACTS)], ignore_index=True)
+
+
+def shuffled_rows(conf: LettingoConfig, users: pd.DataFrame, generated: pd.DataFrame) -> pd.DataFrame:
+    """Each LettinGo-prompt generator's profiles shuffled among the users: the floor of its rows, and the guard
+    beside its held-out reward (the base's is the `shuffled` row)."""
+    frames = [pd.DataFrame(columns=[*PROFILE_COLUMNS, "method"])]
     own_prompt = generated[generated["prompt_name"] == conf.prompt.name]
     for method, rows in own_prompt.groupby("method", sort=False):
         if rows["user_id"].nunique() >= 2:
@@ -229,7 +235,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     samples = ctx.read_table(SAMPLES)
     users = test_users(conf.test, samples)
     generated = write_test_profiles(ctx, conf, users)
-    profiles = pd.concat([reference_rows(conf, users, generated), generated], ignore_index=True)
+    profiles = pd.concat([reference_rows(conf, users), shuffled_rows(conf, users, generated), generated],
+                         ignore_index=True)
     reward = conf.evaluate.reward
     recommender = judge(ctx, conf)
     judged = recommender is not None
