@@ -116,8 +116,9 @@ def report(method: str, summary: dict[str, Any]) -> dict[str, float]:
     """Print one line per method; return its tracker metrics (speed and the last validation metrics)."""
     history = summary.get("val_history") or []
     last = {k.removeprefix("align/val/"): v for k, v in (history[-1] if history else {}).items() if k != "step"}
-    line = (f"align {method}: {summary.get('pairs_train', 0)} train pairs, {summary.get('steps', 0)} steps in "
-            f"{summary.get('seconds', 0.0):.0f} s ({summary.get('seconds_per_pair', 0.0):.2f} s/pair)")
+    line = (f"align {method}: {summary.get('examples_train', 0)} train examples (of {summary.get('pairs_train', 0)} "
+            f"rows: pairs, or a group method's samples), {summary.get('steps', 0)} steps in "
+            f"{summary.get('seconds', 0.0):.0f} s ({summary.get('seconds_per_pair', 0.0):.2f} s per row)")
     if "rewards/margins" in last:
         line += (f"; held-out reward margin {last['rewards/margins']:+.3f}, "
                  f"accuracy {last['rewards/accuracies']:.2f}")
