@@ -32,6 +32,7 @@ from lettingo.recommender.base import RecClassifierModule
 from lettingo.recommender.training import RecDataModule
 
 DDP = ("trainer=ddp_cpu", "align.batch.micro_size=1")
+ROUNDS = "align.rounds=2"  # a later round's data is made by rank 0 alone and shared
 
 
 # --- the store of the other ranks -----------------------------------------------------------------------
@@ -280,13 +281,14 @@ def assert_written_once(single: Path, ddp: Path) -> None:
 @pytest.fixture(scope="module")
 def runs(root: Path) -> SimpleNamespace:
     """One process each for a zero-shot and a trainable f_Rec, and a two-job multirun of the same two on two
-    processes per job (`-m recommender=llm_zero_shot,llm_lora trainer=ddp_cpu`)."""
+    processes per job (`-m recommender=llm_zero_shot,llm_lora trainer=ddp_cpu`); two on-policy rounds each, so a
+    later round's explore, rewards and pairs (rank 0's, shared with the other rank) are compared too."""
     for recommender in ("llm_zero_shot", "llm_lora"):
         lettingo_cli(root, "stage=pipeline", f"experiment_name=one_{recommender}", f"recommender={recommender}",
-                     "align.batch.micro_size=1")
+                     "align.batch.micro_size=1", ROUNDS)
     began = time.perf_counter()
     done = lettingo_cli(root, "-m", "stage=pipeline", "experiment_name=two", "recommender=llm_zero_shot,llm_lora",
-                        *DDP)
+                        *DDP, ROUNDS)
     print(f"two-process multirun of two tiny pipelines: {time.perf_counter() - began:.1f} s")
     experiment = root / "outputs" / "two"
     sweep = only_folder(experiment / "multirun")
@@ -321,6 +323,9 @@ def test_two_processes_write_what_one_process_writes(runs) -> None:
         pd.testing.assert_frame_equal(a.read_table(name).drop(columns=["seconds"], errors="ignore"),
                                       b.read_table(name).drop(columns=["seconds"], errors="ignore"))
     assert metas(ddp)["adapter_dpo"]["steps"] == metas(single)["adapter_dpo"]["steps"]
+    # Round 2 explored, judged and paired by rank 0 with round 1's adapter, trained on both ranks.
+    assert metas(ddp)["adapter_dpo_r2"]["round"] == 2 and metas(ddp)["pairs_dpo_r2"]["rows"] > 0
+    assert metas(ddp)["adapter_dpo_r2"]["steps"] == metas(single)["adapter_dpo_r2"]["steps"]
 
 
 @pytest.mark.slow
