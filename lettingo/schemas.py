@@ -382,9 +382,12 @@ class AlignMethodSchema:
 
     examples: str
     module: Any  # instantiated with `_partial_: true`; the stage passes the model
+    rounds: int | None = None  # this method's on-policy rounds (None: `align.rounds`)
 
     def __post_init__(self) -> None:
         one_of("examples", self.examples, EXAMPLE_KINDS)
+        if self.rounds is not None:
+            at_least("rounds", self.rounds, 1)
         require(isinstance(self.module, Mapping) and "_target_" in self.module, "module", self.module,
                 "must be a module config (with _target_)")
 

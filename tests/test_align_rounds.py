@@ -22,7 +22,10 @@ from lettingo.pipeline import run
 from lettingo.profiles.explore import KEY, explore
 from lettingo.schemas import config_object
 from lettingo.seeding import derive_seed
-from lettingo.stages.rounds import adapter_generator
+from lettingo.stages import BY_NAME, declarations
+from lettingo.stages.base import StageContext
+from lettingo.stages.rounds import adapter_generator, every_adapter
+from lettingo.tracking import NullTracker
 
 #: On top of `debug=tiny`: two rounds of DPO and GRPO, a p_true reward (dense: every profile differs), rates high
 #: enough that one step moves the random model's sampling.
@@ -109,3 +112,21 @@ def test_a_rerun_reuses_every_round_and_fewer_rounds_keep_round_one(two_rounds, 
     run(cfg)
     run(_compose(tiny_model_cache, run_dir, "align.rounds=1", "stage=align"))
     assert {p: p.stat().st_mtime_ns for p in run_dir.glob("adapter_*/_meta.json")} == stamps
+
+
+def test_a_method_can_train_its_own_number_of_rounds(tmp_path, tiny_model_cache) -> None:
+    cfg = _compose(tiny_model_cache, tmp_path / "run", "align.methods=[dpo,sft,grpo]", "align.rounds=3",
+                   "align.method.sft.rounds=1")
+    adapters = every_adapter(cfg)
+    assert adapters == (*(adapter_artifact("dpo", r) for r in (1, 2, 3)), adapter_artifact("sft"),
+                        *(adapter_artifact("grpo", r) for r in (1, 2, 3)))
+    made = {name for name, declared in declarations(cfg).items() if declared.stage == "align"}
+    assert round_artifact(PAIRS, "dpo", 3) in made and round_artifact(PROFILES, "sft", 2) not in made
+    # The number of rounds is no part of an adapter's identity: asking for more keeps the earlier ones.
+    fewer = _compose(tiny_model_cache, tmp_path / "run", "align.methods=[dpo,sft,grpo]")
+    store = ArtifactStore(tmp_path / "run")
+    prints = {StageContext(cfg=c, run_dir=tmp_path / "run", store=store, tracker=NullTracker(), stage=BY_NAME["align"],
+                           declared=declarations(c)).fingerprint(adapter_artifact("dpo")) for c in (cfg, fewer)}
+    assert len(prints) == 1
+    with pytest.raises(ValueError, match=r"align.method.dpo.rounds=0: must be >= 1"):
+        config_object(_compose(tiny_model_cache, tmp_path / "run", "align.method.dpo.rounds=0"))

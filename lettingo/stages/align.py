@@ -32,7 +32,7 @@ from lettingo.schemas import LettingoConfig
 from lettingo.seeding import derive_seed
 from lettingo.stages.base import Output, Stage, StageContext
 from lettingo.stages.judging import reward_profiles, write_pairs
-from lettingo.stages.rounds import GROUP_EXAMPLES, adapter_generator, round_outputs
+from lettingo.stages.rounds import GROUP_EXAMPLES, adapter_generator, method_rounds, round_outputs
 
 log = logging.getLogger(__name__)
 
@@ -195,9 +195,9 @@ def has_signal(examples: pd.DataFrame, kind: str) -> bool:
 def run(ctx: StageContext) -> dict[str, Any]:
     """Train every method of `align.methods` for `align.rounds` rounds; write ``adapter_<method>[_r<round>]``."""
     conf, store = ctx.conf, ctx.store
-    rounds = conf.align.rounds
     results = {}
     for method in conf.align.methods:
+        rounds = method_rounds(conf, method)
         for round_ in range(1, rounds + 1):
             examples = round_examples(ctx, conf, method, round_)
             if not has_signal(examples, conf.align.method[method].examples):

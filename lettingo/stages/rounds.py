@@ -1,4 +1,5 @@
-"""On-policy rounds of alignment (`align.rounds`), as the align and test stages both see them.
+"""On-policy rounds of alignment (`align.rounds`, or a method's own `align.method.<name>.rounds`), as the align
+and test stages both see them.
 
 Round 1 of a method trains on the explore and evaluate stages' profiles (the paper's single offline
 round). Round r >= 2 explores the same users with round r-1's adapter, has the same frozen f_Rec judge
@@ -22,6 +23,12 @@ from lettingo.stages.judging import rewards_output
 GROUP_EXAMPLES = "group"
 
 
+def method_rounds(config: Any, method: str) -> int:
+    """How many rounds ``method`` trains: its own `align.method.<name>.rounds`, else `align.rounds` (``config`` is
+    the raw or the typed config)."""
+    return config.align.method[method].rounds or config.align.rounds
+
+
 def method_label(method: str, round_: int, rounds: int) -> str:
     """The results label of ``method``'s generator after ``round_`` of ``rounds`` (`dpo` -> DPO, DPO (round 1))."""
     label = method.upper()
@@ -37,8 +44,8 @@ def adapter_generator(conf: LettingoConfig, method: str, round_: int, adapter: s
 def trained_generators(ctx: StageContext, conf: LettingoConfig) -> dict[str, dict[str, Any]]:
     """Results label -> generator config with its adapter, for every round's adapter of `align.methods` trained."""
     found = {}
-    rounds = conf.align.rounds
     for method in conf.align.methods:
+        rounds = method_rounds(conf, method)
         for round_ in range(1, rounds + 1):
             artifact = adapter_artifact(method, round_)
             if ctx.store.meta(artifact) is None:
@@ -59,7 +66,7 @@ def examples_source(cfg: DictConfig, method: str, round_: int) -> str:
 
 def every_adapter(cfg: DictConfig) -> tuple[str, ...]:
     """Every adapter artifact the align stage makes under ``cfg``: each method's, each round's."""
-    return tuple(adapter_artifact(str(m), r) for m in cfg.align.methods for r in range(1, cfg.align.rounds + 1))
+    return tuple(adapter_artifact(str(m), r) for m in cfg.align.methods for r in range(1, method_rounds(cfg, m) + 1))
 
 
 def round_outputs(cfg: DictConfig, method: str) -> list[Output]:
@@ -70,9 +77,9 @@ def round_outputs(cfg: DictConfig, method: str) -> list[Output]:
     previous adapter's.
     """
     others = tuple(f"align.method.{other}" for other in cfg.align.method if other != method)
-    adapter_keys = ("align.methods", "align.rounds", *others, *TRAINER_DISPLAY)
+    adapter_keys = ("align.methods", "align.rounds", f"align.method.{method}.rounds", *others, *TRAINER_DISPLAY)
     outputs = []
-    for round_ in range(1, cfg.align.rounds + 1):
+    for round_ in range(1, method_rounds(cfg, method) + 1):
         source = examples_source(cfg, method, round_)
         inputs: tuple[str, ...] = (source, PROFILES)
         if round_ > 1:
