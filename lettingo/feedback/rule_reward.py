@@ -5,18 +5,19 @@ in [1, 5] written (``3.7``) or the number right after the word "average" (``aver
 3.5``), whichever comes first; it earns 1.0 within ±0.05 of the user's mean rating over the H older items
 the prompt shows (the prompt writes that mean to one decimal, so copying it earns the reward), else 0.0.
 Every decimal number in [1, 5] beyond the first costs 0.25; a degenerate text scores -1.0. The same rule
-against another user's mean (`shuffled_mean_rewards`) is the guard: a gain there is no user fact.
+against another user's mean (`shuffled_mean_rewards`) is the guard: a gain there is no user fact. The stated
+value is parsed as the reader control f_Rec reads it (`lettingo.recommender.reader.stated_mean`).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lettingo.data.samples import older_history
 from lettingo.feedback.sensitivity import donors
 from lettingo.profiles.user_facts import rating_stats
+from lettingo.recommender.reader import rating_decimals, stated_mean
 
 #: How far the stated value may be from the user's mean (the prompt rounds it to one decimal).
 TOLERANCE = 0.05
@@ -24,24 +25,6 @@ TOLERANCE = 0.05
 EXTRA_DECIMAL_COST = 0.25
 #: The reward of a degenerate text (empty, repetition, echo: `lettingo.profiles.quality`).
 DEGENERATE_REWARD = -1.0
-
-_DECIMAL = re.compile(r"(?<![\d.])\d+\.\d+(?!\d)")
-_AFTER_AVERAGE = re.compile(r"\baverages?(?:\s+of|\s+is)?[\s:=]+(\d+(?:\.\d+)?)(?!\d)", re.IGNORECASE)
-
-
-def rating_decimals(text: str) -> list[re.Match[str]]:
-    """The decimal numbers in [1, 5] written in ``text``, in order."""
-    return [m for m in _DECIMAL.finditer(text) if 1.0 <= float(m.group()) <= 5.0]
-
-
-def stated_mean(text: str) -> float | None:
-    """The mean rating ``text`` states (the first decimal in [1, 5] or the number after "average"); None when none."""
-    first = rating_decimals(text)[:1]
-    after = _AFTER_AVERAGE.search(text)
-    candidates = [(m.start(), float(m.group())) for m in first]
-    if after is not None:
-        candidates.append((after.start(1), float(after.group(1))))
-    return min(candidates)[1] if candidates else None
 
 
 def stated_mean_reward(text: str, mean: float, degenerate: bool) -> float:

@@ -1,4 +1,4 @@
-"""Building the configured f_Rec, ready to predict: zero-shot as configured, trainable from a checkpoint."""
+"""Building the configured f_Rec, ready to predict: zero-shot as configured, trainable or fitted from a checkpoint."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 
 from lettingo.recommender.base import Recommender
 from lettingo.recommender.cases import RecCase
+from lettingo.recommender.tabular import TabularRecommender
 from lettingo.recommender.training import load_checkpoint
 
 
@@ -18,13 +19,15 @@ def build_recommender(model_cfg: Any, checkpoint: Path | None = None) -> Recomme
     """The f_Rec of ``model_cfg`` (a `recommender.model` node); the trained weights of ``checkpoint`` loaded.
 
     A zero-shot f_Rec needs no checkpoint; a trainable one without a checkpoint is an error, since its
-    untrained head would predict at random.
+    untrained head would predict at random. A tabular f_Rec's checkpoint is the whole fitted model (a pickle).
     """
     recommender = instantiate(model_cfg)
     if checkpoint is None:
         return recommender
     if not Path(checkpoint).is_file():
         raise FileNotFoundError(f"f_Rec checkpoint {checkpoint} does not exist")
+    if isinstance(recommender, TabularRecommender):
+        return recommender.load(Path(checkpoint))
     load_checkpoint(recommender, Path(checkpoint))
     recommender.eval()
     return recommender

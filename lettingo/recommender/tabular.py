@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pandas as pd
@@ -57,6 +57,12 @@ DEFAULT_GRID: dict[str, list[Any]] = {
 HELD_OUT_SPLITS = frozenset({"test"})
 #: More distinct rating values than this and the rating histogram is left out (label shares remain).
 MAX_RATING_VALUES = 10
+
+
+def refuse_held_out(what: str, frame: pd.DataFrame) -> None:
+    """Raise when ``frame`` (named ``what`` in the error) holds users of the held-out splits."""
+    if "split" in frame.columns and frame["split"].isin(HELD_OUT_SPLITS).any():
+        raise ValueError(f"{what} holds users of the held-out splits {sorted(HELD_OUT_SPLITS)}")
 
 
 def _ratings(items: Sequence[Item]) -> np.ndarray:
@@ -175,11 +181,13 @@ class TabularRecommender:
 
     `fit(train_samples, item_stats_samples)` trains on the training users' samples (``n_targets`` cases
     each: the real target, then each recent item in turn) with item statistics from the users of
-    ``item_stats_samples`` (the training splits; a ``test`` split there is an error). `predict`
+    ``item_stats_samples`` (the training splits; a ``test`` split there is an error); `fit_cases` trains on
+    given cases instead (stage train_rec's, for a subclass that reads the profile). `predict`
     scores the real target of each sample of a DataFrame, or a sequence of :class:`RecCase` (the
     Recommender protocol; with the oracle, first `attach_histories` the samples the cases come from).
-    The profile text of a case is ignored. ``n_threads`` caps the OpenMP threads of each fit (None:
-    all cores); one thread per fit is the fastest on a few shared cores. `save`/`load` pickle it.
+    The profile text of a case is ignored (a subclass may read it: `ReaderRecommender`). ``n_threads`` caps
+    the OpenMP threads of each fit (None: all cores); one thread per fit is the fastest on a few shared
+    cores. `save`/`load` pickle it.
     """
 
     def __init__(
@@ -252,14 +260,21 @@ class TabularRecommender:
         rows = [features.row(c.user_id, c.recent, c.target, older) for c, older in cases]
         return np.asarray(rows, dtype=float).reshape(len(rows), len(features.names))
 
-    def fit(self, train_samples: pd.DataFrame, item_stats_samples: pd.DataFrame) -> TabularRecommender:
+    def fit(self, train_samples: pd.DataFrame, item_stats_samples: pd.DataFrame) -> Self:
         """Grid-search the classifier over user-grouped folds of the training cases, then refit on all of them."""
-        for what, frame in (("train_samples", train_samples), ("item_stats_samples", item_stats_samples)):
-            if "split" in frame.columns and frame["split"].isin(HELD_OUT_SPLITS).any():
-                raise ValueError(f"{what} holds users of the held-out splits {sorted(HELD_OUT_SPLITS)}")
+        refuse_held_out("train_samples", train_samples)
         if train_samples.empty:
             raise ValueError("no training samples")
-        pairs = self.training_cases(train_samples)
+        return self.fit_pairs(self.training_cases(train_samples), item_stats_samples)
+
+    def fit_cases(self, cases: Sequence[RecCase], item_stats_samples: pd.DataFrame) -> Self:
+        """`fit` on the given cases, profiles as they are (with the oracle, `attach_histories` of their users first)."""
+        return self.fit_pairs([(case, self._case_history(case)) for case in cases], item_stats_samples)
+
+    def fit_pairs(self, pairs: Sequence[tuple[RecCase, Sequence[Item] | None]],
+                  item_stats_samples: pd.DataFrame) -> Self:
+        """`fit` on (case, older history) pairs, with item statistics from ``item_stats_samples``."""
+        refuse_held_out("item_stats_samples", item_stats_samples)
         self.features_ = TabularFeatures.fit([c for c, _ in pairs], item_stats_samples, self.with_oracle,
                                              self.n_attributes)
         x = self.matrix(pairs)
@@ -293,6 +308,11 @@ class TabularRecommender:
     def is_fitted(self) -> bool:
         """Whether `fit` has run."""
         return self.model_ is not None
+
+    @property
+    def feature_names(self) -> list[str]:
+        """The names of the columns of `matrix`, in order."""
+        return self._features().names
 
     def _features(self) -> TabularFeatures:
         if self.features_ is None:
@@ -328,7 +348,7 @@ class TabularRecommender:
 
     def feature_frame(self, samples: pd.DataFrame) -> pd.DataFrame:
         """The features of each sample's real target, one named column per feature (for inspection and tests)."""
-        return pd.DataFrame(self.matrix(self.sample_cases(samples)), columns=self._features().names,
+        return pd.DataFrame(self.matrix(self.sample_cases(samples)), columns=self.feature_names,
                             index=samples.index)
 
     # --- persistence ---------------------------------------------------------------------------------
@@ -340,11 +360,11 @@ class TabularRecommender:
         with Path(path).open("wb") as handle:
             pickle.dump(self, handle)
 
-    @staticmethod
-    def load(path: Path) -> TabularRecommender:
-        """A model written by `save`."""
+    @classmethod
+    def load(cls, path: Path) -> Self:
+        """A model written by `save` (of this class or a subclass)."""
         with Path(path).open("rb") as handle:
             model = pickle.load(handle)
-        if not isinstance(model, TabularRecommender):
-            raise TypeError(f"{path} holds a {type(model).__name__}, not a TabularRecommender")
+        if not isinstance(model, cls):
+            raise TypeError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}")
         return model

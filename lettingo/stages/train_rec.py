@@ -1,5 +1,8 @@
 """Stage train_rec: fine-tune a trainable f_Rec on the rec_train users (nothing to do for a zero-shot one).
 
+A tabular f_Rec that reads the profile (`recommender=tabular_reader`) is fitted here too, on the same users'
+cases, by its own grid search, and pickled as the `rec_model` artifact.
+
 A pure fit: the rec_train users' profiles are read from the artifact `rec_train_profiles` that stage
 rec_profiles made, on every rank alike.
 """
@@ -13,19 +16,23 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
 from lettingo.artifacts import REC_MODEL, REC_TRAIN_PROFILES, SAMPLES
 from lettingo.data.splits import rec_train_users
 from lettingo.llm.pool import backbones_by_name
 from lettingo.profiles.oracle import oracle_profiles
+from lettingo.recommender.tabular import TabularRecommender
 from lettingo.recommender.training import RecDataModule, fit, split_users, training_cases
 from lettingo.runtime import lightning_trainer
 from lettingo.schemas import LettingoConfig
 from lettingo.stages.base import TRAINER_DISPLAY, Output, Stage, StageContext, pace_keys
 
 log = logging.getLogger(__name__)
+
+#: The file of a tabular f_Rec's pickle in the rec_model artifact.
+TABULAR_CHECKPOINT = "model.pkl"
 
 
 def wanted_profiles(conf: LettingoConfig, users: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
@@ -61,12 +68,51 @@ def run(ctx: StageContext) -> dict[str, Any]:
     profiles = None
     if training.profiles_per_user > 0:
         profiles = wanted_profiles(conf, users, ctx.read_table(REC_TRAIN_PROFILES))
-    meta = ctx.make(REC_MODEL, lambda folder: train_model(ctx, conf, users, profiles, folder))
+    fit_model = fit_tabular if is_tabular(rec.model) else train_model
+    meta = ctx.make(REC_MODEL, lambda folder: fit_model(ctx, conf, users, profiles, folder))
     if not ctx.is_main:
         return {"recommender": rec.name, "trained": True, "rank": ctx.rank}
     print(f"train_rec: {rec.name} in {store.path(REC_MODEL)}: best validation {meta['select_by']} "
           f"{meta['val_score']:.3f} ({meta['val_cases']} cases)")
     return meta
+
+
+def profile_sources(conf: LettingoConfig, users: pd.DataFrame, profiles: pd.DataFrame | None
+                    ) -> tuple[dict[str, list[str]], dict[str, str] | None]:
+    """Each user's generated profiles, and their oracle facts when `recommender.training.oracle_profile_rate` > 0."""
+    texts = {} if profiles is None else profiles.groupby("user_id")["text"].apply(list).to_dict()
+    wanted = conf.recommender.training.oracle_profile_rate > 0
+    return texts, oracle_profiles(users, conf.history.length, asdict(conf.prompt.facts)) if wanted else None
+
+
+def is_tabular(model_cfg: Any) -> bool:
+    """Whether the f_Rec of ``model_cfg`` is fitted whole by its own grid search (a tabular one), not by Lightning."""
+    return issubclass(get_class(model_cfg["_target_"]), TabularRecommender)
+
+
+def fit_tabular(ctx: StageContext, conf: LettingoConfig, users: pd.DataFrame, profiles: pd.DataFrame | None,
+                folder: Path) -> dict[str, Any]:
+    """Fit a tabular f_Rec (`recommender=tabular_reader`) on the rec_train users' cases, pickled into ``folder``.
+
+    The cases' profiles mix as for a Lightning f_Rec (`recommender.training`: generated, oracle facts, empty; a
+    seeded draw per case); the item statistics come from the same users. Its user-grouped grid search is the
+    validation, so no users are held out. A single-process fit: other ranks only wait for rank 0's artifact.
+    """
+    rec, training = conf.recommender, conf.recommender.training
+    if not ctx.is_main:
+        return {}
+    began = time.perf_counter()
+    texts, oracle = profile_sources(conf, users, profiles)
+    cases = training_cases(users, texts, training.n_targets, training.empty_profile_rate, conf.seed,
+                           training.empty_recent_rate, oracle, training.oracle_profile_rate)
+    model = instantiate(rec.model).fit_cases(cases, users)
+    model.save(folder / TABULAR_CHECKPOINT)
+    seconds = time.perf_counter() - began
+    ctx.tracker.log_metrics({f"train_rec/cv/{model.scoring}": model.cv_score_, "train_rec/train/seconds": seconds})
+    return {"recommender": rec.name, "trained": True, "checkpoint": TABULAR_CHECKPOINT,
+            "select_by": f"{model.scoring} ({model.cv_folds}-fold user-grouped CV)", "val_score": model.cv_score_,
+            "val_cases": len(cases), "train_cases": len(cases), "train_users": len(users),
+            "best_params": model.best_params_, "seconds": seconds}
 
 
 def train_model(ctx: StageContext, conf: LettingoConfig, users: pd.DataFrame, profiles: pd.DataFrame | None,
@@ -78,10 +124,9 @@ def train_model(ctx: StageContext, conf: LettingoConfig, users: pd.DataFrame, pr
     rec, training = conf.recommender, conf.recommender.training
     select_by, seed = training.select_by, conf.seed
     began = time.perf_counter()
-    texts = {} if profiles is None else profiles.groupby("user_id")["text"].apply(list).to_dict()
+    texts, oracle = profile_sources(conf, users, profiles)
     train_users, val_users = split_users(users["user_id"].tolist(), training.val_fraction, seed)
     n_targets, oracle_rate = training.n_targets, training.oracle_profile_rate
-    oracle = oracle_profiles(users, conf.history.length, asdict(conf.prompt.facts)) if oracle_rate > 0 else None
     train = training_cases(users[users["user_id"].isin(train_users)], texts, n_targets,
                            training.empty_profile_rate, seed, training.empty_recent_rate, oracle, oracle_rate)
     # Validation (checkpoint choice) sees profiles as the judged ones are: generated, and oracle facts in
