@@ -165,6 +165,7 @@ def test_test_stage_compares_every_method_on_the_same_users(tiny, aligned, capsy
     assert set(predictions["method"]) == methods | {"SFT shuffled", "DPO shuffled"}
     assert len(predictions) == 10 * (len(methods) + 2) and predictions.groupby("method").size().eq(10).all()
     assert "## Table 3" in out and "| DPO" in out and "| SFT" in out and "| no DPO" in out
+    assert not (run_dir / RESULTS / "comparison_targets.json").exists() and "targets per user" not in out  # M = 1
 
 
 def test_one_user_trains_without_validation(tiny, tiny_model_cache) -> None:

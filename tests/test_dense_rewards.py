@@ -15,7 +15,7 @@ from test_samples import synthetic_interactions
 from lettingo import CONFIG_DIR
 from lettingo.artifacts import SAMPLES, ArtifactStore
 from lettingo.data.samples import build_samples, older_history
-from lettingo.data.schema import DataFormatError, LabelThresholds
+from lettingo.data.schema import LABELS, DataFormatError, LabelThresholds
 from lettingo.feedback.rewards import P_FLOOR, REWARD_COLUMNS, score_profiles
 from lettingo.pipeline import run
 from lettingo.profiles.explore import KEY
@@ -59,6 +59,21 @@ def _p_true(recommender: Recommender, sample, profile: str) -> np.ndarray:
     """P(true label) of each of the sample's M target cases, one f_Rec call of our own."""
     cases = target_cases(sample, profile, M)
     return recommender.predict(cases)[np.arange(M), [LABEL_INDEX[c.label] for c in cases]]
+
+
+def test_each_targets_labels_and_probabilities_are_stored(tiny, tmp_path) -> None:
+    samples, recommender, _ = tiny
+    rewards = _score(tmp_path, recommender, samples, "p_true")
+    by_user = {str(s["user_id"]): s for s in samples.to_dict("records")}
+    for row in rewards.to_dict("records"):
+        cases = target_cases(by_user[row["user_id"]], row["text"], M)
+        probabilities = np.stack(list(row["target_probabilities"]))
+        assert probabilities == pytest.approx(recommender.predict(cases), abs=1e-4)
+        assert list(row["target_labels"]) == [case.label for case in cases]
+        assert list(row["target_predicted"]) == [LABELS[i] for i in probabilities.argmax(axis=1)]
+        assert probabilities[np.arange(M), [LABEL_INDEX[c.label] for c in cases]] == pytest.approx(
+            np.asarray(row["target_p_true"]))
+        assert (row["predicted"], row["p_like"]) == (row["target_predicted"][-1], probabilities[-1, 0])
 
 
 def test_the_m_targets_never_overlap_the_older_history(tiny) -> None:

@@ -6,7 +6,9 @@ first; the last is the real target, whose verdict fills the f_Rec columns (as wi
 ``correct`` is 1.0 when f_Rec's arg-max is the true label, ``p_true`` its probability of the true label,
 ``log_p_true`` that probability's log, ``log_p_gain`` that log minus the log with no profile (the same
 recent items and target), which cancels each target's difficulty; ``stated_mean`` is a rule on the text
-(`lettingo.feedback.rule_reward`) and needs no f_Rec.
+(`lettingo.feedback.rule_reward`) and needs no f_Rec. With an f_Rec every row also keeps each target's true
+label, predicted label and label probabilities (PER_TARGET_COLUMNS), so any metric over users x targets can be
+computed from the artifact alone.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ REWARD_COLUMNS: tuple[str, ...] = ("label", "predicted", "p_true", "correct", *(
 #: The reward and the per-target columns every scored row gets (`target_p_true` only with an f_Rec,
 #: `target_p_true_empty` only with ``log_p_gain``): the contract of pairs and alignment.
 TARGET_COLUMNS: tuple[str, ...] = ("reward", "target_rewards", "target_p_true", "target_p_true_empty")
+#: Per-target verdicts every row f_Rec scores gets, one entry per target (oldest first, the real target last): the
+#: true label, f_Rec's arg-max label, and its probabilities (a list of one [p per label, LABELS order] per target).
+PER_TARGET_COLUMNS: tuple[str, ...] = ("target_labels", "target_predicted", "target_probabilities")
 #: The rule reward, the one that needs no f_Rec.
 RULE_REWARD = "stated_mean"
 #: The smallest probability a log reward sees (an f_Rec certain it is wrong would give -inf).
@@ -106,6 +111,15 @@ def rule_rewards(chunk: pd.DataFrame, by_user: Mapping[str, Mapping[str, Any]], 
     return np.array([[stated_mean_reward(str(text), means[user], bool(bad))] for user, text, bad in rows])
 
 
+def target_verdicts(row_cases: Sequence[Sequence[RecCase]], probabilities: np.ndarray) -> dict[str, list]:
+    """PER_TARGET_COLUMNS of each row from its M cases and f_Rec's probabilities, (rows, M, 3): lists of plain
+    labels and floats."""
+    flat = probabilities.reshape(-1, len(LABELS))
+    predicted = np.asarray(predicted_labels(flat)).reshape(probabilities.shape[:2])
+    return {"target_labels": [[case.label for case in cases] for cases in row_cases],
+            "target_predicted": predicted.tolist(), "target_probabilities": probabilities.tolist()}
+
+
 def judged_frame(recommender: Recommender, chunk: pd.DataFrame, row_cases: Sequence[Sequence[RecCase]],
                  by_user: Mapping[str, Mapping[str, Any]], reward: str) -> tuple[pd.DataFrame, np.ndarray | None]:
     """The rows of ``chunk`` with f_Rec's verdict on the real target and the per-target probabilities, and the
@@ -121,7 +135,8 @@ def judged_frame(recommender: Recommender, chunk: pd.DataFrame, row_cases: Seque
     probabilities = predicted[: len(flat)].reshape(len(chunk), targets, len(LABELS))
     labels = label_codes(flat).reshape(len(chunk), targets)
     frame = reward_frame(chunk, [cases[-1] for cases in row_cases], probabilities[:, -1])
-    frame = frame.assign(target_p_true=list(true_probabilities(probabilities, labels)))
+    frame = frame.assign(target_p_true=list(true_probabilities(probabilities, labels)),
+                         **target_verdicts(row_cases, probabilities))
     empty = None
     if users:
         rows_user = [users.index(user) for user in chunk["user_id"].astype(str)]
@@ -163,7 +178,8 @@ def score_profiles(
     Each row gets f_Rec's verdict on its real target (REWARD_COLUMNS; none when ``recommender`` is None,
     which only the rule reward allows) and ``reward``, the mean of ``target_rewards`` (per target, M =
     ``targets``; one value for the rule), with ``target_p_true`` (and ``target_p_true_empty`` for
-    ``log_p_gain``). ``history`` (H) is the older history whose mean rating the rule checks.
+    ``log_p_gain``) and, with an f_Rec, PER_TARGET_COLUMNS. ``history`` (H) is the older history whose mean
+    rating the rule checks.
 
     Rows the artifact holds already (a killed run, or fewer profiles asked for before) are kept, so only
     the missing ones are scored.

@@ -5,9 +5,11 @@ Methods, all on the same users: f_Rec with no profile (the K recent items only),
 backbone of `sampling.backbones` (the aligned generator's base is "no DPO"); the generator with each
 round's adapter of `align.methods` (when trained); and the fixed-format prompts of `test.fixed_formats` (PALR,
 RLMRec, KAR styles) through the generator's base model. Profiles go to resumable artifacts
-``test_profiles*``, verdicts to `predictions` (one row per user and method), and to `results`: the held-out
-reward of every generator (`evaluate.reward`, with its profiles shuffled among users beside it) and the
-comparison of every method (intervals, paired differences against DPO, no profile and oracle facts).
+``test_profiles*``, verdicts to `predictions` (one row per user and method, each of the user's M targets in its
+per-target columns), and to `results`: the held-out reward of every generator (`evaluate.reward`, with its
+profiles shuffled among users beside it) and the comparison of every method on the real target (intervals,
+paired differences against DPO, no profile and oracle facts: the headline), with M >= 2 beside it the same
+comparison over every user x all M targets (`comparison_targets.*`).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ log = logging.getLogger(__name__)
 TABLE3 = (NO_DPO, SFT, DPO)  # the paper's alignment ablation, in its order
 TABLE3_METRICS = ("accuracy", "macro_f1", "p_true", "log_loss")
 REWARD_TABLE = "rewards"  # file stem of the held-out reward table in the results artifact
+TARGETS_COMPARISON = f"{COMPARISON}_targets"  # file stem of the comparison over users x all M targets
 
 
 def fixed_format_artifact(name: str) -> str:
@@ -188,29 +191,81 @@ def test_users(test: TestSchema, samples: pd.DataFrame) -> pd.DataFrame:
     return users if test.max_users is None else users.head(test.max_users)
 
 
-def label_comparison(ctx: StageContext, conf: LettingoConfig, users: pd.DataFrame, predictions: pd.DataFrame,
-                     folder: Path, title: str) -> int:
-    """Write the f_Rec's label comparison of every method (accuracy, F1s, p_true, log-loss with intervals and
-    paired differences against DPO, no profile and oracle facts); return how many users it compares."""
+def compared_rows(predictions: pd.DataFrame) -> pd.DataFrame:
+    """The prediction rows the comparisons read: every method but the generators' shuffled guards (the base's
+    shuffled profiles stay, as the `shuffled` floor row)."""
     guards = set(guarded_methods(predictions).values()) - {SHUFFLED}
-    predictions = predictions[~predictions["method"].isin(guards)]
-    user_ids, truth, predicted = method_predictions(predictions)
-    tabular = tabular_probabilities(ctx, conf, users, user_ids)
-    predicted |= {label: predicted_labels(probabilities) for label, probabilities in tabular.items()}
-    comparison = Comparison.compute(
-        user_ids, truth, predicted, references=[DPO, no_profile_label(conf.history.recent), ORACLE_FACTS],
+    return predictions[~predictions["method"].isin(guards)]
+
+
+def method_comparison(conf: LettingoConfig, predictions: pd.DataFrame, users: list[str], truth: list[str],
+                      predicted: dict[str, list[str]], probabilities: dict[str, np.ndarray],
+                      targets: list[int] | None = None) -> Comparison:
+    """:meth:`Comparison.compute` of the methods' cases (one per user, or per user and target with ``targets``),
+    with paired differences against DPO, no profile and oracle facts and the test stage's bootstrap and meta."""
+    return Comparison.compute(
+        users, truth, predicted, references=[DPO, no_profile_label(conf.history.recent), ORACLE_FACTS],
         n_resamples=conf.bootstrap.n_resamples, confidence=conf.bootstrap.confidence, seed=conf.seed,
         meta={"split": conf.test.split, "recommender": conf.recommender.name, "dataset": conf.dataset.name,
               "degenerate_share": predictions.groupby("method")["degenerate"]
               .apply(lambda d: float((d != "").mean())).to_dict()},
-        probabilities=method_probabilities(predictions, user_ids) | tabular,
+        probabilities=probabilities, targets=targets,
     )
+
+
+def all_targets_title(title: str, targets: int) -> str:
+    """The title of the comparison over every test user's ``targets`` targets."""
+    return f"{title}: all {targets} targets per user"
+
+
+def target_comparison(conf: LettingoConfig, predictions: pd.DataFrame, user_ids: list[str], folder: Path,
+                      title: str) -> None:
+    """Write the comparison over ``user_ids`` x all M targets (TARGETS_COMPARISON), from the predictions'
+    per-target columns; the tabular f_Rec, which scores the real target only, is left out."""
+    if "target_predicted" not in predictions or predictions["target_predicted"].isna().any():
+        log.warning("the predictions were scored before per-target labels were stored: no comparison over all "
+                    "targets (move the predictions artifact aside to rescore it)")
+        return
+    frames = {m: rows.set_index("user_id").loc[user_ids] for m, rows in predictions.groupby("method", sort=False)}
+    first = next(iter(frames.values()))
+    targets = len(first["target_labels"].iloc[0])
+    comparison = method_comparison(
+        conf, predictions, [u for u in user_ids for _ in range(targets)],
+        [label for labels in first["target_labels"] for label in labels],
+        {m: [label for labels in rows["target_predicted"] for label in labels] for m, rows in frames.items()},
+        {m: np.concatenate([np.stack(list(p)) for p in rows["target_probabilities"]]) for m, rows in frames.items()},
+        targets=list(range(targets)) * len(user_ids))
+    comparison.write(folder, TARGETS_COMPARISON, all_targets_title(title, targets))
+
+
+def label_comparison(ctx: StageContext, conf: LettingoConfig, users: pd.DataFrame, predictions: pd.DataFrame,
+                     folder: Path, title: str) -> int:
+    """Write the f_Rec's label comparison of every method on the real target (accuracy, F1s, p_true, log-loss
+    with intervals and paired differences against DPO, no profile and oracle facts) and, with M >= 2 targets
+    per user, the same over all of them; return how many users the real-target one compares."""
+    predictions = compared_rows(predictions)
+    user_ids, truth, predicted = method_predictions(predictions)
+    tabular = tabular_probabilities(ctx, conf, users, user_ids)
+    predicted |= {label: predicted_labels(probabilities) for label, probabilities in tabular.items()}
+    comparison = method_comparison(conf, predictions, user_ids, truth, predicted,
+                                   method_probabilities(predictions, user_ids) | tabular)
     comparison.write(folder, COMPARISON, title)
+    if conf.evaluate.targets_per_user >= 2:
+        target_comparison(conf, predictions, user_ids, folder, title)
     return len(comparison.users)
 
 
+def log_comparison(ctx: StageContext, comparison: Comparison, prefix: str, plot: Path) -> None:
+    """Log a comparison under tracker ``prefix``: its metrics, results table, plot and confusion matrices."""
+    ctx.tracker.log_metrics(comparison.tracker_metrics(prefix))
+    ctx.tracker.log_table(f"{prefix}/results", comparison.flat_table())
+    ctx.tracker.log_image(f"{prefix}/macro_f1", plot)
+    ctx.tracker.log_table(f"{prefix}/confusion_matrix", confusion_frame(comparison.details))
+
+
 def report_comparison(ctx: StageContext, folder: Path, title: str) -> dict[str, Any]:
-    """Print Table 3 and the full label comparison; log them; return the comparison as JSON."""
+    """Print Table 3, the full label comparison and, when written, the one over all M targets; log them (the
+    latter under ``test/<split>/all_targets``); return the real-target comparison as JSON."""
     comparison = read_comparison(folder / f"{COMPARISON}.json")
     split = comparison.meta["split"]
     table3 = [m for m in TABLE3 if m in comparison.predictions]
@@ -218,11 +273,13 @@ def report_comparison(ctx: StageContext, folder: Path, title: str) -> dict[str, 
         table = comparison.table(methods=table3, metrics=TABLE3_METRICS)
         print("## Table 3: alignment ablation\n\n" + to_markdown(table))
     print(comparison.markdown(title))
-    ctx.tracker.log_metrics(comparison.tracker_metrics(f"test/{split}"))
-    ctx.tracker.log_table(f"test/{split}/results", comparison.flat_table())
-    ctx.tracker.log_image(f"test/{split}/macro_f1", folder / f"{COMPARISON}.png")
-    ctx.tracker.log_table(f"test/{split}/confusion_matrix", confusion_frame(comparison.details))
+    log_comparison(ctx, comparison, f"test/{split}", folder / f"{COMPARISON}.png")
     print(f"results: {folder / COMPARISON}.json")
+    if (folder / f"{TARGETS_COMPARISON}.json").is_file():
+        every = read_comparison(folder / f"{TARGETS_COMPARISON}.json")
+        print(every.markdown(all_targets_title(title, len(set(every.targets or ())))))
+        log_comparison(ctx, every, f"test/{split}/all_targets", folder / f"{TARGETS_COMPARISON}.png")
+        print(f"results over all targets: {folder / TARGETS_COMPARISON}.json")
     return comparison.to_json()
 
 
