@@ -5,7 +5,7 @@ artifacts are kept and reused; the test stage has a row per round with the held-
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -23,6 +23,7 @@ from lettingo.profiles.explore import KEY, explore
 from lettingo.schemas import config_object
 from lettingo.seeding import derive_seed
 from lettingo.stages import BY_NAME, declarations
+from lettingo.stages import align as align_stage
 from lettingo.stages.base import StageContext
 from lettingo.stages.rounds import adapter_generator, every_adapter
 from lettingo.tracking import NullTracker
@@ -130,3 +131,20 @@ def test_a_method_can_train_its_own_number_of_rounds(tmp_path, tiny_model_cache)
     assert len(prints) == 1
     with pytest.raises(ValueError, match=r"align.method.dpo.rounds=0: must be >= 1"):
         config_object(_compose(tiny_model_cache, tmp_path / "run", "align.method.dpo.rounds=0"))
+
+
+def test_a_failed_later_round_raises_on_every_rank(two_rounds, monkeypatch) -> None:
+    cfg, run_dir, _ = two_rounds
+
+    def broken(*args, **kwargs):
+        raise ValueError("disk full")
+
+    monkeypatch.setattr(align_stage, "later_round_examples", broken)
+    main = StageContext(cfg=cfg, run_dir=run_dir, store=ArtifactStore(run_dir), tracker=NullTracker(),
+                        stage=BY_NAME["align"], declared=declarations(cfg))
+    with pytest.raises(ValueError, match="disk full"):  # rank 0 raises its own error
+        align_stage.round_examples(main, config_object(cfg), "dpo", 2)
+    # Another rank receives rank 0's outcome through `agree` and fails in one line naming it.
+    other = replace(main, rank=1, world=2, agree=lambda _: (False, ValueError("disk full")))
+    with pytest.raises(RuntimeError, match="rank 0 failed making round 2 of dpo: ValueError: disk full"):
+        align_stage.round_examples(other, config_object(cfg), "dpo", 2)

@@ -177,12 +177,22 @@ def later_round_examples(ctx: StageContext, conf: LettingoConfig, method: str, r
 
 def round_examples(ctx: StageContext, conf: LettingoConfig, method: str, round_: int) -> pd.DataFrame:
     """The examples ``method`` trains on in ``round_``, the same on every rank: a later round's are explored,
-    judged and paired by rank 0 alone (its own reuse decisions), then shared."""
+    judged and paired by rank 0 alone (its own reuse decisions), then shared; when that fails, every rank
+    raises (the others with rank 0's error in one line) instead of waiting for examples that never come."""
     if round_ == 1:
         return first_round_examples(ctx, conf, method)
-    examples = later_round_examples(replace(ctx, agree=lambda value: value), conf, method, round_) \
-        if ctx.is_main else None
-    return ctx.agree(examples)
+    outcome: tuple[bool, Any] = (False, None)
+    if ctx.is_main:
+        try:
+            outcome = (True, later_round_examples(replace(ctx, agree=lambda value: value), conf, method, round_))
+        except Exception as error:  # shared below, then raised on every rank
+            outcome = (False, error)
+    made, value = ctx.agree(outcome)
+    if made:
+        return value
+    if ctx.is_main:
+        raise value
+    raise RuntimeError(f"rank 0 failed making round {round_} of {method}: {type(value).__name__}: {value}")
 
 
 def has_signal(examples: pd.DataFrame, kind: str) -> bool:
