@@ -82,6 +82,9 @@ def test_zero_shot_train_rec_is_a_no_op_and_evaluate_writes_everything(tiny, exp
     methods = set(summary["baselines"])
     assert {MAJORITY, USER_MEAN, NO_PROFILE, "10H + raw 30H"} <= methods
     assert all(row["accuracy"]["n"] == 12 for row in summary["baselines"].values())
+    # f_Rec's rows carry its probabilities (p_true, log-loss); the rule rows have labels only.
+    assert {"p_true", "log_loss"} <= set(summary["baselines"][NO_PROFILE]) and "p_true" not in summary["baselines"][
+        MAJORITY]
     markdown = (explored / "baselines" / "comparison.md").read_text()
     assert "| 10H + raw 30H" in markdown and markdown in out
     assert (explored / "baselines" / "comparison.png").exists()

@@ -31,7 +31,7 @@ from lettingo.evaluation.comparison import FILE_STEM as COMPARISON
 from lettingo.evaluation.comparison import Comparison, read_comparison
 from lettingo.evaluation.methods import ORACLE_FACTS, method_key, no_profile_label
 from lettingo.evaluation.views import log_reward_views
-from lettingo.feedback.baselines import baseline_predictions
+from lettingo.feedback.baselines import baseline_probabilities, rule_predictions
 from lettingo.feedback.rewards import RULE_REWARD, profile_cases, user_samples
 from lettingo.feedback.rule_reward import shuffled_mean_rewards, user_mean
 from lettingo.feedback.sensitivity import Sensitivity, profile_sensitivity, sensitivity_message
@@ -130,19 +130,19 @@ def baselines_comparison(ctx: StageContext, conf: LettingoConfig, recommender: R
     facts = asdict(conf.prompt.facts)
     oracle = {str(s["user_id"]): oracle_profile(s, conf.history.length, facts) for s in held_out.to_dict("records")}
     item_text = conf.dataset.item_text
-    predictions = baseline_predictions(
-        recommender, held_out, train_labels, LabelThresholds(**asdict(conf.dataset.labels)), evaluate.raw_histories,
-        ItemTextConfig(item_text.max_chars, item_text.review_chars), conf.history.recent,
-        first_profiles(profiles, held_out["user_id"].astype(str).tolist()), oracle, conf.seed,
+    probabilities = baseline_probabilities(
+        recommender, held_out, evaluate.raw_histories, ItemTextConfig(item_text.max_chars, item_text.review_chars),
+        conf.history.recent, first_profiles(profiles, held_out["user_id"].astype(str).tolist()), oracle, conf.seed,
     )
     if evaluate.tabular.enabled:
-        for label, model in tabular_models(ctx, conf, samples).items():
-            predictions[label] = predicted_labels(model.predict(held_out))
+        probabilities |= {label: model.predict(held_out) for label, model in tabular_models(ctx, conf, samples).items()}
+    predictions = rule_predictions(held_out, train_labels, LabelThresholds(**asdict(conf.dataset.labels)))
+    predictions |= {label: predicted_labels(rows) for label, rows in probabilities.items()}
     comparison = Comparison.compute(
         held_out["user_id"].astype(str).tolist(), [str(t["label"]) for t in held_out["target"]], predictions,
         references=[no_profile_label(conf.history.recent), ORACLE_FACTS], n_resamples=conf.bootstrap.n_resamples,
         confidence=conf.bootstrap.confidence, seed=conf.seed,
-        meta={"split": evaluate.split, "recommender": recommender.name},
+        meta={"split": evaluate.split, "recommender": recommender.name}, probabilities=probabilities,
     )
     title = f"{recommender.name} on the held-out `{evaluate.split}` users"
     comparison.write(folder, COMPARISON, title)
