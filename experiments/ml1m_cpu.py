@@ -70,6 +70,7 @@ from lettingo.reports import (
     read_json,
     read_run,
     rec_model_line,
+    remarks_paragraph,
     require_files,
     run_lines,
     stage_times_table,
@@ -392,14 +393,6 @@ def section_baselines(folder: Path, numbers: Numbers) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- build
-def remarks_paragraph(remarks: Sequence[str]) -> str:
-    """The ``--remark`` lines as a list under the stage times, marked as the person's, not the script's."""
-    if not remarks:
-        return ""
-    return ("\nRemarks given with `--remark` by whoever ran this script (not read from the run folder):\n\n"
-            + "\n".join(f"- {remark}" for remark in remarks) + "\n")
-
-
 def build(folder: str | Path, out: str | Path = DEFAULT_OUT, remarks: Sequence[str] = ()) -> dict[str, Path]:
     """Write ``ml1m_cpu.md``, ``.csv`` and ``.png`` into ``out`` from the finished run folder ``folder``.
 

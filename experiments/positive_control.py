@@ -51,6 +51,7 @@ from lettingo.reports import (
     invocation_lines,
     markdown_table,
     read_json,
+    remarks_paragraph,
     require_files,
     run_lines,
     stage_times_table,
@@ -296,8 +297,11 @@ def section_run(folder: Path, record: Mapping[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- build
-def build(folder: str | Path, out: str | Path = DEFAULT_OUT) -> dict[str, Path]:
-    """Write ``positive_control.md`` and ``.csv`` into ``out`` from the finished run folder ``folder``."""
+def build(folder: str | Path, out: str | Path = DEFAULT_OUT, remarks: Sequence[str] = ()) -> dict[str, Path]:
+    """Write ``positive_control.md`` and ``.csv`` into ``out`` from the finished run folder ``folder``.
+
+    ``remarks`` (e.g. a pause or another job that counts in a stage's time) are printed under the stage times.
+    """
     folder, out = Path(folder), Path(out)
     require_files(folder, (RUN_CONFIG_FILE, REWARD_TABLE_FILE, f"{REWARDS}/{META_FILE}",
                            f"{PREDICTIONS}/{META_FILE}", f"{PROFILES}/{META_FILE}"), EXPERIMENT)
@@ -310,7 +314,7 @@ def build(folder: str | Path, out: str | Path = DEFAULT_OUT) -> dict[str, Path]:
     parts = [
         f"# E0, the positive control: the loop on the rule reward (experiment {EXPERIMENT})\n",
         section_run(folder, record),
-        "## Wall time per stage\n", stage_times_table(folder, numbers),
+        "## Wall time per stage\n", stage_times_table(folder, numbers) + remarks_paragraph(remarks),
         "## The rule\n",
         f"`evaluate.reward={RULE}`, as `{RULE_SOURCE.relative_to(RULE_SOURCE.parents[2])}` of this checkout "
         f"states it:\n\n{rule_description()}\n",
@@ -333,9 +337,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help=f"one finished run folder of `lettingo experiment={EXPERIMENT}`")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"folder of the results file (default: {DEFAULT_OUT})")
+    parser.add_argument("--remark", action="append", default=[],
+                        help="a line printed under the stage times, as yours (repeatable), e.g. a pause in a stage")
     args = parser.parse_args(argv)
     try:
-        return build(args.run, args.out)
+        return build(args.run, args.out, args.remark)
     except (FileNotFoundError, ValueError) as error:
         parser.exit(1, f"error: {error}\n")
 

@@ -369,3 +369,11 @@ def stage_times_table(folder: Path, numbers: Numbers) -> str:
     numbers.add("stage_seconds", "total", "seconds", total)
     rows.append(["total", f"{total:.1f}", f"{total / 60:.1f}"])
     return markdown_table(["stage", "seconds", "minutes"], rows)
+
+
+def remarks_paragraph(remarks: Sequence[str]) -> str:
+    """The ``--remark`` lines as a list under the stage times, marked as the person's, not the script's."""
+    if not remarks:
+        return ""
+    return ("\nRemarks given with `--remark` by whoever ran this script (not read from the run folder):\n\n"
+            + "\n".join(f"- {remark}" for remark in remarks) + "\n")
