@@ -383,7 +383,8 @@ def section_baselines(folder: Path, numbers: Numbers) -> str:
     metrics = [m for m in DEFAULT_METRICS if m in comparison.metrics]
     for method, row in comparison.intervals.items():
         for metric in metrics:
-            numbers.interval("baselines", method, metric, row[metric])
+            if metric in row:  # the rule rows (majority class, user mean) have no probabilities
+                numbers.interval("baselines", method, metric, row[metric])
     tabular = (read_json(folder / TABULAR_MODELS / "_meta.json") or {}).get("models") or {}
     cv = "".join(f"\n- {label}: cross-validated accuracy {_pct(info.get('cv_accuracy'))}% on the training users, "
                  f"parameters {info.get('best_params')}" for label, info in tabular.items())

@@ -355,7 +355,7 @@ def test_slurm_tasks_are_the_ranks_and_share_one_run_folder(root: Path, runs) ->
     slurm = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NNODES": "1", "SLURM_NODEID": "0",
              "SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "SLURM_JOB_NAME": "lettingo",
              "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
-    command = [sys.executable, "-m", "lettingo", "debug=tiny", "stage=pipeline", "experiment_name=slurm", *DDP]
+    command = [sys.executable, "-m", "lettingo", "debug=tiny", "stage=pipeline", "experiment_name=slurm", *DDP, ROUNDS]
     tasks = [subprocess.Popen(command, env={**launcher_env(root), **slurm, "SLURM_PROCID": str(r),
                                             "SLURM_LOCALID": str(r)}, cwd=root, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
@@ -372,7 +372,7 @@ def test_slurm_tasks_are_the_ranks_and_share_one_run_folder(root: Path, runs) ->
 def test_torchrun_runs_the_same_command_on_two_ranks(root: Path, runs) -> None:
     """`torchrun --nproc-per-node=2 -m lettingo ...` writes what one process writes, in one run folder."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "lettingo",
-               "debug=tiny", "stage=pipeline", "experiment_name=torchrun", *DDP]
+               "debug=tiny", "stage=pipeline", "experiment_name=torchrun", *DDP, ROUNDS]
     done = subprocess.run(command, env=launcher_env(root), cwd=root, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     run_dir = only_folder(root / "outputs" / "torchrun")

@@ -253,8 +253,8 @@ def relabel_no_profile(path: Path, recent: int) -> None:
     def rename(mapping: dict) -> dict:
         return {new if k == old else k: v for k, v in mapping.items()}
 
-    for part in ("predictions", "methods", "details"):
-        obj[part] = rename(obj[part])
+    for part in ("predictions", "probabilities", "methods", "details"):
+        obj[part] = rename(obj.get(part, {}))
     obj["paired"] = {k: rename(v) for k, v in rename(obj["paired"]).items()}
     path.write_text(json.dumps(obj))
 
