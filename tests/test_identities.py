@@ -74,6 +74,20 @@ def test_a_method_adapter_ignores_the_other_methods(fingerprints) -> None:
     assert changed[DPO] == base[DPO] and changed[adapter_artifact("sft")] != base[adapter_artifact("sft")]
 
 
+def test_the_judge_is_part_of_what_a_reward_depends_on_and_only_then(fingerprints) -> None:
+    """Rewards and the test stage's predictions follow the same judge: f_Rec's model under an f_Rec reward, the
+    older history (never f_Rec) under the rule reward."""
+    judged = ("rewards", "predictions")
+    other_model = "recommender.model.model=tiny_random:7"  # another f_Rec: its config and its trained checkpoint
+    base, changed = fingerprints("evaluate.reward=p_true"), fingerprints("evaluate.reward=p_true", other_model)
+    assert all(changed[name] != base[name] for name in judged)
+    rule, rule_changed = fingerprints("evaluate.reward=stated_mean"), fingerprints("evaluate.reward=stated_mean",
+                                                                                    other_model)
+    assert all(rule_changed[name] == rule[name] != base[name] for name in judged)
+    assert all(fingerprints("evaluate.reward=stated_mean", "history.length=50")[name] != rule[name]
+               for name in judged)
+
+
 def test_generation_chunking_is_part_of_the_generated_profiles(fingerprints) -> None:
     changed, base = fingerprints("sampling.users_per_chunk=2"), fingerprints()
     assert changed[PROFILES] != base[PROFILES]

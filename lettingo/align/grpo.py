@@ -60,13 +60,18 @@ def sample_groups(samples: pd.DataFrame) -> list[pd.DataFrame]:
     return groups
 
 
+def informative_groups(samples: pd.DataFrame) -> list[pd.DataFrame]:
+    """The (user, prompt) groups of ``samples`` whose rewards are not all equal: the only ones with an advantage."""
+    return [g for g in sample_groups(samples) if g["reward"].nunique() > 1]
+
+
 def group_examples(samples: pd.DataFrame, tokenizer: Any, max_prompt_tokens: int,
                    max_completion_tokens: int) -> tuple[list[Example], Truncation]:
     """GRPO examples: (prompt, its G completions, their ``rewards``) per (user, prompt); equal-reward groups dropped.
 
     Prompts and completions are tokenized and cut exactly as DPO's (see :func:`tokenize_examples`).
     """
-    informative = [g for g in sample_groups(samples) if g["reward"].nunique() > 1]
+    informative = informative_groups(samples)
     examples, cut = tokenize_examples(tokenizer, [g["prompt"].iloc[0] for g in informative],
                                       [list(g["completion"].fillna("")) for g in informative],
                                       max_prompt_tokens, max_completion_tokens)

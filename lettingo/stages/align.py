@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from lettingo.align.adapters import attach_lora, load_adapter, save_adapter
 from lettingo.align.data import select_pairs, split_by_user
+from lettingo.align.grpo import informative_groups
 from lettingo.align.training import device_count, fit_lightning, fit_trl, generator_pairs
 from lettingo.artifacts import PAIRS, PROFILES, REWARDS, SAMPLES, adapter_artifact, round_artifact
 from lettingo.llm.models import load_causal_lm, resolve_dtype, training_device
@@ -199,7 +200,7 @@ def has_signal(examples: pd.DataFrame, kind: str) -> bool:
     """Whether ``examples`` can teach anything: a pair, or a group whose rewards differ."""
     if kind != GROUP_EXAMPLES:
         return not examples.empty
-    return bool(len(examples) and examples.groupby(["user_id", "prompt"])["reward"].nunique().gt(1).any())
+    return bool(informative_groups(examples))
 
 
 def run(ctx: StageContext) -> dict[str, Any]:

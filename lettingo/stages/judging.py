@@ -38,17 +38,26 @@ def judge(ctx: StageContext, conf: LettingoConfig) -> LazyRecommender | None:
     return None if conf.evaluate.reward == RULE_REWARD else frozen_recommender(ctx, conf.recommender)
 
 
-def rewards_output(cfg: DictConfig, name: str, profiles: str) -> Output:
-    """The declaration of rewards artifact ``name`` of the profiles artifact ``profiles`` (row-keyed: grows with it).
+def judge_identity(cfg: DictConfig) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """What a profile's reward depends on besides its text: (config keys, input artifacts, keys left out).
 
-    The rule reward depends on the text and the older history's mean rating, never on f_Rec. The users scored
-    together change a verdict through rounding, as for generated texts.
+    The rule reward depends on the older history's mean rating, never on f_Rec; an f_Rec reward on f_Rec's
+    model (without its pace keys) and, when trained, its checkpoint. Both on the reward and its targets.
     """
     rule = cfg.evaluate.reward == RULE_REWARD
     judged_by = ("history.length",) if rule else ("recommender.model",)
-    return Output(name, config=(*judged_by, "evaluate.users_per_chunk", "evaluate.reward", "evaluate.targets_per_user"),
-                  inputs=(profiles, SAMPLES, *(() if rule else recommender_inputs(cfg))), grows_with=(profiles,),
-                  not_identity=() if rule else pace_keys(cfg, "recommender.model"))
+    return ((*judged_by, "evaluate.reward", "evaluate.targets_per_user"),
+            () if rule else recommender_inputs(cfg), () if rule else pace_keys(cfg, "recommender.model"))
+
+
+def rewards_output(cfg: DictConfig, name: str, profiles: str) -> Output:
+    """The declaration of rewards artifact ``name`` of the profiles artifact ``profiles`` (row-keyed: grows with it).
+
+    The users scored together change a verdict through rounding, as for generated texts.
+    """
+    config, inputs, pace = judge_identity(cfg)
+    return Output(name, config=(*config, "evaluate.users_per_chunk"), inputs=(profiles, SAMPLES, *inputs),
+                  grows_with=(profiles,), not_identity=pace)
 
 
 def reward_profiles(ctx: StageContext, conf: LettingoConfig, profiles: pd.DataFrame, samples: pd.DataFrame,

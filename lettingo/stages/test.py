@@ -51,7 +51,7 @@ from lettingo.recommender.cases import predicted_labels
 from lettingo.recommender.tabular import TabularRecommender
 from lettingo.schemas import LettingoConfig, TestSchema
 from lettingo.stages.base import Output, Stage, StageContext, backbones_pace_keys, pace_keys
-from lettingo.stages.judging import judge, recommender_inputs
+from lettingo.stages.judging import judge, judge_identity
 from lettingo.stages.rounds import every_adapter, trained_generators
 
 log = logging.getLogger(__name__)
@@ -331,7 +331,7 @@ def outputs(cfg: DictConfig) -> list[Output]:
     """The test profiles (LettinGo prompt, then one artifact per fixed format), predictions and results."""
     adapters = every_adapter(cfg)
     fixed = [str(name) for name in (cfg.test.get("fixed_formats") or {})]
-    rec = recommender_inputs(cfg)
+    judged_by, judge_inputs, judge_pace = judge_identity(cfg)
     grows = ("test.max_users",)
     generators = pace_keys(cfg, "backbone")
     profiles = (TEST_PROFILES, *map(fixed_format_artifact, fixed))
@@ -340,10 +340,8 @@ def outputs(cfg: DictConfig) -> list[Output]:
                inputs=(SAMPLES, *adapters), grows_by=grows, not_identity=(*backbones_pace_keys(cfg), *generators)),
         *[Output(fixed_format_artifact(name), config=(*TEST_PROFILE_CONFIG, f"test.fixed_formats.{name}", "backbone"),
                  inputs=(SAMPLES,), grows_by=grows, not_identity=generators) for name in fixed],
-        Output(PREDICTIONS, config=("recommender.model", "history", "prompt.facts", "test.users_per_chunk",
-                                    "evaluate.reward", "evaluate.targets_per_user"),
-               inputs=(*profiles, *rec), grows_by=grows, grows_with=profiles,
-               not_identity=pace_keys(cfg, "recommender.model")),
+        Output(PREDICTIONS, config=(*judged_by, "history", "prompt.facts", "test.users_per_chunk"),
+               inputs=(*profiles, *judge_inputs), grows_by=grows, grows_with=profiles, not_identity=judge_pace),
         Output(RESULTS, config=("bootstrap", "seed", "test.split", "test.max_users", "evaluate.tabular.enabled",
                                 "evaluate.reward"),
                inputs=(PREDICTIONS, *profiles, *((TABULAR_MODELS,) if cfg.evaluate.tabular.enabled else ()))),
