@@ -73,10 +73,12 @@ State = Literal["done", "partial", "new"]
 OTHER_INPUTS = "was made from other inputs than this config"
 
 
-def adapter_artifact(method: str, round_: int = 1) -> str:
+def adapter_artifact(method: str, round_: int = 1, seed: int = 1) -> str:
     """The artifact holding the LoRA adapter trained by alignment method ``method`` in on-policy round ``round_``
-    (round 1, the paper's single round, keeps the plain name)."""
-    return f"{ADAPTER_PREFIX}{method}" if round_ == 1 else f"{ADAPTER_PREFIX}{method}_r{round_}"
+    (round 1, the paper's single round, keeps the plain name), with its ``seed``-th training seed (seed 1 keeps
+    the plain name; `align.method.<name>.seeds` >= 2 adds replicas of the last round, suffix ``_s<seed>``)."""
+    name = f"{ADAPTER_PREFIX}{method}" if round_ == 1 else f"{ADAPTER_PREFIX}{method}_r{round_}"
+    return name if seed == 1 else f"{name}_s{seed}"
 
 
 def round_artifact(kind: str, method: str, round_: int) -> str:

@@ -12,9 +12,11 @@ import logging
 import os
 import signal
 import sys
+import textwrap
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -24,7 +26,7 @@ from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException, InstantiationException
 from omegaconf import DictConfig
 
-from lettingo import CONFIG_DIR
+from lettingo import CONFIG_DIR, __version__
 from lettingo.run_folders import register_resolvers
 from lettingo.schemas import ConfigError, compose_config, validate_config
 
@@ -121,9 +123,55 @@ def check_command_line(argv: list[str]) -> None:
         sys.exit(1)
 
 
+#: The project's own usage, printed by `lettingo --help` before Hydra's help (the composed config, its groups).
+USAGE = """\
+lettingo {version}: LLM-written user profiles judged by a recommender (f_Rec), then aligned with DPO.
+
+usage: lettingo [stage=<stage>] [experiment=<name>] [<group>=<option> ...] [<key>=<value> ...]
+       lettingo -m <key>=<a>,<b> ...     a Hydra multirun sweep: one job per value
+
+stages (stage=, default {stage}): {stages}
+  pipeline runs them all in order; a single stage continues the experiment's latest run folder (run_dir=...).
+experiments (experiment=): {experiments}
+debug setups (debug=): {debugs}
+sweeps (sweep=): {sweeps}
+main groups: dataset, history, backbone, sampling, prompt, recommender, evaluate, pairs, align, test, trainer,
+  logger (`lettingo --help` below lists every option of every group, then the composed config)
+
+examples:
+  lettingo experiment=quickstart                        the embedded default (what `make run` runs)
+  lettingo stage=pipeline debug=tiny                    the whole loop on a tiny random model, in seconds
+  lettingo experiment=positive_control                  E0: the loop on a reward whose answer is known
+  lettingo stage=test experiment=quickstart run_dir=outputs/quickstart/<folder>
+  lettingo -m experiment=quickstart sweep=history_length
+"""
+
+
+def group_options(group: str) -> str:
+    """The options of config group ``group`` (its YAML files' names), comma-separated, wrapped under its heading."""
+    names = ", ".join(sorted(path.stem for path in (Path(CONFIG_DIR) / group).glob("*.yaml")))
+    return textwrap.fill(names, width=110, subsequent_indent="  ")
+
+
+def usage() -> str:
+    """The project's usage: stages, experiments and other setups found in the config tree, examples."""
+    stages = ("data", "explore", "rec_profiles", "train_rec", "evaluate", "align", "test", "pipeline")
+    default = (Path(CONFIG_DIR) / "config.yaml").read_text(encoding="utf-8").split("\nstage: ", 1)[1].split()[0]
+    return USAGE.format(version=__version__, stage=default, stages=", ".join(stages),
+                        experiments=group_options("experiment"), debugs=group_options("debug"),
+                        sweeps=group_options("sweep"))
+
+
 def main() -> None:
-    """The console script: check the command line's config, then run it with Hydra."""
-    check_command_line(sys.argv[1:])
+    """The console script: `--version` and the project's usage before Hydra's `--help`; else check the command
+    line's config, then run it with Hydra."""
+    argv = sys.argv[1:]
+    if "--version" in argv:
+        print(f"lettingo {__version__}")
+        return
+    if "--help" in argv or "-h" in argv:
+        print(usage())
+    check_command_line(argv)
     run_job()
 
 
@@ -136,9 +184,10 @@ def run_job(cfg: DictConfig) -> None:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     from lettingo.pipeline import run
-    from lettingo.runtime import quiet_third_party_deprecations
+    from lettingo.runtime import quiet_third_party_deprecations, route_lightning_logs
 
     quiet_third_party_deprecations()
+    route_lightning_logs()
     try:
         with sigterm_as_exit():
             run(cfg)

@@ -4,6 +4,7 @@ and giving the accelerator's memory back between stages."""
 from __future__ import annotations
 
 import gc
+import logging
 import random
 import sys
 import warnings
@@ -55,6 +56,37 @@ def release_accelerator_memory() -> None:
     for release in list(_RELEASERS):
         release()
     free_accelerator_cache()
+
+
+#: The start of Lightning's INFO lines that say nothing about the run (advertising another product).
+LIGHTNING_TIPS = ("💡 Tip:",)
+#: The loggers Lightning's rank-zero lines come from (whichever of its packages was imported last names it).
+LIGHTNING_RANK_ZERO = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+
+
+class DropLightningTips(logging.Filter):
+    """Drops a log record that starts with one of :data:`LIGHTNING_TIPS`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Whether ``record`` is kept."""
+        return not record.getMessage().startswith(LIGHTNING_TIPS)
+
+
+def route_lightning_logs() -> None:
+    """Lightning's log lines once, through the run's own handlers (the console and the run folder's log), tips
+    dropped: importing `lightning` gives its logger a console handler of its own beside the root's, so every
+    line ("GPU available: ...") was printed twice. Call it after the run's logging is configured."""
+    import lightning  # noqa: F401  (its import adds the handler removed here)
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate = True
+    for name in LIGHTNING_RANK_ZERO:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, DropLightningTips) for f in logger.filters):
+            logger.addFilter(DropLightningTips())
 
 
 def quiet_third_party_deprecations() -> None:

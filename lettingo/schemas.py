@@ -383,11 +383,13 @@ class AlignMethodSchema:
     examples: str
     module: Any  # instantiated with `_partial_: true`; the stage passes the model
     rounds: int | None = None  # this method's on-policy rounds (None: `align.rounds`)
+    seeds: int = 1  # training seeds of the last round (>= 2: replicas from the same examples and previous adapter)
 
     def __post_init__(self) -> None:
         one_of("examples", self.examples, EXAMPLE_KINDS)
         if self.rounds is not None:
             at_least("rounds", self.rounds, 1)
+        at_least("seeds", self.seeds, 1)
         require(isinstance(self.module, Mapping) and "_target_" in self.module, "module", self.module,
                 "must be a module config (with _target_)")
 

@@ -5,6 +5,7 @@ artifacts are kept and reused; the test stage has a row per round with the held-
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -148,3 +149,26 @@ def test_a_failed_later_round_raises_on_every_rank(two_rounds, monkeypatch) -> N
     other = replace(main, rank=1, world=2, agree=lambda _: (False, ValueError("disk full")))
     with pytest.raises(RuntimeError, match="rank 0 failed making round 2 of dpo: ValueError: disk full"):
         align_stage.round_examples(other, config_object(cfg), "dpo", 2)
+
+
+def test_the_last_round_trains_replicas_with_other_seeds(two_rounds, tiny_model_cache, tmp_path) -> None:
+    _, run_dir, _ = two_rounds
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, symlinks=True)
+    stamps = {p.parent.name: p.stat().st_mtime_ns for p in copy.glob("adapter_*/_meta.json")}
+    cfg = _compose(tiny_model_cache, copy, "align.method.dpo.seeds=2", "stage=align")
+    adapters = every_adapter(cfg)
+    assert adapter_artifact("dpo", 2, 2) in adapters and adapter_artifact("dpo", 1, 2) not in adapters
+    results = run(cfg)
+    # The replica is one more adapter: every adapter made before is reused, not retrained.
+    assert {n: t for n, t in ((p.parent.name, p.stat().st_mtime_ns) for p in copy.glob("adapter_*/_meta.json"))
+            if n in stamps} == stamps
+    store = ArtifactStore(copy)
+    first, replica = store.meta(adapter_artifact("dpo", 2)), store.meta(adapter_artifact("dpo", 2, 2))
+    assert replica["seed_index"] == 2 and replica["training_seed"] != first["training_seed"]
+    assert (replica["pairs_train"], replica["users_train"]) == (first["pairs_train"], first["users_train"])
+    assert results["dpo_r2_s2"]["round"] == 2  # a single stage's run returns that stage's results
+    a, b = _lora(copy / adapter_artifact("dpo", 2)), _lora(copy / adapter_artifact("dpo", 2, 2))
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # another data order, another adapter
+    tested = run(_compose(tiny_model_cache, copy, "align.method.dpo.seeds=2", "stage=test"))
+    assert {"DPO (seed 2)", "DPO", "DPO (round 1)"} <= set(tested["held_out_reward"])

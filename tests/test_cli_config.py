@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from lettingo import CONFIG_DIR
+from lettingo import __version__ as lettingo_version
+
 #: The bad values of issue 20's probe (and a misspelt key), each with the line it must fail with.
 BAD = [
     (["--cfg", "job", "sampling.n=foo"], "sampling.n=foo: must be an integer"),
@@ -52,3 +55,22 @@ def test_the_console_script_imports_no_training_stack_before_it_checks() -> None
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'lightning', 'transformers', 'peft'}))")
     loaded = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert loaded.strip() == "[]"
+
+
+def test_version_prints_the_projects_version(tmp_path: Path) -> None:
+    done = lettingo(tmp_path, "--version")
+    assert done.returncode == 0 and done.stdout == f"lettingo {lettingo_version}\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_help_starts_with_the_projects_usage_then_hydras(tmp_path: Path) -> None:
+    done = lettingo(tmp_path, "--help")
+    assert done.returncode == 0, done.stderr
+    usage, hydra_help = done.stdout.split("cli is powered by Hydra", 1)
+    assert usage.startswith(f"lettingo {lettingo_version}: ")
+    stages = "data, explore, rec_profiles, train_rec, evaluate, align, test, pipeline"
+    assert f"stages (stage=, default data): {stages}" in usage
+    experiments = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+    assert all(name in usage for name in experiments) and "positive_control" in experiments
+    assert "lettingo experiment=quickstart " in usage and "== Configuration groups ==" in hydra_help
+    assert list(tmp_path.iterdir()) == []

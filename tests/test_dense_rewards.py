@@ -16,7 +16,9 @@ from lettingo import CONFIG_DIR
 from lettingo.artifacts import SAMPLES, ArtifactStore
 from lettingo.data.samples import build_samples, older_history
 from lettingo.data.schema import LABELS, DataFormatError, LabelThresholds
+from lettingo.evaluation.reward_table import RULE_COLUMN
 from lettingo.feedback.rewards import P_FLOOR, REWARD_COLUMNS, score_profiles
+from lettingo.feedback.rule_reward import stated_mean_reward, user_mean
 from lettingo.pipeline import run
 from lettingo.profiles.explore import KEY
 from lettingo.recommender.base import Recommender
@@ -203,3 +205,20 @@ def test_an_e0_evaluate_needs_no_trained_f_rec(compose_cfg, tiny_model_cache, tm
     assert (rewards["target_rewards"].map(len) == 1).all() and "predicted" not in rewards
     assert rewards["reward"].tolist() == [r[0] for r in rewards["target_rewards"]]
     assert not (tmp_path / "run" / "baselines").exists() and not (tmp_path / "run" / "rec_model").exists()
+
+
+def test_a_learned_reward_carries_the_rule_as_a_guard_column(tiny, tmp_path) -> None:
+    samples, recommender, history = tiny
+    by_user = {str(s["user_id"]): s for s in samples.to_dict("records")}
+    stating = f"Rates {user_mean(by_user[str(samples['user_id'].iloc[0])], history):.1f} on average."
+    profiles = _profiles(samples, ("Loves dramas.", stating))
+    rows = ArtifactStore(tmp_path / "guard").rows("rewards", "fp", KEY)
+    rewards = score_profiles(recommender, profiles, samples, rows, 2, reward="p_true", targets=M, history=history)
+    expected = [stated_mean_reward(r["text"], user_mean(by_user[r["user_id"]], history), False)
+                for r in rewards.to_dict("records")]
+    assert rewards[RULE_COLUMN].tolist() == expected
+    assert expected[:2] == [0.0, 1.0]  # the first user's second profile states its own mean
+    assert not np.allclose(rewards["reward"], rewards[RULE_COLUMN])  # the reward itself stays the f_Rec's p_true
+    unguarded = ArtifactStore(tmp_path / "no_h").rows("rewards", "fp", KEY)
+    without = score_profiles(recommender, profiles, samples, unguarded, 2, reward="p_true", targets=M)
+    assert RULE_COLUMN not in without  # no H, no mean to check

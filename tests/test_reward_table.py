@@ -59,3 +59,17 @@ def test_reward_table_compares_only_users_every_method_has() -> None:
     assert table["DPO"]["users"] == 5 and table["DPO"]["reward"]["value"] == pytest.approx(4 / 5)
     with pytest.raises(ValueError, match="columns"):
         reward_table(rows.drop(columns="degenerate"), {"DPO": "DPO shuffled"}, "no DPO", 100, 0.95, 0)
+
+
+def test_the_rule_columns_full_share_rides_beside_any_reward() -> None:
+    rows = _rows().assign(rule_reward=0.0)
+    rows.loc[(rows["method"] == "DPO") & rows["user_id"].isin(["0", "1"]), "rule_reward"] = 1.0
+    rows.loc[(rows["method"] == "DPO") & (rows["user_id"] == "2"), "rule_reward"] = 0.75  # stated, one extra number
+    table = reward_table(rows, {"no DPO": "shuffled", "DPO": "DPO shuffled"}, "no DPO", 100, 0.95, 0)
+    assert table["DPO"]["rule_full_share"] == pytest.approx(2 / 6)
+    assert table["no DPO"]["rule_full_share"] == 0.0
+    markdown = reward_markdown(table, "p_true", "no DPO")
+    assert "states the mean (rule)" in markdown and "33.3%" in markdown
+    assert "rule_full_share" not in reward_table(_rows(), {"DPO": "DPO shuffled"}, "no DPO", 100, 0.95, 0)["DPO"]
+    assert "states the mean" not in reward_markdown(reward_table(_rows(), {"DPO": "DPO shuffled"}, "no DPO", 100,
+                                                                  0.95, 0), "p_true", "no DPO")

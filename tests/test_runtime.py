@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from omegaconf import DictConfig
 
-from lettingo.runtime import lightning_trainer
+from lettingo.runtime import DropLightningTips, lightning_trainer, route_lightning_logs
 
 
 def test_trainer_draws_tqdm_progress_and_keeps_the_stage_callbacks(compose_cfg: Callable[..., DictConfig]) -> None:
@@ -27,3 +28,19 @@ def test_trainer_without_progress_bar_has_none(compose_cfg: Callable[..., DictCo
     else:
         trainer = lightning_trainer(compose_cfg().trainer, enable_progress_bar=False, logger=False)
     assert trainer.progress_bar_callback is None
+
+
+def test_lightning_lines_go_once_through_the_runs_handlers_without_tips(caplog: pytest.LogCaptureFixture) -> None:
+    import lightning
+
+    assert lightning.__version__
+    route_lightning_logs()
+    route_lightning_logs()  # twice: still one filter, no handler
+    assert logging.getLogger("lightning").handlers == [] and logging.getLogger("lightning").propagate
+    from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+    with caplog.at_level(logging.INFO):
+        rank_zero_info("💡 Tip: For seamless cloud logging, try installing litlogger")
+        rank_zero_info("GPU available: False, used: False")
+    assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
+    assert sum(isinstance(f, DropLightningTips) for f in logging.getLogger(caplog.records[0].name).filters) == 1

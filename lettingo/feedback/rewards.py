@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from lettingo.artifacts import RowWriter
 from lettingo.data.schema import LABELS
+from lettingo.evaluation.reward_table import RULE_COLUMN
 from lettingo.feedback.rule_reward import stated_mean_reward, user_mean
 from lettingo.recommender.base import Recommender
 from lettingo.recommender.cases import (
@@ -157,9 +158,12 @@ def score_chunk(recommender: Recommender | None, chunk: pd.DataFrame, by_user: M
         frame, rewards = chunk.assign(label=[cases[-1].label for cases in row_cases]), None
     else:
         frame, rewards = judged_frame(recommender, chunk, row_cases, by_user, reward)
+    guarded = history is not None and "degenerate" in chunk
+    rule = rule_rewards(chunk, by_user, history) if reward == RULE_REWARD or guarded else None
     if rewards is None:
-        rewards = rule_rewards(chunk, by_user, history)
-    return frame.assign(reward=rewards.mean(axis=1), target_rewards=list(rewards))
+        rewards = rule
+    frame = frame.assign(reward=rewards.mean(axis=1), target_rewards=list(rewards))
+    return frame if rule is None else frame.assign(**{RULE_COLUMN: rule[:, 0]})
 
 
 def score_profiles(
@@ -179,7 +183,8 @@ def score_profiles(
     which only the rule reward allows) and ``reward``, the mean of ``target_rewards`` (per target, M =
     ``targets``; one value for the rule), with ``target_p_true`` (and ``target_p_true_empty`` for
     ``log_p_gain``) and, with an f_Rec, PER_TARGET_COLUMNS. ``history`` (H) is the older history whose mean
-    rating the rule checks.
+    rating the rule checks; given it (and the rows' ``degenerate``), every row also gets the rule's reward
+    (RULE_COLUMN), whatever ``reward``.
 
     Rows the artifact holds already (a killed run, or fewer profiles asked for before) are kept, so only
     the missing ones are scored.

@@ -3,9 +3,10 @@
 Round 1 trains on the evaluate stage's `pairs` (a group method such as GRPO on its `rewards`); each later
 round explores with the previous round's adapter first (see :mod:`lettingo.stages.rounds`). Each method
 and round writes the artifact ``adapter_<method>[_r<round>]`` (PEFT format), reused when its inputs
-(examples, generator, align settings, seed, previous adapter) are the same. Training goes through the
-Lightning Trainer of the `trainer` config; epoch-end checkpoints (adapter only) live under
-``align/<method>[_r<round>]/`` so a killed run resumes to the adapter an uninterrupted run writes.
+(examples, generator, align settings, seed, previous adapter) are the same; the last round's replicas
+(`align.method.<name>.seeds`) write ``..._s<seed>``. Training goes through the Lightning Trainer of the
+`trainer` config; epoch-end checkpoints (adapter only) live under ``align/<method>[_r<round>][_s<seed>]/`` so
+a killed run resumes to the adapter an uninterrupted run writes.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from lettingo.align.adapters import attach_lora, load_adapter, save_adapter
 from lettingo.align.data import select_pairs, split_by_user
 from lettingo.align.grpo import informative_groups
 from lettingo.align.training import device_count, fit_lightning, fit_trl, generator_pairs
-from lettingo.artifacts import PAIRS, PROFILES, REWARDS, SAMPLES, adapter_artifact, round_artifact
+from lettingo.artifacts import ADAPTER_PREFIX, PAIRS, PROFILES, REWARDS, SAMPLES, adapter_artifact, round_artifact
 from lettingo.llm.models import load_causal_lm, resolve_dtype, training_device
 from lettingo.llm.pool import BackendPool
 from lettingo.profiles.explore import KEY, explore, explore_split_samples
@@ -33,27 +34,41 @@ from lettingo.schemas import LettingoConfig
 from lettingo.seeding import derive_seed
 from lettingo.stages.base import Output, Stage, StageContext
 from lettingo.stages.judging import reward_profiles, write_pairs
-from lettingo.stages.rounds import GROUP_EXAMPLES, adapter_generator, method_rounds, round_outputs
+from lettingo.stages.rounds import (
+    GROUP_EXAMPLES,
+    adapter_generator,
+    method_rounds,
+    round_outputs,
+    trained_adapters,
+)
 
 log = logging.getLogger(__name__)
 
 NO_SIGNAL = "no preference pairs or informative groups"  # why a method's round trains nothing
 
 
-def checkpoints(method: str, round_: int = 1) -> str:
-    """The store name of the folder holding the epoch-end checkpoints of ``method``'s round while it trains."""
-    return f"align/{method}" if round_ == 1 else f"align/{method}_r{round_}"
+def checkpoints(method: str, round_: int = 1, seed: int = 1) -> str:
+    """The store name of the folder holding the epoch-end checkpoints of ``method``'s round (and training seed)
+    while it trains."""
+    return f"align/{adapter_artifact(method, round_, seed).removeprefix(ADAPTER_PREFIX)}"
 
 
-def align_method(ctx: StageContext, conf: LettingoConfig, method: str, round_: int,
-                 examples: pd.DataFrame) -> dict[str, Any]:
-    """The artifact ``adapter_<method>[_r<round>]``: reused when finished for this config, else trained.
+def training_seed(conf: LettingoConfig, method: str, round_: int, seed: int) -> int:
+    """The seed of the training randomness (LoRA init in round 1, data order) of ``method``'s ``round_`` with
+    training seed ``seed``: the run's seed for the first, a seed derived from it for a replica."""
+    # 31 bits: NumPy's global seed (seed_everything) takes at most 2**32 - 1.
+    return conf.seed if seed == 1 else derive_seed(conf.seed, method, round_, "training seed", seed, bits=31)
+
+
+def align_method(ctx: StageContext, conf: LettingoConfig, method: str, round_: int, examples: pd.DataFrame,
+                 seed: int = 1) -> dict[str, Any]:
+    """The artifact ``adapter_<method>[_r<round>][_s<seed>]``: reused when finished for this config, else trained.
 
     Under a multi-process trainer every rank reaches the same fits (rank 0's reuse and resume decisions);
     only rank 0 writes the checkpoints and the adapter.
     """
-    name = adapter_artifact(method, round_)
-    meta = ctx.make(name, lambda folder: train_adapter(ctx, conf, method, round_, examples, folder))
+    name = adapter_artifact(method, round_, seed)
+    meta = ctx.make(name, lambda folder: train_adapter(ctx, conf, method, round_, examples, folder, seed))
     return meta if ctx.is_main else {"method": method, "rank": ctx.rank}
 
 
@@ -67,14 +82,16 @@ def training_rows(conf: LettingoConfig, method: str, examples: pd.DataFrame) -> 
 
 
 def train_adapter(ctx: StageContext, conf: LettingoConfig, method: str, round_: int, examples: pd.DataFrame,
-                  folder: Path) -> dict[str, Any]:
+                  folder: Path, seed_index: int = 1) -> dict[str, Any]:
     """Train ``method``'s LoRA adapter of ``round_`` on ``examples`` into ``folder``, resuming its epoch-end
     checkpoints when a killed run left them for this config; return what its meta records.
 
     Round 1 starts from a fresh adapter (the identity); a later round continues from the previous round's
-    adapter, and the reference of DPO (the adapter switched off) stays the base model.
+    adapter, and the reference of DPO (the adapter switched off) stays the base model. Every training seed
+    (``seed_index``) splits the examples into the same train and validation users.
     """
-    acfg, method_cfg, seed, trainer = conf.align, conf.align.method[method], conf.seed, conf.trainer
+    acfg, method_cfg, trainer = conf.align, conf.align.method[method], conf.trainer
+    seed = training_seed(conf, method, round_, seed_index)
     seed_everything(seed)
     train, val = training_rows(conf, method, examples)
     device = training_device(trainer.get("accelerator", "cpu"))
@@ -82,8 +99,8 @@ def train_adapter(ctx: StageContext, conf: LettingoConfig, method: str, round_: 
                                       dtype=resolve_dtype(acfg.dtype, device), device="cpu")
     began = time.perf_counter()
     engine = acfg.engine
-    work = checkpoints(method, round_)
-    resume = ctx.resume(work, of=adapter_artifact(method, round_))
+    work = checkpoints(method, round_, seed_index)
+    resume = ctx.resume(work, of=adapter_artifact(method, round_, seed_index))
     weights = None  # the adapter's gathered weights when the fit sharded the model
     if engine == "trl" and method_cfg.examples == "preference":
         if ctx.world > 1 or round_ > 1:
@@ -107,7 +124,8 @@ def train_adapter(ctx: StageContext, conf: LettingoConfig, method: str, round_: 
         return {}
     seconds = time.perf_counter() - began
     save_adapter(trained, folder, weights)
-    return summary | {"method": method, "round": round_, "engine": engine, "pairs_train": len(train),
+    return summary | {"method": method, "round": round_, "seed_index": seed_index, "training_seed": seed,
+                      "engine": engine, "pairs_train": len(train),
                       "pairs_val": len(val), "users_train": int(train["user_id"].nunique()),
                       "users_val": int(val["user_id"].nunique()), "seconds": seconds,
                       "seconds_per_pair": seconds / max(1, len(train) * acfg.epochs)}
@@ -204,7 +222,8 @@ def has_signal(examples: pd.DataFrame, kind: str) -> bool:
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    """Train every method of `align.methods` for `align.rounds` rounds; write ``adapter_<method>[_r<round>]``."""
+    """Train every method of `align.methods` for its rounds, the last one with each of its training seeds; write
+    ``adapter_<method>[_r<round>][_s<seed>]``."""
     conf, store = ctx.conf, ctx.store
     results = {}
     for method in conf.align.methods:
@@ -213,22 +232,34 @@ def run(ctx: StageContext) -> dict[str, Any]:
             examples = round_examples(ctx, conf, method, round_)
             if not has_signal(examples, conf.align.method[method].examples):
                 # Adapters left from earlier inputs would be tested as if trained on these examples.
-                for later in range(round_, rounds + 1):
-                    store.move_aside(adapter_artifact(method, later))
+                for later, seed in trained_adapters(conf, method):
+                    if later >= round_:
+                        store.move_aside(adapter_artifact(method, later, seed))
                 log.warning("align %s round %d SKIPPED: %s (every profile of a user got the same reward); the test "
                             "stage compares the earlier generators only. Explore more users or profiles "
                             "(sampling.max_users, sampling.n) or try pairs=margin.", method, round_, NO_SIGNAL)
-                results[method if round_ == 1 else f"{method}_r{round_}"] = {"skipped": NO_SIGNAL}
+                results[result_key(method, round_, 1)] = {"skipped": NO_SIGNAL}
                 break
-            summary = align_method(ctx, conf, method, round_, examples)
-            if not ctx.is_main:
-                continue
-            key = method if round_ == 1 else f"{method}_r{round_}"
-            ctx.tracker.log_metrics(report(key, summary))
-            if summary.get("val_history"):
-                ctx.tracker.log_table(f"align/val/{key}_history", pd.DataFrame(summary["val_history"]))
-            results[key] = {**summary, "adapter": str(store.path(adapter_artifact(method, round_)))}
+            seeds = conf.align.method[method].seeds if round_ == rounds else 1
+            for seed in range(1, seeds + 1):
+                summary = align_method(ctx, conf, method, round_, examples, seed)
+                if ctx.is_main:
+                    results[result_key(method, round_, seed)] = record(ctx, method, round_, seed, summary)
     return results
+
+
+def result_key(method: str, round_: int, seed: int) -> str:
+    """The key of an adapter's summary in the stage's results and tracker (`dpo`, `dpo_r2`, `dpo_r2_s2`)."""
+    return adapter_artifact(method, round_, seed).removeprefix(ADAPTER_PREFIX)
+
+
+def record(ctx: StageContext, method: str, round_: int, seed: int, summary: dict[str, Any]) -> dict[str, Any]:
+    """Print and log one trained adapter's summary; return it with the adapter's folder."""
+    key = result_key(method, round_, seed)
+    ctx.tracker.log_metrics(report(key, summary))
+    if summary.get("val_history"):
+        ctx.tracker.log_table(f"align/val/{key}_history", pd.DataFrame(summary["val_history"]))
+    return {**summary, "adapter": str(ctx.store.path(adapter_artifact(method, round_, seed)))}
 
 
 def outputs(cfg: DictConfig) -> list[Output]:

@@ -6,6 +6,9 @@ round). Round r >= 2 explores the same users with round r-1's adapter, has the s
 those profiles, builds its own pairs (or GRPO groups) and trains, continuing from round r-1's adapter
 with the base model as the DPO reference (RLHFlow's iterative DPO). Each round keeps its artifacts:
 ``profiles_<method>_r<r>``, ``rewards_<method>_r<r>``, ``pairs_<method>_r<r>`` and ``adapter_<method>_r<r>``.
+With `align.method.<name>.seeds` = S >= 2 the last round also trains S - 1 replicas (``adapter_..._s<s>``) from
+the same examples, previous adapter and validation users with other training seeds: the spread of the last
+round's effect over training randomness, each replica tested as its own row (`DPO (seed 2)`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from lettingo.schemas import LettingoConfig
 from lettingo.stages.base import PROFILE_CONFIG, TRAINER_DISPLAY, Output, StageContext, pace_keys
 from lettingo.stages.judging import rewards_output
 
+#: The config an adapter depends on (less its `not_identity` keys, see :func:`round_outputs`).
+ADAPTER_CONFIG = ("align", "backbone.model", "trainer", "seed")
 #: Methods whose examples are groups of a user's sampled profiles with their rewards (GRPO), not pairs.
 GROUP_EXAMPLES = "group"
 
@@ -29,30 +34,41 @@ def method_rounds(config: Any, method: str) -> int:
     return config.align.method[method].rounds or config.align.rounds
 
 
-def method_label(method: str, round_: int, rounds: int) -> str:
-    """The results label of ``method``'s generator after ``round_`` of ``rounds`` (`dpo` -> DPO, DPO (round 1))."""
+def method_label(method: str, round_: int, rounds: int, seed: int = 1) -> str:
+    """The results label of ``method``'s generator after ``round_`` of ``rounds`` (`dpo` -> DPO, DPO (round 1)),
+    and of the last round's replica with training seed ``seed`` >= 2 (DPO (seed 2))."""
     label = method.upper()
-    return label if round_ == rounds else f"{label} (round {round_})"
+    if round_ != rounds:
+        return f"{label} (round {round_})"
+    return label if seed == 1 else f"{label} (seed {seed})"
 
 
-def adapter_generator(conf: LettingoConfig, method: str, round_: int, adapter: str) -> dict[str, Any]:
-    """The generator's config with ``method``'s adapter of ``round_`` (saved in folder ``adapter``) applied."""
-    suffix = "" if round_ == 1 else f"_r{round_}"
+def adapter_generator(conf: LettingoConfig, method: str, round_: int, adapter: str, seed: int = 1) -> dict[str, Any]:
+    """The generator's config with ``method``'s adapter of ``round_`` and training seed ``seed`` (saved in folder
+    ``adapter``) applied."""
+    suffix = ("" if round_ == 1 else f"_r{round_}") + ("" if seed == 1 else f"_s{seed}")
     return {**conf.backbone, "name": f"{conf.backbone['name']}+{method}{suffix}", "adapter": adapter}
 
 
+def trained_adapters(config: Any, method: str) -> list[tuple[int, int]]:
+    """(round, seed) of every adapter ``method`` trains, in order: each round's, then the last round's replicas."""
+    rounds, seeds = method_rounds(config, method), config.align.method[method].seeds
+    return [(r, 1) for r in range(1, rounds + 1)] + [(rounds, s) for s in range(2, seeds + 1)]
+
+
 def trained_generators(ctx: StageContext, conf: LettingoConfig) -> dict[str, dict[str, Any]]:
-    """Results label -> generator config with its adapter, for every round's adapter of `align.methods` trained."""
+    """Results label -> generator config with its adapter, for every adapter of `align.methods` trained (up to the
+    first round a method skipped)."""
     found = {}
     for method in conf.align.methods:
         rounds = method_rounds(conf, method)
-        for round_ in range(1, rounds + 1):
-            artifact = adapter_artifact(method, round_)
+        for round_, seed in trained_adapters(conf, method):
+            artifact = adapter_artifact(method, round_, seed)
             if ctx.store.meta(artifact) is None:
                 break
             ctx.need(artifact)
-            found[method_label(method, round_, rounds)] = adapter_generator(conf, method, round_,
-                                                                            str(ctx.store.path(artifact)))
+            found[method_label(method, round_, rounds, seed)] = adapter_generator(
+                conf, method, round_, str(ctx.store.path(artifact)), seed)
     return found
 
 
@@ -65,19 +81,20 @@ def examples_source(cfg: DictConfig, method: str, round_: int) -> str:
 
 
 def every_adapter(cfg: DictConfig) -> tuple[str, ...]:
-    """Every adapter artifact the align stage makes under ``cfg``: each method's, each round's."""
-    return tuple(adapter_artifact(str(m), r) for m in cfg.align.methods for r in range(1, method_rounds(cfg, m) + 1))
+    """Every adapter artifact the align stage makes under ``cfg``: each method's, each round's, each replica's."""
+    return tuple(adapter_artifact(str(m), r, s) for m in cfg.align.methods for r, s in trained_adapters(cfg, str(m)))
 
 
 def round_outputs(cfg: DictConfig, method: str) -> list[Output]:
     """The declarations of ``method``'s rounds: explored profiles, rewards and pairs of rounds >= 2, every adapter.
 
     An adapter's identity is the align settings in full with its own method's node only, without the number
-    of rounds (asking for more rounds keeps the earlier ones); a later round's is also its examples' and the
-    previous adapter's.
+    of rounds or seeds (asking for more keeps the earlier ones); a later round's is also its examples' and the
+    previous adapter's. A replica of the last round has the last round's identity under its own name.
     """
     others = tuple(f"align.method.{other}" for other in cfg.align.method if other != method)
-    adapter_keys = ("align.methods", "align.rounds", f"align.method.{method}.rounds", *others, *TRAINER_DISPLAY)
+    adapter_keys = ("align.methods", "align.rounds", f"align.method.{method}.rounds", f"align.method.{method}.seeds",
+                    *others, *TRAINER_DISPLAY)
     outputs = []
     for round_ in range(1, method_rounds(cfg, method) + 1):
         source = examples_source(cfg, method, round_)
@@ -94,6 +111,7 @@ def round_outputs(cfg: DictConfig, method: str) -> list[Output]:
             if source != rewards:
                 outputs.append(Output(source, config=("pairs", "seed"), inputs=(rewards,)))
             inputs = (source, previous)
-        outputs.append(Output(adapter_artifact(method, round_), config=("align", "backbone.model", "trainer", "seed"),
-                              inputs=inputs, not_identity=adapter_keys))
+        seeds = cfg.align.method[method].seeds if round_ == method_rounds(cfg, method) else 1
+        outputs += [Output(adapter_artifact(method, round_, seed), config=ADAPTER_CONFIG, inputs=inputs,
+                           not_identity=adapter_keys) for seed in range(1, seeds + 1)]
     return outputs

@@ -8,7 +8,7 @@ RLMRec, KAR styles) through the generator's base model. Profiles go to resumable
 ``test_profiles*``, verdicts to `predictions` (one row per user and method, each of the user's M targets in its
 per-target columns), and to `results`: the held-out reward of every generator (`evaluate.reward`, with its
 profiles shuffled among users beside it) and the comparison of every method on the real target (intervals,
-paired differences against DPO, no profile and oracle facts: the headline), with M >= 2 beside it the same
+paired differences against DPO, no DPO, no profile and oracle facts: the headline), with M >= 2 beside it the same
 comparison over every user x all M targets (`comparison_targets.*`).
 """
 
@@ -38,7 +38,7 @@ from lettingo.data.schema import LABELS
 from lettingo.evaluation.comparison import FILE_STEM as COMPARISON
 from lettingo.evaluation.comparison import Comparison, read_comparison
 from lettingo.evaluation.methods import DPO, NO_DPO, ORACLE_FACTS, SFT, SHUFFLED, method_key, no_profile_label
-from lettingo.evaluation.reward_table import ROW_COLUMNS, reward_markdown, reward_table
+from lettingo.evaluation.reward_table import ROW_COLUMNS, RULE_COLUMN, reward_markdown, reward_table
 from lettingo.evaluation.tables import to_markdown
 from lettingo.evaluation.views import confusion_frame, reward_samples
 from lettingo.feedback.rewards import score_profiles
@@ -143,7 +143,8 @@ def guarded_methods(predictions: pd.DataFrame) -> dict[str, str]:
 
 def held_out_rewards(conf: LettingoConfig, predictions: pd.DataFrame, folder: Path) -> dict[str, Any]:
     """The held-out reward table (:func:`reward_table`, reference: no DPO), written as rewards.md and .json."""
-    table = reward_table(predictions.loc[:, list(ROW_COLUMNS)], guarded_methods(predictions), NO_DPO,
+    columns = [*ROW_COLUMNS, *([RULE_COLUMN] if RULE_COLUMN in predictions else [])]
+    table = reward_table(predictions.loc[:, columns], guarded_methods(predictions), NO_DPO,
                          conf.bootstrap.n_resamples, conf.bootstrap.confidence, conf.seed)
     markdown = reward_markdown(table, conf.evaluate.reward, NO_DPO)
     with atomic_path(folder / f"{REWARD_TABLE}.md") as tmp:
@@ -202,9 +203,10 @@ def method_comparison(conf: LettingoConfig, predictions: pd.DataFrame, users: li
                       predicted: dict[str, list[str]], probabilities: dict[str, np.ndarray],
                       targets: list[int] | None = None) -> Comparison:
     """:meth:`Comparison.compute` of the methods' cases (one per user, or per user and target with ``targets``),
-    with paired differences against DPO, no profile and oracle facts and the test stage's bootstrap and meta."""
+    with paired differences against DPO, the base generator (no DPO: every aligned method's gain), no profile and
+    oracle facts, and the test stage's bootstrap and meta."""
     return Comparison.compute(
-        users, truth, predicted, references=[DPO, no_profile_label(conf.history.recent), ORACLE_FACTS],
+        users, truth, predicted, references=[DPO, NO_DPO, no_profile_label(conf.history.recent), ORACLE_FACTS],
         n_resamples=conf.bootstrap.n_resamples, confidence=conf.bootstrap.confidence, seed=conf.seed,
         meta={"split": conf.test.split, "recommender": conf.recommender.name, "dataset": conf.dataset.name,
               "degenerate_share": predictions.groupby("method")["degenerate"]
@@ -241,7 +243,7 @@ def target_comparison(conf: LettingoConfig, predictions: pd.DataFrame, user_ids:
 def label_comparison(ctx: StageContext, conf: LettingoConfig, users: pd.DataFrame, predictions: pd.DataFrame,
                      folder: Path, title: str) -> int:
     """Write the f_Rec's label comparison of every method on the real target (accuracy, F1s, p_true, log-loss
-    with intervals and paired differences against DPO, no profile and oracle facts) and, with M >= 2 targets
+    with intervals and paired differences against DPO, no DPO, no profile and oracle facts) and, with M >= 2 targets
     per user, the same over all of them; return how many users the real-target one compares."""
     predictions = compared_rows(predictions)
     user_ids, truth, predicted = method_predictions(predictions)
@@ -315,7 +317,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     ctx.tracker.log_metrics({f"test/{split}/reward/{method_key(m)}/{field}": float(row[part]["value"])
                              for m, row in rewards.items()
                              for field, part in (("mean", "reward"), ("vs_no_dpo", "vs_reference"),
-                                                 ("true_minus_shuffled", "true_minus_shuffled"))})
+                                                 ("true_minus_shuffled", "true_minus_shuffled"))}
+                            | {f"test/{split}/reward/{method_key(m)}/rule_full_share": row["rule_full_share"]
+                               for m, row in rewards.items() if "rule_full_share" in row})
     ctx.tracker.log_table(f"test/{split}/samples", reward_samples(predictions, "method"))
     results = report_comparison(ctx, folder, title) if judged else {}
     return results | {"held_out_reward": rewards}

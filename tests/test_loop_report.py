@@ -1,8 +1,9 @@
-"""experiments/positive_control.py on a real tiny run of `lettingo experiment=positive_control`.
+"""The loop experiments' results scripts (`lettingo.loop_report`) on real tiny runs of their experiments.
 
-The run folder is made once per module by ``python -m lettingo experiment=positive_control debug=tiny
-evaluate.reward=stated_mean`` (the experiment's own config and rule, every round, about 45 s on a CPU); the
-script runs on it as a user would, and every number it writes is checked against the artifacts it was read from.
+`experiments/positive_control.py` runs on ``python -m lettingo experiment=positive_control debug=tiny
+evaluate.reward=stated_mean`` (the experiment's own config and rule, every round, about 45 s on a CPU) and
+`experiments/reader_control.py` on a tiny `experiment=reader_control` (the reader f_Rec fitted, M = 2 targets), as
+a user runs them; every number they write is checked against the artifacts it was read from.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from test_experiment_scripts import ROOT, line_starting, load_script, row_named, run_script, run_tiny, section
+from test_recommender_reader import TINY_READER
 
 from lettingo.artifacts import ArtifactStore, adapter_artifact, round_artifact
 from lettingo.evaluation.methods import NO_DPO
+from lettingo.loop_report import build, held_out_table, verdict_line
 
 SCRIPT = "positive_control"
 
@@ -41,6 +44,13 @@ def loop_row(markdown: str, method: str, round_: int) -> list[str]:
     return rows[0]
 
 
+def csv_number(numbers: pd.DataFrame, part: str, row: str, metric: str) -> float:
+    """The one value of the results CSV at (section, row, metric)."""
+    found = numbers[(numbers.section == part) & (numbers.row == row) & (numbers.metric == metric)]
+    assert len(found) == 1, (part, row, metric)
+    return float(found["value"].iloc[0])
+
+
 def bracket(part: dict) -> str:
     return f"{part['value']:+.3f} [{part['low']:+.3f}, {part['high']:+.3f}]"
 
@@ -60,8 +70,8 @@ def test_positive_control_results_file_from_a_real_run(control_run: Path, tmp_pa
     times = json.loads((control_run / "stage_times.json").read_text())
     for stage, seconds in times.items():
         assert row_named(section(markdown, "Wall time"), stage).split("|")[2].strip() == f"{seconds:.1f}"
-    assert "`evaluate.reward=stated_mean`" in section(markdown, "The rule")
-    assert "> The stated-mean rule reward" in section(markdown, "The rule")
+    assert "`evaluate.reward=stated_mean`" in section(markdown, "The reward")
+    assert "> The stated-mean rule reward" in section(markdown, "The reward")
     table = pd.read_csv(out / "positive_control.csv")
     assert list(table.columns) == ["section", "row", "metric", "value", "low", "high", "p_value", "n"]
 
@@ -103,7 +113,7 @@ def test_positive_control_results_file_from_a_real_run(control_run: Path, tmp_pa
     assert loop_row(markdown, "dpo", 1)[9] != "not trained (no pairs or informative groups)"
     # The held-out table and the verdicts: equal to results/rewards.json.
     held_out = json.loads((control_run / "results" / "rewards.json").read_text())["methods"]
-    reward_table = section(markdown, "Held-out rule reward").split("Share of held-out profiles")[0]
+    reward_table = section(markdown, "Held-out reward").split("By the stated-mean rule")[0]
     aligned = [m for m in held_out if m != NO_DPO]
     assert aligned
     for method, row in held_out.items():
@@ -113,8 +123,8 @@ def test_positive_control_results_file_from_a_real_run(control_run: Path, tmp_pa
     for method in aligned:
         line = line_starting(markdown, f"- {method}: ")
         diff = held_out[method]["vs_reference"]
-        expected = ("raised the held-out rule reward" if diff["low"] > 0 else
-                    "lowered the held-out rule reward" if diff["high"] < 0 else "not shown: interval includes zero")
+        expected = ("raised the held-out stated_mean" if diff["low"] > 0 else
+                    "lowered the held-out stated_mean" if diff["high"] < 0 else "not shown: interval includes zero")
         assert line.startswith(f"- {method}: {expected}") and f"Δ {bracket(diff)}" in line
         assert f"true − shuffled {bracket(held_out[method]['true_minus_shuffled'])}" in line
     # Examples: three held-out users, the base and every method's last trained round.
@@ -126,15 +136,13 @@ def test_positive_control_results_file_from_a_real_run(control_run: Path, tmp_pa
 
 
 def test_verdict_needs_the_paired_interval_above_zero() -> None:
-    verdict_line = load_script(SCRIPT).verdict_line
-
     def row(low: float, value: float, high: float) -> dict:
         diff = {"value": value, "low": low, "high": high, "p_value": 0.01, "n": 200}
         return {"vs_reference": diff, "true_minus_shuffled": diff, "degenerate_share": 0.05}
 
     assert verdict_line("DPO", row(0.2, 0.5, 0.8), "stated_mean").startswith(
-        "- DPO: raised the held-out rule reward: Δ +0.500 [+0.200, +0.800], interval above zero; p=0.010, n = 200")
-    assert "lowered the held-out rule reward: Δ -0.500 [-0.800, -0.200], interval below zero" in verdict_line(
+        "- DPO: raised the held-out stated_mean: Δ +0.500 [+0.200, +0.800], interval above zero; p=0.010, n = 200")
+    assert "lowered the held-out stated_mean: Δ -0.500 [-0.800, -0.200], interval below zero" in verdict_line(
         "GRPO", row(-0.8, -0.5, -0.2), "stated_mean")
     assert "not shown: interval includes zero; Δ +0.100 [+0.000, +0.200]" in verdict_line(
         "DPO_SFT", row(0.0, 0.1, 0.2), "stated_mean")  # a bound at zero does not exclude it
@@ -143,8 +151,9 @@ def test_verdict_needs_the_paired_interval_above_zero() -> None:
 def test_positive_control_refuses_what_is_not_a_finished_run(tmp_path: Path) -> None:
     folder = tmp_path / "run"
     folder.mkdir()
+    script = load_script(SCRIPT)
     with pytest.raises(FileNotFoundError, match="run_config.json is missing"):
-        load_script(SCRIPT).build(folder, tmp_path / "out")
+        build(script.E0, folder, tmp_path / "out")
     done = subprocess.run([sys.executable, str(ROOT / "experiments" / f"{SCRIPT}.py"), str(folder)],
                           capture_output=True, text=True, check=False)
     assert done.returncode == 1 and done.stderr.count("\n") == 1
@@ -155,5 +164,80 @@ def test_positive_control_refuses_what_is_not_a_finished_run(tmp_path: Path) -> 
 def test_positive_control_refuses_another_reward(tmp_path: Path) -> None:
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "rewards.json").write_text(json.dumps({"reward": "p_true", "methods": {}}))
-    with pytest.raises(ValueError, match="holds the held-out `p_true` reward, not the rule `stated_mean`"):
-        load_script(SCRIPT).held_out_table(tmp_path)
+    with pytest.raises(ValueError, match="holds the held-out `p_true` reward, not `stated_mean`"):
+        held_out_table(tmp_path, load_script(SCRIPT).E0)
+
+
+@pytest.fixture(scope="module")
+def reader_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_cache: Path) -> Path:
+    """A finished tiny run folder of the E1 experiment (the reader f_Rec fitted, p_true over M = 2, every method)."""
+    tiny = [o for o in TINY_READER if not o.startswith("align.methods=")]
+    run_dir = run_tiny(tmp_path_factory.mktemp("reader_control"), tiny_model_cache, "experiment=reader_control", *tiny)
+    assert (run_dir / "results" / "comparison_targets.json").is_file()
+    return run_dir
+
+
+def test_reader_control_results_file_from_a_real_run(reader_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    done = run_script("reader_control", str(reader_run), "--out", str(out), "--remark", "a line of ours")
+    markdown = (out / "reader_control.md").read_text(encoding="utf-8")
+    assert markdown in done.stdout and markdown.startswith("# E1, the reader control")
+    assert "a line of ours" in section(markdown, "Wall time")
+    reward = section(markdown, "The reward")
+    assert "`evaluate.reward=p_true` over M = 2 targets" in reward and "> The reader control f_Rec (E1)" in reward
+    config = json.loads((reader_run / "run_config.json").read_text())["config"]
+    store = ArtifactStore(reader_run, read_only=True)
+    rewards = store.read_table("rewards")
+    rewards = rewards[rewards["backbone"] == config["backbone"]["name"]]
+    for method in config["align"]["methods"]:
+        cells = loop_row(markdown, method, 1)
+        assert cells[4] == f"{rewards['reward'].mean():+.3f}"  # the reader's p_true, not the rule
+        assert cells[5] == f"{100 * (rewards['rule_reward'] >= 1 - 1e-9).mean():.1f}%"  # the rule beside it
+    held_out = json.loads((reader_run / "results" / "rewards.json").read_text())
+    assert held_out["reward"] == "p_true"
+    table = section(markdown, "Held-out reward").split("By the stated-mean rule")[0]
+    assert "states the mean (rule)" in table
+    for method, row in held_out["methods"].items():
+        assert bracket(row["reward"]) in row_named(table, method)
+        assert f"{100 * row['rule_full_share']:.1f}%" in row_named(table, method)
+    numbers = pd.read_csv(out / "reader_control.csv")
+    comparisons = section(markdown, "The f_Rec's comparisons on the held-out users")
+    assert "held-out users (real target)" in comparisons and "held-out users (all targets)" in comparisons
+    assert "### The f_Rec's verdicts on the " in comparisons and "\n#### " in comparisons  # nested one level down
+    assert "Endpoints: aligned − base" in markdown  # checked on E2's tiny run, where the random profiles make pairs
+    assert set(numbers["section"]) >= {"stage_seconds", "rounds", "held_out"}
+    with pytest.raises(ValueError, match="holds the held-out `p_true` reward, not `stated_mean`"):
+        held_out_table(reader_run, load_script(SCRIPT).E0)
+
+
+def test_ml1m_loop_results_file_from_a_real_tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_cache: Path,
+                                                     tiny_bert: Path, tmp_path: Path) -> None:
+    # E2's own f_Rec, the cross-encoder, on a tiny BERT trained for one epoch (debug=tiny swaps in a zero-shot one).
+    # The tiny setup's 4 users per split give no reliable reward: the gate reports instead of stopping the run.
+    cross_encoder = ["recommender=cross_encoder", f"recommender.model.model={tiny_bert}",
+                     "recommender.model.max_length=64", "recommender.training.max_users=8",
+                     "recommender.training.n_targets=2", "recommender.training.batch_size=4",
+                     "recommender.training.trainer.max_epochs=1"]
+    run_dir = run_tiny(tmp_path_factory.mktemp("ml1m_loop"), tiny_model_cache, "experiment=ml1m_loop", "debug=tiny",
+                       *cross_encoder, "evaluate.reward=log_p_gain", "pairs.gate=report")
+    done = run_script("ml1m_loop", str(run_dir), "--out", str(tmp_path))
+    markdown = (tmp_path / "ml1m_loop.md").read_text(encoding="utf-8")
+    assert markdown in done.stdout and markdown.startswith("# E2, the real loop")
+    assert "`evaluate.reward=log_p_gain` over M = 5 targets" in section(markdown, "The reward")
+    config = json.loads((run_dir / "run_config.json").read_text())["config"]
+    assert config["align"]["rounds"] == 3 and config["align"]["method"]["sft"]["rounds"] == 1
+    for round_ in (1, 2, 3):
+        assert loop_row(markdown, "dpo", round_)[0] == "dpo"
+    held_out = json.loads((run_dir / "results" / "rewards.json").read_text())["methods"]
+    assert {"DPO (round 1)", "DPO (round 2)", "DPO"} <= set(held_out)
+    endpoints = section(markdown, "Endpoints: aligned − base in the f_Rec's verdicts")
+    targets = json.loads((run_dir / "results" / "comparison_targets.json").read_text())
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in endpoints.splitlines() if line.startswith("| ")]
+    aligned = [m for m in held_out if m != NO_DPO]
+    assert [r[:2] for r in rows[1:]] == [[m, scope] for scope in ("all targets", "real target") for m in aligned]
+    gain = targets["paired"][NO_DPO]["DPO"]["p_true"]  # aligned − base, over every user's M targets
+    assert next(r for r in rows if r[:2] == ["DPO", "all targets"])[2].startswith(bracket(gain))
+    numbers = pd.read_csv(tmp_path / "ml1m_loop.csv")
+    assert csv_number(numbers, "endpoints (all targets)", "DPO", "p_true") == pytest.approx(gain["value"])
+    comparisons = section(markdown, "The f_Rec's comparisons on the held-out users")
+    assert "tabular + oracle facts" in comparisons and "oracle facts" in comparisons
