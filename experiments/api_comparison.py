@@ -20,16 +20,18 @@ def api_backbones(record: RunRecord) -> list[str]:
 
 def build(records: list[RunRecord], out: Path) -> dict[str, Path]:
     """Rows `<dataset> | <method>` for the API backbones' profiles and the aligned generator, per run."""
-    rows = {}
+    rows, read = {}, []
     for record in records:
         apis = api_backbones(record)
         if not apis:
             continue
+        read.append(record)
         found = record.intervals()
         for method in [*apis, record.no_profile(), DPO]:
             if method in found:
                 rows[f"{record.get('dataset.name')} | {method} | {Path(record.source).name}"] = found[method]
-    return write_report("api_comparison", rows, out, title="API-model profiles vs the aligned generator")
+    return write_report("api_comparison", rows, out, title="API-model profiles vs the aligned generator",
+                        runs=read)
 
 
 if __name__ == "__main__":

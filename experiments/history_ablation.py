@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lettingo.reports import TABLE3_METHODS, RunRecord, latest_by, report_cli, write_report
+from lettingo.reports import RunRecord, latest_by, report_cli, write_report
 
 
 def build(records: list[RunRecord], out: Path) -> dict[str, Path]:
@@ -16,10 +16,11 @@ def build(records: list[RunRecord], out: Path) -> dict[str, Path]:
     runs = latest_by(records, lambda r: (r.get("dataset.name"), r.get("history.length")))
     for (dataset, history), record in sorted(runs.items(), key=lambda kv: (str(kv[0][0]), kv[0][1] or 0)):
         found = record.intervals()
-        for method in (record.no_profile(), *TABLE3_METHODS):
+        for method in (record.no_profile(), *record.alignment_rows()):
             if method in found:
                 rows[f"{dataset} | {method} | H={history}"] = found[method]
-    return write_report("history_ablation", rows, out, title="Older-history length H")
+    return write_report("history_ablation", rows, out, title="Older-history length H",
+                        runs=list(runs.values()))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ Run: python experiments/ml1m_cpu.py outputs/ml1m_cpu_k3/latest [--out results]
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -70,9 +69,11 @@ from lettingo.reports import (
     read_json,
     read_run,
     rec_model_line,
+    refuse_debug_run,
     remarks_paragraph,
     require_files,
     run_lines,
+    single_run_parser,
     stage_times_table,
 )
 
@@ -394,16 +395,19 @@ def section_baselines(folder: Path, numbers: Numbers) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- build
-def build(folder: str | Path, out: str | Path = DEFAULT_OUT, remarks: Sequence[str] = ()) -> dict[str, Path]:
+def build(folder: str | Path, out: str | Path = DEFAULT_OUT, remarks: Sequence[str] = (),
+          include_debug: bool = False) -> dict[str, Path]:
     """Write ``ml1m_cpu.md``, ``.csv`` and ``.png`` into ``out`` from the finished run folder ``folder``.
 
-    ``remarks`` (e.g. a pause that counts in a stage's time) are printed under the stage times as given.
+    ``remarks`` (e.g. a pause that counts in a stage's time) are printed under the stage times as given;
+    a debug run (``debug=...``) is refused unless ``include_debug``.
     """
     folder, out = Path(folder), Path(out)
     require_files(folder, (RUN_CONFIG_FILE, RESULTS_FILE), EXPERIMENT)
     record = json.loads((folder / RUN_CONFIG_FILE).read_text())
     run = read_run(folder)
     comparison, config = run.comparison, run.config
+    refuse_debug_run(folder, config, include_debug)
     no_profile = run.no_profile()
     numbers = Numbers()
     meta = comparison.meta
@@ -444,13 +448,13 @@ def build(folder: str | Path, out: str | Path = DEFAULT_OUT, remarks: Sequence[s
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", help="one finished run folder of `lettingo experiment=ml1m_cpu`")
-    parser.add_argument("--out", default=DEFAULT_OUT, help=f"folder of the results file (default: {DEFAULT_OUT})")
-    parser.add_argument("--remark", action="append", default=[],
-                        help="a line printed under the stage times, as yours (repeatable), e.g. a pause in a stage")
+    """Command line: one finished run folder in, the results file out."""
+    parser = single_run_parser(__doc__ or "", EXPERIMENT, DEFAULT_OUT)
     args = parser.parse_args(argv)
-    return build(args.run, args.out, args.remark)
+    try:
+        return build(args.run, args.out, args.remark, args.include_debug)
+    except (FileNotFoundError, ValueError) as error:
+        parser.exit(1, f"error: {error}\n")
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from lettingo.reports import (
     RUN_CONFIG_FILE,
     effect_verdict,
     excludes_zero,
+    is_debug_run,
     markdown_table,
     paired_difference,
     rec_model_line,
@@ -78,9 +79,9 @@ class BaselineRun:
     """
 
     def __init__(self, folder: Path, dataset: str, recent: int, history: int | None, comparison: Comparison,
-                 rec_model: dict[str, Any], kept_from: str | None = None) -> None:
+                 rec_model: dict[str, Any], kept_from: str | None = None, debug: bool = False) -> None:
         self.folder, self.dataset, self.recent, self.history = folder, dataset, recent, history
-        self.comparison, self.rec_model, self.kept_from = comparison, rec_model, kept_from
+        self.comparison, self.rec_model, self.kept_from, self.debug = comparison, rec_model, kept_from, debug
 
     def origin(self) -> str:
         """Where the run ran, for a kept copy (``--keep``); empty for a run folder itself."""
@@ -134,7 +135,7 @@ def read_baseline_run(folder: Path) -> BaselineRun:
     return BaselineRun(folder, str(config.get("dataset", {}).get("name")), int(history.get("recent", DEFAULT_RECENT)),
                        None if length is None else int(length), read_comparison(folder / BASELINES_FILE),
                        json.loads(rec_meta.read_text()) if rec_meta.is_file() else {},
-                       json.loads(kept.read_text())["folder"] if kept.is_file() else None)
+                       json.loads(kept.read_text())["folder"] if kept.is_file() else None, is_debug_run(config))
 
 
 def keep(runs: Iterable[BaselineRun], folder: str | Path) -> list[Path]:
@@ -161,12 +162,13 @@ def keep(runs: Iterable[BaselineRun], folder: str | Path) -> list[Path]:
     return copies
 
 
-def collect(roots: Iterable[str | Path]) -> list[BaselineRun]:
-    """The latest run of each (dataset, K, H), sorted by dataset, K, H."""
+def collect(roots: Iterable[str | Path], include_debug: bool = False) -> list[BaselineRun]:
+    """The latest run of each (dataset, K, H), sorted by dataset, K, H; debug runs only with ``include_debug``."""
     latest = {}
     for folder in baseline_folders(roots):
         run = read_baseline_run(folder)
-        latest[(run.dataset, run.recent, run.history)] = run
+        if include_debug or not run.debug:
+            latest[(run.dataset, run.recent, run.history)] = run
     return [latest[key] for key in sorted(latest, key=lambda k: (k[0], k[1], -1 if k[2] is None else k[2]))]
 
 
@@ -212,11 +214,12 @@ def csv_row(run: BaselineRun) -> dict[str, Any]:
 
 
 def build(roots: Iterable[str | Path], out: str | Path = DEFAULT_OUT,
-          kept: str | Path | None = None) -> dict[str, Path]:
-    """Write ``reference_table.md`` and ``.csv`` into ``out`` from the run folders under ``roots``; with
-    ``kept``, first copy what the table reads of each run there (:func:`keep`) and tabulate the copies."""
+          kept: str | Path | None = None, include_debug: bool = False) -> dict[str, Path]:
+    """Write ``reference_table.md`` and ``.csv`` into ``out`` from the run folders under ``roots`` (debug runs
+    only with ``include_debug``); with ``kept``, first copy what the table reads of each run there (:func:`keep`)
+    and tabulate the copies."""
     roots = list(roots)
-    runs = collect(roots)
+    runs = collect(roots, include_debug)
     if not runs:
         raise ValueError(f"no run folder under {[str(r) for r in roots]} holds {RUN_CONFIG_FILE} and {BASELINES_FILE} "
                          "(the evaluate stage writes it); nothing to tabulate")
@@ -274,8 +277,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"folder of the table (default: {DEFAULT_OUT})")
     parser.add_argument("--keep", default=None, metavar="DIR",
                         help="copy what the table reads of each run into DIR/<dataset>_k<K>_h<H>/ and tabulate those")
+    parser.add_argument("--include-debug", action="store_true", help="read debug runs (debug=...) too")
     args = parser.parse_args(argv)
-    return build(args.runs, args.out, args.keep)
+    return build(args.runs, args.out, args.keep, args.include_debug)
 
 
 if __name__ == "__main__":

@@ -20,12 +20,14 @@ def exploration(record: RunRecord) -> str:
 def build(records: list[RunRecord], out: Path) -> dict[str, Path]:
     """Rows `<dataset> | <exploration> | no DPO / DPO` from the latest run of each setting."""
     rows = {}
-    for (dataset, setting), record in latest_by(records, lambda r: (r.get("dataset.name"), exploration(r))).items():
+    latest = latest_by(records, lambda r: (r.get("dataset.name"), exploration(r)))
+    for (dataset, setting), record in latest.items():
         found = record.intervals()
         for method in (NO_DPO, DPO):
             if method in found:
                 rows[f"{dataset} | {setting} | {method}"] = found[method]
-    return write_report("single_vs_multi", rows, out, title="Single vs multi-LLM exploration")
+    return write_report("single_vs_multi", rows, out, title="Single vs multi-LLM exploration",
+                        runs=list(latest.values()))
 
 
 if __name__ == "__main__":

@@ -13,12 +13,14 @@ from lettingo.reports import PAPER_TABLE2, RunRecord, latest_by, report_cli, wri
 def build(records: list[RunRecord], out: Path) -> dict[str, Path]:
     """One row per (dataset, method) from the latest run of each dataset, every method of its test stage."""
     rows, reference = {}, {}
-    for dataset, record in latest_by(records, lambda r: r.get("dataset.name")).items():
+    latest = latest_by(records, lambda r: r.get("dataset.name"))
+    for dataset, record in latest.items():
         for method, found in record.intervals().items():
             rows[f"{dataset} | {method}"] = found
         for method, accuracy in PAPER_TABLE2.get(dataset, {}).items():
             reference[f"{dataset} | {method}"] = {"accuracy": accuracy}
-    return write_report("table2", rows, out, reference=reference, title="Table 2: methods x datasets")
+    return write_report("table2", rows, out, reference=reference, title="Table 2: methods x datasets",
+                        runs=list(latest.values()))
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ from hydra.errors import HydraException, InstantiationException
 from omegaconf import DictConfig
 
 from lettingo import CONFIG_DIR, __version__
-from lettingo.run_folders import register_resolvers
-from lettingo.schemas import ConfigError, compose_config, validate_config
+from lettingo.run_folders import check_continued_folder, register_resolvers
+from lettingo.schemas import ConfigError, compose_with_methods, validate_config
 
 register_resolvers()
 
@@ -107,20 +107,25 @@ def job_overrides(overrides: list[str]) -> list[list[str]]:
              for i, line in enumerate(overrides) if i not in swept or swept[i]] for job in range(jobs)]
 
 
-def check_command_line(argv: list[str]) -> None:
+def check_command_line(argv: list[str]) -> list[str]:
     """Compose and check the config(s) a command line asks for; on an error print one line and exit 1.
 
     Runs before Hydra starts anything, so nothing is written (Hydra's own report of a composition error spans
-    several lines, after it made the run folder) and before the training stack is imported.
+    several lines, after it made the run folder) and before the training stack is imported. Returns the
+    overrides that add the nodes of methods found by name (:func:`lettingo.schemas.method_node_overrides`).
     """
     if any(arg.split("=", 1)[0] in UNCHECKED_FLAGS for arg in argv):
-        return
+        return []
+    added: list[str] = []
     try:
         for job in job_overrides(get_args_parser().parse_args(argv).overrides):
-            compose_config(job, CONFIG_DIR)
+            cfg, found = compose_with_methods(job, CONFIG_DIR)
+            check_continued_folder(cfg.run_dir, cfg.stage, cfg.paths.experiment_dir)
+            added += [line for line in found if line not in added]
     except (ValueError, HydraException) as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(1)
+    return added
 
 
 #: The project's own usage, printed by `lettingo --help` before Hydra's help (the composed config, its groups).
@@ -166,12 +171,15 @@ def main() -> None:
     """The console script: `--version` and the project's usage before Hydra's `--help`; else check the command
     line's config, then run it with Hydra."""
     argv = sys.argv[1:]
+    if not argv:  # nothing asked for: the usage, and nothing run or moved
+        print(usage() + "\nNothing was run: name an experiment or a stage (lettingo experiment=quickstart).")
+        return
     if "--version" in argv:
         print(f"lettingo {__version__}")
         return
     if "--help" in argv or "-h" in argv:
         print(usage())
-    check_command_line(argv)
+    sys.argv += check_command_line(argv)  # Hydra reads the command line from sys.argv
     run_job()
 
 

@@ -15,7 +15,6 @@ row, metric, value, low, high, p_value, n). Every number is read from the run fo
 
 from __future__ import annotations
 
-import argparse
 import ast
 import math
 import re
@@ -53,9 +52,11 @@ from lettingo.reports import (
     invocation_lines,
     markdown_table,
     read_json,
+    refuse_debug_run,
     remarks_paragraph,
     require_files,
     run_lines,
+    single_run_parser,
     stage_times_table,
 )
 
@@ -403,16 +404,19 @@ def section_run(folder: Path, record: Mapping[str, Any], experiment: LoopExperim
 
 # ----------------------------------------------------------------------------------------------- build
 def build(experiment: LoopExperiment, folder: str | Path, out: str | Path = DEFAULT_OUT,
-          remarks: Sequence[str] = ()) -> dict[str, Path]:
+          remarks: Sequence[str] = (), include_debug: bool = False) -> dict[str, Path]:
     """Write ``<experiment.name>.md`` and ``.csv`` into ``out`` from the finished run folder ``folder``.
 
-    ``remarks`` (e.g. a pause or another job that counts in a stage's time) are printed under the stage times.
+    ``remarks`` (e.g. a pause or another job that counts in a stage's time) are printed under the stage times;
+    a debug run (``debug=...``) is refused unless ``include_debug``.
     """
     folder, out = Path(folder), Path(out)
-    require_files(folder, (RUN_CONFIG_FILE, REWARD_TABLE_FILE, f"{REWARDS}/{META_FILE}",
-                           f"{PREDICTIONS}/{META_FILE}", f"{PROFILES}/{META_FILE}"), experiment.name)
+    require_files(folder, (RUN_CONFIG_FILE,), experiment.name)
     record = read_json(folder / RUN_CONFIG_FILE)
     config = record.get("config", {})
+    refuse_debug_run(folder, config, include_debug)
+    require_files(folder, (REWARD_TABLE_FILE, f"{REWARDS}/{META_FILE}", f"{PREDICTIONS}/{META_FILE}",
+                           f"{PROFILES}/{META_FILE}"), experiment.name)
     table = held_out_table(folder, experiment)
     store = ArtifactStore(folder, read_only=True)
     predictions = store.read_table(PREDICTIONS)
@@ -442,13 +446,9 @@ def build(experiment: LoopExperiment, folder: str | Path, out: str | Path = DEFA
 
 def main(experiment: LoopExperiment, description: str, argv: Sequence[str] | None = None) -> dict[str, Path]:
     """Command line of a loop experiment's results script: one finished run folder in, the results file out."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", help=f"one finished run folder of `lettingo experiment={experiment.name}`")
-    parser.add_argument("--out", default=DEFAULT_OUT, help=f"folder of the results file (default: {DEFAULT_OUT})")
-    parser.add_argument("--remark", action="append", default=[],
-                        help="a line printed under the stage times, as yours (repeatable), e.g. a pause in a stage")
+    parser = single_run_parser(description, experiment.name, DEFAULT_OUT)
     args = parser.parse_args(argv)
     try:
-        return build(experiment, args.run, args.out, args.remark)
+        return build(experiment, args.run, args.out, args.remark, args.include_debug)
     except (FileNotFoundError, ValueError) as error:
         parser.exit(1, f"error: {error}\n")

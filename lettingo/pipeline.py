@@ -198,7 +198,7 @@ def run_stages(cfg: DictConfig, stages: list[Stage], ranks: Ranks, invocation: I
         try:
             if ranks.is_main:
                 held.enter_context(store.lock())
-                point_latest(run_dir, Path(cfg.paths.output_root) / cfg.experiment_name)
+                point_latest(run_dir, Path(cfg.paths.experiment_dir))
                 save_run_config(cfg, run_dir, invocation)
                 tracker = instantiate(cfg.logger)
                 tracker.log_config(OmegaConf.to_container(cfg, resolve=True))

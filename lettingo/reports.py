@@ -26,7 +26,7 @@ import yaml
 from lettingo.artifacts import RESULTS, atomic_path
 from lettingo.evaluation.bootstrap import DEFAULT_METRICS, Interval, PairedDifference
 from lettingo.evaluation.comparison import FILE_STEM, Comparison, read_comparison
-from lettingo.evaluation.methods import DEFAULT_RECENT, DPO, NO_DPO, NO_PROFILE, SFT, no_profile_label
+from lettingo.evaluation.methods import DEFAULT_RECENT, DPO, NO_DPO, NO_PROFILE, SFT, method_label, no_profile_label
 from lettingo.evaluation.plots import plot_intervals
 from lettingo.evaluation.tables import (
     flat_columns,
@@ -58,8 +58,6 @@ PAPER_TABLE3 = {
     "yelp": {NO_DPO: 0.649, SFT: 0.662, DPO: 0.704},
     "amazon_books": {NO_DPO: 0.591, SFT: 0.637, DPO: 0.704},
 }
-#: The alignment ablation's methods, in table order.
-TABLE3_METHODS = (NO_DPO, SFT, DPO)
 
 
 @dataclass(frozen=True)
@@ -86,6 +84,11 @@ class RunRecord:
         """The run's no-profile method label, from its K (`history.recent`)."""
         return no_profile_label(int(self.get("history.recent", DEFAULT_RECENT)))
 
+    def alignment_rows(self) -> list[str]:
+        """The alignment ablation's rows (Table 3): the base generator, then every method of `align.methods`
+        (its last round's generator), in the run's order: a new method appears without being listed anywhere."""
+        return [NO_DPO, *(method_label(m, 1, 1) for m in self.get("align.methods", []))]
+
 
 def read_run(folder: Path) -> RunRecord:
     """The run in `folder` (its results.json and run_config.json)."""
@@ -102,12 +105,26 @@ def finished_run_folders(root: str | Path) -> list[Path]:
     return sorted(folders, key=lambda folder: (folder / RESULTS_FILE).stat().st_mtime)
 
 
-def local_runs(roots: Iterable[str | Path]) -> list[RunRecord]:
-    """Every finished run under `roots`, oldest first (see :func:`finished_run_folders`).
+def is_debug_run(config: Mapping[str, Any]) -> bool:
+    """Whether a run's config came from a debug setup (`debug=tiny`): its numbers mean nothing."""
+    return bool(config.get("debug_setup"))
+
+
+def refuse_debug_run(folder: str | Path, config: Mapping[str, Any], include_debug: bool) -> None:
+    """Raise ValueError when the run in ``folder`` is a debug run and debug runs were not asked for."""
+    if is_debug_run(config) and not include_debug:
+        raise ValueError(f"{folder} is a debug run (debug={config['debug_setup']}): its numbers mean nothing; "
+                         f"--include-debug reads it anyway")
+
+
+def local_runs(roots: Iterable[str | Path], include_debug: bool = False) -> list[RunRecord]:
+    """Every finished run under `roots`, oldest first (see :func:`finished_run_folders`); debug runs
+    (`debug=...`) only with ``include_debug``.
 
     A results.json of another schema_version raises ValueError naming the file.
     """
-    return [read_run(folder) for root in roots for folder in finished_run_folders(root)]
+    records = [read_run(folder) for root in roots for folder in finished_run_folders(root)]
+    return [record for record in records if include_debug or not is_debug_run(record.config)]
 
 
 def latest_by(records: Sequence[RunRecord], key: Callable[[RunRecord], Any]) -> dict[Any, RunRecord]:
@@ -122,9 +139,12 @@ def _markdown(
     title: str,
     paired: Mapping[str, Mapping[str, PairedDifference]] | None,
     paired_reference: str,
+    runs: Sequence[RunRecord],
 ) -> str:
-    """The report's markdown: title, intervals table (paper columns beside), optional paired table."""
-    text = (f"## {title}\n\n" if title else "") + to_markdown(results_table(rows, metrics, reference))
+    """The report's markdown: title, the run folders read, intervals table (paper columns beside), optional
+    paired table."""
+    read = "Runs read: " + ", ".join(f"`{shown_path(record.source)}`" for record in runs) + "\n\n" if runs else ""
+    text = (f"## {title}\n\n" if title else "") + read + to_markdown(results_table(rows, metrics, reference))
     if paired:
         text += (f"\n### {paired_heading(paired_reference, metrics)}\n\n"
                  + to_markdown(paired_table(paired, paired_reference, metrics)))
@@ -141,13 +161,14 @@ def write_report(
     plot_metric: str = "accuracy",
     paired: Mapping[str, Mapping[str, PairedDifference]] | None = None,
     paired_reference: str = DPO,
+    runs: Sequence[RunRecord] = (),
 ) -> dict[str, Path]:
     """Write `<name>.md`, `<name>.csv` and `<name>.png` (the plot metric with its CI) into `out_dir`.
 
     `rows` is row label -> metric -> Interval; `reference` (row label -> metric -> fraction) adds
     the paper's numbers in "paper" columns; `paired` (row label -> metric -> difference) adds a
-    table of differences against `paired_reference`. Metrics no row has (e.g. p_true and log_loss
-    where no method gave probabilities) get no column.
+    table of differences against `paired_reference`; `runs` are the runs the rows came from (named in
+    the report). Metrics no row has (e.g. p_true and log_loss where no method gave probabilities) get no column.
     """
     if not rows:
         raise ValueError(f"report {name!r}: no finished run matched (a run folder holds {RUN_CONFIG_FILE} and "
@@ -155,7 +176,7 @@ def write_report(
     metrics = [m for m in metrics if any(m in row for row in rows.values())]
     out = Path(out_dir)
     paths = {"markdown": out / f"{name}.md", "csv": out / f"{name}.csv", "plot": out / f"{name}.png"}
-    markdown = _markdown(rows, metrics, reference, title, paired, paired_reference)
+    markdown = _markdown(rows, metrics, reference, title, paired, paired_reference, runs)
     with atomic_path(paths["markdown"]) as tmp:
         tmp.write_text(markdown)
     with atomic_path(paths["csv"]) as tmp:
@@ -171,8 +192,20 @@ def report_cli(description: str, build: Callable[[list[RunRecord], Path], dict[s
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("runs", nargs="*", default=["outputs"], help="run folders or folders above them")
     parser.add_argument("--out", default="outputs/reports", help="report folder (default: outputs/reports)")
+    parser.add_argument("--include-debug", action="store_true", help="read debug runs (debug=...) too")
     args = parser.parse_args()
-    build(local_runs(args.runs), Path(args.out))
+    build(local_runs(args.runs, args.include_debug), Path(args.out))
+
+
+def single_run_parser(description: str, experiment: str, default_out: str) -> argparse.ArgumentParser:
+    """Command line of a results script that reads one finished run folder of ``lettingo experiment=<experiment>``."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", help=f"one finished run folder of `lettingo experiment={experiment}`")
+    parser.add_argument("--out", default=default_out, help=f"folder of the results file (default: {default_out})")
+    parser.add_argument("--remark", action="append", default=[],
+                        help="a line printed under the stage times, as yours (repeatable), e.g. a pause in a stage")
+    parser.add_argument("--include-debug", action="store_true", help="read a debug run (debug=...) too")
+    return parser
 
 
 def reversed_difference(difference: PairedDifference) -> PairedDifference:

@@ -30,6 +30,8 @@ LATEST = "latest"
 #: another run took that name in the same second).
 FOLDER_FORMAT = "%Y-%m-%d_%H-%M-%S"
 PIPELINE = "pipeline"
+#: The stages that may start a run in a ``run_dir`` that does not exist yet; the others continue one.
+STARTING_STAGES = (PIPELINE, "data")
 
 
 def run_folder(root: str, stage: str, run_dir: str | None = None, now: Callable[[], datetime] = datetime.now) -> str:
@@ -50,6 +52,25 @@ def run_folder(root: str, stage: str, run_dir: str | None = None, now: Callable[
     if launch is not None:  # every rank names the same folder (so a relaunch of the step continues it)
         return str(Path(root) / launch)
     return str(reserve_folder(Path(root) / now().strftime(FOLDER_FORMAT)))
+
+
+def run_folders_of(experiment_dir: str | Path) -> list[str]:
+    """The run folders in ``experiment_dir`` (names, oldest first), without its ``latest`` link and sweeps."""
+    root = Path(experiment_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.is_symlink() and p.name != "multirun")
+
+
+def check_continued_folder(run_dir: str | None, stage: str, experiment_dir: str | Path) -> None:
+    """Raise ValueError when ``run_dir`` names a folder that does not exist for a stage that continues a run
+    (every stage but ``pipeline`` and ``data``): a mistyped folder would otherwise start an empty run there."""
+    if run_dir is None or str(run_dir) == "" or Path(run_dir).exists() or str(stage) in STARTING_STAGES:
+        return
+    folders = run_folders_of(experiment_dir)
+    found = f"the run folders of {experiment_dir}: {', '.join(folders)}" if folders else f"{experiment_dir} holds none"
+    raise ValueError(f"run_dir={run_dir} does not exist, and stage={stage} continues a run ({found}); "
+                     f"stage=pipeline starts a new run in a folder you name")
 
 
 #: Under a SLURM allocation, a step of this name is a shell, not a managed step (as Lightning decides).

@@ -34,6 +34,7 @@ __all__ = [
     "EvaluateSchema", "HistorySchema", "LettingoConfig", "PairsSchema", "PromptSchema", "RecTrainingSchema",
     "RecommenderSchema", "SamplingSchema", "TestSchema", "check_global_batch", "check_model_spec", "check_overrides",
     "compose_config",
+    "compose_with_methods",
     "config_object", "configured_processes", "validate_config",
 ]
 
@@ -113,6 +114,7 @@ class PathsSchema:
 
     root_dir: str
     output_root: str
+    experiment_dir: str
     run_dir: str | None  # None only in `--cfg job --resolve`: Hydra shows the config before it picks a folder
     model_cache: str
 
@@ -384,6 +386,7 @@ class AlignMethodSchema:
     module: Any  # instantiated with `_partial_: true`; the stage passes the model
     rounds: int | None = None  # this method's on-policy rounds (None: `align.rounds`)
     seeds: int = 1  # training seeds of the last round (>= 2: replicas from the same examples and previous adapter)
+    loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])  # a preference method's TRL DPO loss_type
 
     def __post_init__(self) -> None:
         one_of("examples", self.examples, EXAMPLE_KINDS)
@@ -392,9 +395,21 @@ class AlignMethodSchema:
         at_least("seeds", self.seeds, 1)
         require(isinstance(self.module, Mapping) and "_target_" in self.module, "module", self.module,
                 "must be a module config (with _target_)")
+        require(len(self.loss_type) > 0, "loss_type", self.loss_type, "must name at least one of TRL's DPO losses")
+        if self.examples == "preference":
+            sft_term = bool(self.module.get("sft_weight"))
+            require(("sft" in self.loss_type) == sft_term, "loss_type", self.loss_type,
+                    f"must list 'sft' exactly when module.sft_weight > 0 (it is {self.module.get('sft_weight', 0)})")
+
+    def lightning_trains_it(self) -> bool:
+        """Whether this method's own module computes its loss: a module of its own does; the project's DPO module
+        computes sigmoid DPO, with the SFT term or without."""
+        return self.module["_target_"] != DPO_MODULE or self.loss_type in (["sigmoid"], ["sigmoid", "sft"])
 
 
 ENGINES = ("lightning", "trl")
+#: The project's DPO LightningModule (sigmoid loss, optional SFT term).
+DPO_MODULE = "lettingo.align.dpo.DpoModule"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -425,6 +440,12 @@ class AlignSchema:
             require(name in self.method, "methods", self.methods,
                     f"{name!r} has no align.method.{name} node (defined: {', '.join(self.method) or 'none'})")
         one_of("engine", self.engine, ENGINES)
+        if self.engine == "lightning":
+            for name in self.methods:
+                method = self.method[name]
+                require(method.examples != "preference" or method.lightning_trains_it(), f"method.{name}.loss_type",
+                        method.loss_type, "engine=lightning trains sigmoid DPO (+ 'sft' with module.sft_weight); "
+                        "align.engine=trl trains any of TRL's DPO loss types")
         at_least("epochs", self.epochs, 1)
         require(self.max_steps == -1 or self.max_steps >= 1, "max_steps", self.max_steps, "must be -1 or >= 1")
         at_least("val_checks_per_epoch", self.val_checks_per_epoch, 1)
@@ -436,13 +457,10 @@ class AlignSchema:
 
     def _check_trl(self) -> None:
         """Refuse the Lightning-only settings TRL's DPOTrainer would silently ignore (it trains every
-        preference method; the other methods still train with Lightning)."""
+        preference method with its ``loss_type``; the other methods still train with Lightning)."""
         trained = [name for name in self.methods if self.method[name].examples == "preference"]
         if not trained:
             return
-        with_sft = [name for name in trained if self.method[name].module.get("sft_weight")]
-        require(not with_sft, "methods", self.methods,
-                f"engine=trl trains {', '.join(with_sft)} as plain sigmoid DPO (no SFT term); use engine=lightning")
         needs = f"engine=trl ({','.join(trained)} by TRL's DPOTrainer) needs share_prompt=false, " \
                 "val_checks_per_epoch=1, precision=null"
         require(not self.share_prompt, "share_prompt", self.share_prompt,
@@ -591,6 +609,7 @@ class LettingoConfig:
     stage: str
     stop_after: str | None
     experiment_name: str
+    debug_setup: str | None
     run_dir: str | None
     seed: int
     num_threads: int | None
@@ -803,20 +822,47 @@ def composition_error(error: HydraException, overrides: Sequence[str]) -> ValueE
     return ConfigError(found.key, given[found.key], found.allowed) if found.key in given else found
 
 
-def compose_config(overrides: Sequence[str], config_dir: str, config_name: str = "config") -> DictConfig:
-    """Compose ``config_name`` of ``config_dir`` with command-line ``overrides`` and check it, writing nothing.
+#: The config group of the alignment methods: a YAML there is found by its name in `align.methods`.
+METHOD_GROUP = "align/method"
+
+
+def method_node_overrides(cfg: DictConfig, config_dir: str) -> list[str]:
+    """The overrides that add the node of every method named in `align.methods` that has no `align.method.<name>`
+    node but has a YAML in the method group (``+align/method@align.method.<name>=<name>``): a new method is one
+    YAML and one module, with no line to add to `align/default.yaml`."""
+    methods = OmegaConf.select(cfg, "align.methods", default=None) or []
+    defined = OmegaConf.select(cfg, "align.method", default=None) or {}
+    return [f"+{METHOD_GROUP}@align.method.{name}={name}" for name in methods
+            if name not in defined and (Path(config_dir) / METHOD_GROUP / f"{name}.yaml").is_file()]
+
+
+def compose_with_methods(overrides: Sequence[str], config_dir: str,
+                         config_name: str = "config") -> tuple[DictConfig, list[str]]:
+    """Compose ``config_name`` of ``config_dir`` with command-line ``overrides`` (plus :func:`method_node_overrides`,
+    returned as the second value) and check it, writing nothing.
 
     Raises a ``ValueError`` whose message is one line (a :class:`ConfigError` where a key is at fault).
     """
     from hydra import compose, initialize_config_dir
 
-    try:
-        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
-            cfg = compose(config_name=config_name, overrides=list(overrides))
-    except HydraException as error:
-        raise composition_error(error, overrides) from None
-    except OmegaConfBaseException as error:
-        raise _from_omegaconf("", error, None) from None
+    def composed(lines: list[str]) -> DictConfig:
+        try:
+            with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+                return compose(config_name=config_name, overrides=lines)
+        except HydraException as error:
+            raise composition_error(error, overrides) from None
+        except OmegaConfBaseException as error:
+            raise _from_omegaconf("", error, None) from None
+
+    cfg = composed(list(overrides))
+    added = method_node_overrides(cfg, config_dir)
+    if added:
+        cfg = composed([*overrides, *added])
     check_overrides(overrides, cfg)
     validate_config(cfg)
-    return cfg
+    return cfg, added
+
+
+def compose_config(overrides: Sequence[str], config_dir: str, config_name: str = "config") -> DictConfig:
+    """The config :func:`compose_with_methods` composes and checks."""
+    return compose_with_methods(overrides, config_dir, config_name)[0]

@@ -5,18 +5,23 @@ comparison in the `results` artifact."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from lettingo.align import dpo as dpo_module
+from lettingo.align.data import prompt_token_ids
+from lettingo.align.trl_engine import trl_prompt
 from lettingo.artifacts import PAIRS, PREDICTIONS, RESULTS, ArtifactStore, adapter_artifact
 from lettingo.evaluation.comparison import read_comparison
 from lettingo.evaluation.methods import DPO, NO_DPO, NO_PROFILE, ORACLE_FACTS, SFT, SHUFFLED
 from lettingo.llm.models import load_causal_lm
 from lettingo.pipeline import run
+from lettingo.schemas import ConfigError, validate_config
 from lettingo.stages import BY_NAME, declarations
 from lettingo.stages.align import NO_SIGNAL
 from lettingo.stages.base import StageContext
@@ -135,6 +140,40 @@ def test_trl_engine_trains_dpo_on_the_same_pairs(tiny, tiny_model_cache) -> None
     summary = run(cfg)["dpo"]
     assert summary["engine"] == "trl" and summary["steps"] == 2
     assert (Path(cfg.paths.run_dir) / adapter_artifact("dpo") / "adapter_model.safetensors").is_file()
+
+
+def test_trl_engine_trains_any_trl_loss_and_cuts_long_prompts_as_lightning_does(tiny, tiny_model_cache, tmp_path,
+                                                                              caplog) -> None:
+    pairs = hand_made_pairs(tiny_model_cache)
+    _, tokenizer = load_causal_lm("tiny_random", tiny_model_cache)
+    longest = max(len(prompt_token_ids(tokenizer, p)) for p in pairs["prompt"])
+    cap = longest - 4  # every prompt is over it: TRL alone would cut completions off and fail
+    for method, loss in (("dpo", "align.method.dpo.loss_type=[ipo]"), ("dpo_sft", None)):
+        overrides = [o for o in ("stage=align", "align.engine=trl", f"align.methods=[{method}]", loss,
+                                 f"align.data.max_prompt_tokens={cap}", *TRL) if o]
+        cfg = tiny(*overrides, run_dir=tmp_path / method)
+        write_pairs(cfg, pairs)
+        with caplog.at_level("WARNING"):
+            summary = run(cfg)[method]
+        assert summary["engine"] == "trl" and summary["steps"] == 2
+        assert f"prompts cut to their last {cap} tokens" in caplog.text
+        assert all(math.isfinite(row["loss"]) for row in summary["trl_history"]["train"])
+        weights = load_file(tmp_path / method / adapter_artifact(method) / "adapter_model.safetensors")
+        lora_b = [w for name, w in weights.items() if "lora_B" in name]
+        assert lora_b and any(w.abs().sum() > 0 for w in lora_b)  # LoRA's B starts at zero: trained
+    # A loss the Lightning module does not compute is refused there, not trained as sigmoid DPO.
+    with pytest.raises(ConfigError, match="engine=lightning trains sigmoid DPO"):
+        validate_config(tiny("align.method.dpo.loss_type=[ipo]"))
+
+
+def test_trl_prompt_keeps_the_end_of_a_long_prompt(tiny_model_cache) -> None:
+    prompt = hand_made_pairs(tiny_model_cache)["prompt"].iloc[0]
+    _, tokenizer = load_causal_lm("tiny_random", tiny_model_cache)
+    ids = prompt_token_ids(tokenizer, prompt)
+    assert trl_prompt(tokenizer, prompt) == prompt or tokenizer(trl_prompt(tokenizer, prompt))["input_ids"] == ids
+    cut = trl_prompt(tokenizer, prompt, max_tokens=len(ids) - 5)
+    assert len(tokenizer(cut)["input_ids"]) <= len(ids) - 5
+    assert prompt.endswith(cut) and len(cut) < len(prompt)  # the generation prompt the completion follows is kept
 
 
 #: The held-out users of the test stage: 10 of them (the tiny setup has 4). The run folders here hold

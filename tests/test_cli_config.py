@@ -69,7 +69,7 @@ def test_help_starts_with_the_projects_usage_then_hydras(tmp_path: Path) -> None
     usage, hydra_help = done.stdout.split("cli is powered by Hydra", 1)
     assert usage.startswith(f"lettingo {lettingo_version}: ")
     stages = "data, explore, rec_profiles, train_rec, evaluate, align, test, pipeline"
-    assert f"stages (stage=, default data): {stages}" in usage
+    assert f"stages (stage=, default pipeline): {stages}" in usage
     experiments = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
     assert all(name in usage for name in experiments) and "positive_control" in experiments
     assert "lettingo experiment=quickstart " in usage and "== Configuration groups ==" in hydra_help

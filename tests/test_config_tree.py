@@ -56,7 +56,7 @@ def check_resolves(cfg: DictConfig) -> None:
 def test_primary_config_composes(compose_cfg) -> None:
     cfg = compose_cfg()
     check_resolves(cfg)
-    assert cfg.stage == "data"
+    assert cfg.stage == "pipeline" and cfg.debug_setup is None
 
 
 @pytest.mark.parametrize(

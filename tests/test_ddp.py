@@ -290,10 +290,10 @@ def runs(root: Path) -> SimpleNamespace:
     done = lettingo_cli(root, "-m", "stage=pipeline", "experiment_name=two", "recommender=llm_zero_shot,llm_lora",
                         *DDP, ROUNDS)
     print(f"two-process multirun of two tiny pipelines: {time.perf_counter() - began:.1f} s")
-    experiment = root / "outputs" / "two"
+    experiment = root / "outputs" / "debug" / "two"
     sweep = only_folder(experiment / "multirun")
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
-    single = {r: only_folder(root / "outputs" / f"one_{r}") for r in ("llm_zero_shot", "llm_lora")}
+    single = {r: only_folder(root / "outputs" / "debug" / f"one_{r}") for r in ("llm_zero_shot", "llm_lora")}
     return SimpleNamespace(output=done.stdout + done.stderr, experiment=experiment, sweep=sweep, jobs=jobs,
                            single=single)
 
@@ -362,7 +362,7 @@ def test_slurm_tasks_are_the_ranks_and_share_one_run_folder(root: Path, runs) ->
     outputs = [task.communicate(timeout=900)[0] for task in tasks]
     assert [task.returncode for task in tasks] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     assert "=== stage data" not in outputs[1]  # rank 1 ran no single-process stage
-    run_dir = only_folder(root / "outputs" / "slurm")  # one folder for both ranks
+    run_dir = only_folder(root / "outputs" / "debug" / "slurm")  # one folder for both ranks
     assert_written_once(runs.single["llm_zero_shot"], run_dir)
     pd.testing.assert_frame_equal(ArtifactStore(runs.single["llm_zero_shot"]).read_table("pairs"),
                                   ArtifactStore(run_dir).read_table("pairs"))
@@ -375,7 +375,7 @@ def test_torchrun_runs_the_same_command_on_two_ranks(root: Path, runs) -> None:
                "debug=tiny", "stage=pipeline", "experiment_name=torchrun", *DDP, ROUNDS]
     done = subprocess.run(command, env=launcher_env(root), cwd=root, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    run_dir = only_folder(root / "outputs" / "torchrun")
+    run_dir = only_folder(root / "outputs" / "debug" / "torchrun")
     assert_written_once(runs.single["llm_zero_shot"], run_dir)
     pd.testing.assert_frame_equal(ArtifactStore(runs.single["llm_zero_shot"]).read_table("pairs"),
                                   ArtifactStore(run_dir).read_table("pairs"))

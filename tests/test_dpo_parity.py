@@ -39,7 +39,8 @@ def pairs(tmp_path: Path) -> pd.DataFrame:
 def _trl_side(cache: Path, pairs: pd.DataFrame, tmp: Path):
     model, tokenizer = parity_lora_model(cache)
     trainer = dpo_trainer(model, tokenizer, pairs, None, tmp / "trl", beta=BETA, lr=1e-3, weight_decay=0.0,
-                          micro_batch_size=len(pairs), accumulate=1, epochs=1, max_steps=-1, max_length=None,
+                          micro_batch_size=len(pairs), accumulate=1, epochs=1, max_steps=-1, max_prompt_tokens=None,
+                          max_completion_tokens=None,
                           precompute_reference=False, max_grad_norm=1.0, seed=0)
     # Handed a PeftModel, TRL's reference is a frozen copy of its adapter ("ref"); drop it so the reference is the
     # base with the adapter disabled, as in our module (the two agree whenever the adapter starts as the identity).

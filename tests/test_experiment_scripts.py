@@ -142,7 +142,8 @@ def test_effect_verdict_needs_the_interval_to_exclude_zero() -> None:
 # ----------------------------------------------------------------------------------------------- ml1m_cpu
 def test_ml1m_cpu_results_file_from_a_real_run(tiny_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "results"
-    done = run_script("ml1m_cpu", str(tiny_run), "--out", str(out), "--remark", "explore was paused 10 s")
+    done = run_script("ml1m_cpu", str(tiny_run), "--out", str(out), "--remark", "explore was paused 10 s",
+                      "--include-debug")
     # named by the run's K (the tiny run reads the paper's K = 10)
     assert sorted(p.name for p in out.iterdir()) == ["ml1m_cpu_k10.csv", "ml1m_cpu_k10.md", "ml1m_cpu_k10.png"]
     markdown = (out / "ml1m_cpu_k10.md").read_text(encoding="utf-8")
@@ -224,7 +225,8 @@ def test_ml1m_cpu_signs_and_verdicts_with_known_predictions(tiny_run: Path, tmp_
     shutil.copytree(tiny_run, folder, ignore=shutil.ignore_patterns(".lock"))
     known = known_comparison()
     known.write(folder / "results", "comparison", "known")
-    markdown = load_script("ml1m_cpu").build(folder, tmp_path / "out")["markdown"].read_text(encoding="utf-8")
+    paths = load_script("ml1m_cpu").build(folder, tmp_path / "out", include_debug=True)
+    markdown = paths["markdown"].read_text(encoding="utf-8")
     # DPO 36/40, SFT 35/40, no DPO 10/40, 10H 20/40, oracle facts 30/40.
     for name, value, verdict in ((f"DPO {MINUS} no DPO", "+65.0", "interval excludes zero"),
                                  (f"DPO {MINUS} SFT", "+2.5", "no effect shown (interval includes zero)"),
@@ -280,7 +282,7 @@ def test_reference_table_rows_per_k_and_h(tiny_run: Path, tmp_path: Path) -> Non
     (sweep / "k3_h30" / "rec_model").mkdir()
     (sweep / "k3_h30" / "rec_model" / "_meta.json").write_text(json.dumps(trained))
     out = tmp_path / "results"
-    run_script("reference_table", str(sweep), "--out", str(out))
+    run_script("reference_table", str(sweep), "--out", str(out), "--include-debug")
     assert sorted(p.name for p in out.iterdir()) == ["reference_table.csv", "reference_table.md"]
     markdown = (out / "reference_table.md").read_text(encoding="utf-8")
     accuracy, paired = markdown.split("## Paired differences")
@@ -319,7 +321,7 @@ def test_reference_table_keeps_what_it_reads_so_a_later_checkout_can_fill_the_gr
     first, kept = tmp_path / "first_sweep", tmp_path / "results" / "reference_runs"
     copy_run(tiny_run, first / "k10_h30", 10, 30)
     copy_run(tiny_run, first / "k3_h30", 3, 30)
-    script.build([first], tmp_path / "results", kept=kept)
+    script.build([first], tmp_path / "results", kept=kept, include_debug=True)
     copy = kept / "ml100k_k3_h30"
     assert sorted(str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file()) == \
         ["baselines/comparison.json", "kept_from.json", "run_config.json"]  # no checkpoint, no profiles
@@ -330,7 +332,7 @@ def test_reference_table_keeps_what_it_reads_so_a_later_checkout_can_fill_the_gr
     copy_run(tiny_run, second / "k1_h50", 1, 50)
     rerun = copy_run(tiny_run, second / "k3_h30", 3, 30)  # the same cell run again: newer, so it wins
     os.utime(rerun / "baselines" / "comparison.json")
-    script.build([kept, second], tmp_path / "results", kept=kept)
+    script.build([kept, second], tmp_path / "results", kept=kept, include_debug=True)
     table = pd.read_csv(tmp_path / "results" / "reference_table.csv")
     assert list(zip(table["K"], table["H"], strict=True)) == [(1, 50), (3, 30), (10, 30)]
     assert table["kept_from"].tolist() == [str((second / "k1_h50").resolve()), str(rerun.resolve()),
@@ -340,7 +342,7 @@ def test_reference_table_keeps_what_it_reads_so_a_later_checkout_can_fill_the_gr
     assert f"- K = 10, H = 30: `{(kept / 'ml100k_k10_h30').resolve()}` (kept from " \
            f"`{(first / 'k10_h30').resolve()}`; no rec_model record)" in markdown
     monkeypatch.chdir(tmp_path)  # run from the checkout: the committed table names folders relative to it
-    script.build([kept], "results")
+    script.build([kept], "results", include_debug=True)
     markdown = (tmp_path / "results" / "reference_table.md").read_text(encoding="utf-8")
     assert "- K = 10, H = 30: `results/reference_runs/ml100k_k10_h30` (kept from `first_sweep/k10_h30`; " \
            "no rec_model record)" in markdown
@@ -350,9 +352,13 @@ def test_reference_table_keeps_what_it_reads_so_a_later_checkout_can_fill_the_gr
                                                                                                    (10, 30)]]
 
 
-def test_reference_table_refuses_no_runs(tmp_path: Path) -> None:
+def test_reference_table_refuses_no_runs(tiny_run: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="nothing to tabulate"):
         load_script("reference_table").build([tmp_path], tmp_path / "out")
+    copy_run(tiny_run, tmp_path / "sweep" / "k10_h30", 10, 30)  # a debug=tiny run: read only when asked
+    with pytest.raises(ValueError, match="nothing to tabulate"):
+        load_script("reference_table").build([tmp_path / "sweep"], tmp_path / "out")
+    assert load_script("reference_table").build([tmp_path / "sweep"], tmp_path / "out", include_debug=True)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_script("reference_table").build([tmp_path / "nowhere"], tmp_path / "out")
 

@@ -57,7 +57,7 @@ def bracket(part: dict) -> str:
 
 def test_positive_control_results_file_from_a_real_run(control_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "results"
-    done = run_script(SCRIPT, str(control_run), "--out", str(out))
+    done = run_script(SCRIPT, str(control_run), "--out", str(out), "--include-debug")
     assert sorted(p.name for p in out.iterdir()) == ["positive_control.csv", "positive_control.md"]
     markdown = (out / "positive_control.md").read_text(encoding="utf-8")
     assert markdown in done.stdout
@@ -179,7 +179,8 @@ def reader_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_cache: Path)
 
 def test_reader_control_results_file_from_a_real_run(reader_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "results"
-    done = run_script("reader_control", str(reader_run), "--out", str(out), "--remark", "a line of ours")
+    done = run_script("reader_control", str(reader_run), "--out", str(out), "--remark", "a line of ours",
+                      "--include-debug")
     markdown = (out / "reader_control.md").read_text(encoding="utf-8")
     assert markdown in done.stdout and markdown.startswith("# E1, the reader control")
     assert "a line of ours" in section(markdown, "Wall time")
@@ -220,7 +221,7 @@ def test_ml1m_loop_results_file_from_a_real_tiny_run(tmp_path_factory: pytest.Te
                      "recommender.training.trainer.max_epochs=1"]
     run_dir = run_tiny(tmp_path_factory.mktemp("ml1m_loop"), tiny_model_cache, "experiment=ml1m_loop", "debug=tiny",
                        *cross_encoder, "evaluate.reward=log_p_gain", "pairs.gate=report")
-    done = run_script("ml1m_loop", str(run_dir), "--out", str(tmp_path))
+    done = run_script("ml1m_loop", str(run_dir), "--out", str(tmp_path), "--include-debug")
     markdown = (tmp_path / "ml1m_loop.md").read_text(encoding="utf-8")
     assert markdown in done.stdout and markdown.startswith("# E2, the real loop")
     assert "`evaluate.reward=log_p_gain` over M = 5 targets" in section(markdown, "The reward")

@@ -43,9 +43,11 @@ def test_stage_by_stage_continues_the_latest_folder_and_equals_the_pipeline(tmp_
     for stage in STAGES:
         done = lettingo_cli(tmp_path, f"stage={stage}", "experiment_name=steps")
         assert done.returncode == 0, done.stderr[-2000:]
-    folders = [p for p in (tmp_path / "outputs" / "steps").iterdir() if p.name != "latest"]
+    debug_runs = tmp_path / "outputs" / "debug"  # debug=tiny's runs, apart from the experiments' own
+    assert [p.name for p in (tmp_path / "outputs").iterdir()] == ["debug"]
+    folders = [p for p in (debug_runs / "steps").iterdir() if p.name != "latest"]
     assert len(folders) == 1, folders  # six invocations, one run folder, none named by the user
-    assert (tmp_path / "outputs" / "steps" / "latest").resolve() == folders[0].resolve()
+    assert (debug_runs / "steps" / "latest").resolve() == folders[0].resolve()
     assert sorted(p.stem for p in (folders[0] / "configs").glob("*.json")) == sorted(STAGES)
     # Every invocation is recorded, with its own overrides and the code's commit (this checkout's HEAD).
     invocations = read_invocations(folders[0])
@@ -59,11 +61,11 @@ def test_stage_by_stage_continues_the_latest_folder_and_equals_the_pipeline(tmp_
 
     done = lettingo_cli(tmp_path, "stage=pipeline", "experiment_name=whole")
     assert done.returncode == 0, done.stderr[-2000:]
-    steps, whole = comparison(folders[0]), comparison(tmp_path / "outputs" / "whole" / "latest")
+    steps, whole = comparison(folders[0]), comparison(debug_runs / "whole" / "latest")
     assert steps["predictions"] == whole["predictions"] and steps["methods"] == whole["methods"]
 
     # The whole pipeline continues its own folder through the `latest` link (how a killed run resumes).
-    latest = tmp_path / "outputs" / "whole" / "latest"
+    latest = debug_runs / "whole" / "latest"
     first = latest.resolve()
     done = lettingo_cli(tmp_path, "stage=pipeline", "experiment_name=whole", f"run_dir={latest}")
     assert done.returncode == 0, done.stderr[-2000:]
@@ -73,6 +75,7 @@ def test_stage_by_stage_continues_the_latest_folder_and_equals_the_pipeline(tmp_
 
 def test_a_missing_upstream_artifact_names_the_folder_and_the_command(tmp_path) -> None:
     run_dir = tmp_path / "fresh"
+    run_dir.mkdir()  # an existing folder without the data stage's samples (a folder that is not there is refused)
     done = lettingo_cli(tmp_path, "stage=explore", f"run_dir={run_dir}")
     assert done.returncode == 1
     line = done.stderr.strip().splitlines()[-1]

@@ -137,13 +137,18 @@ class DpoModule(AdapterModule):
 
         call_in_forward(self, precompute)
 
+    def preference_loss(self, policy: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss of a batch's (chosen, rejected) log-probs under policy and reference, and the implicit rewards
+        (``beta`` x log-ratio, shape like ``policy``): sigmoid DPO. A method of another loss overrides this."""
+        return dpo_loss(policy, reference, self.beta)
+
     def step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """DPO loss of a batch with its reward metrics (and the SFT term with ``sft_weight``)."""
         rows = batch["completion_rows"]
         tokens = completion_token_logps(self.model, completion_batch(batch), self.share_prompt)
         reference = batch["ref_logps"] if "ref_logps" in batch else reference_logps(self.model, batch,
                                                                                     self.share_prompt)
-        loss, rewards = dpo_loss(tokens.sum(-1)[rows], reference, self.beta)
+        loss, rewards = self.preference_loss(tokens.sum(-1)[rows], reference)
         metrics = reward_metrics(rewards)
         if self.sft_weight:
             sft = sft_loss(tokens, batch["completion_mask"], rows[:, 0])

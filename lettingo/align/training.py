@@ -122,6 +122,13 @@ def checkpoint_activations(module: AdapterModule) -> None:
     enable_gradient_checkpointing(module.model.get_base_model())
 
 
+def trl_loss_weights(method_cfg: AlignMethodSchema) -> list[float] | None:
+    """TRL's ``loss_weights`` for a method: 1 per loss, ``module.sft_weight`` for its 'sft' term (None: all 1)."""
+    if "sft" not in method_cfg.loss_type:
+        return None
+    return [float(method_cfg.module["sft_weight"]) if loss == "sft" else 1.0 for loss in method_cfg.loss_type]
+
+
 def fit_trl(acfg: AlignSchema, method_cfg: AlignMethodSchema, model: Any, tokenizer: Any, train: pd.DataFrame,
             val: pd.DataFrame, folder: Path, seed: int, max_grad_norm: float) -> tuple[Any, dict[str, Any]]:
     """Train DPO with TRL's DPOTrainer on the same pairs and settings; return the model and a summary."""
@@ -134,8 +141,10 @@ def fit_trl(acfg: AlignSchema, method_cfg: AlignMethodSchema, model: Any, tokeni
         model, peft_config, tokenizer, train, val, folder,
         beta=module["beta"], lr=optimizer["lr"], weight_decay=optimizer["weight_decay"], micro_batch_size=micro,
         accumulate=accumulation_steps(acfg.batch.global_size, micro, 1), epochs=acfg.epochs,
-        max_steps=acfg.max_steps, max_length=acfg.data.max_prompt_tokens + acfg.data.max_completion_tokens,
+        max_steps=acfg.max_steps, max_prompt_tokens=acfg.data.max_prompt_tokens,
+        max_completion_tokens=acfg.data.max_completion_tokens,
         precompute_reference=module["precompute_reference"], max_grad_norm=max_grad_norm, seed=seed,
+        loss_type=list(method_cfg.loss_type), loss_weights=trl_loss_weights(method_cfg),
     )
     return trained, {"examples_train": len(train), "examples_val": len(val), "trl_history": history,
                      "steps": len(history["train"])}

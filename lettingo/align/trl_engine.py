@@ -22,9 +22,25 @@ from lettingo.align.data import prompt_token_ids
 log = logging.getLogger(__name__)
 
 
-def trl_prompt(tokenizer: Any, prompt: str) -> str:
-    """The prompt text whose TRL tokenization (special tokens added) equals :func:`prompt_token_ids` of ``prompt``."""
+def prompt_tail(tokenizer: Any, ids: list[int], max_tokens: int) -> str:
+    """The text of the END of a prompt (token ids ``ids``) that TRL tokenizes to at most ``max_tokens`` tokens.
+
+    The Lightning path keeps the last ``max_tokens`` ids; as text, TRL adds its special tokens and a cut may
+    split a character, so a token or two fewer are kept where needed.
+    """
+    for keep in range(max_tokens, 0, -1):
+        text = tokenizer.decode(ids[-keep:])
+        if len(tokenizer(text)["input_ids"]) <= max_tokens:
+            return text
+    raise ValueError(f"no end of this prompt tokenizes to at most {max_tokens} tokens")
+
+
+def trl_prompt(tokenizer: Any, prompt: str, max_tokens: int | None = None) -> str:
+    """The prompt text whose TRL tokenization (special tokens added) equals :func:`prompt_token_ids` of ``prompt``;
+    a prompt longer than ``max_tokens`` loses its start instead (:func:`prompt_tail`), as in the Lightning path."""
     ours = prompt_token_ids(tokenizer, prompt)
+    if max_tokens is not None and len(ours) > max_tokens:
+        return prompt_tail(tokenizer, ours, max_tokens)
     if tokenizer(prompt)["input_ids"] == ours:
         return prompt
     bos = tokenizer.bos_token
@@ -34,18 +50,26 @@ def trl_prompt(tokenizer: Any, prompt: str) -> str:
                      f"{prompt[:80]!r}...")
 
 
-def trl_dataset(pairs: pd.DataFrame, tokenizer: Any) -> Dataset:
-    """Pairs as TRL's standard (non-conversational) preference format: prompt, chosen, rejected."""
-    return Dataset.from_dict({"prompt": [trl_prompt(tokenizer, p) for p in pairs["prompt"]],
-                              "chosen": list(pairs["chosen"]), "rejected": list(pairs["rejected"])})
+def trl_dataset(pairs: pd.DataFrame, tokenizer: Any, max_prompt_tokens: int | None = None) -> Dataset:
+    """Pairs as TRL's standard (non-conversational) preference format: prompt, chosen, rejected; prompts longer
+    than ``max_prompt_tokens`` keep their end (TRL itself would cut the completions off and fail)."""
+    prompts = [trl_prompt(tokenizer, p, max_prompt_tokens) for p in pairs["prompt"]]
+    cut = 0 if max_prompt_tokens is None else \
+        sum(len(prompt_token_ids(tokenizer, p)) > max_prompt_tokens for p in pairs["prompt"])
+    if cut:
+        log.warning("TRL DPO: %d of %d prompts cut to their last %d tokens (start dropped)", cut, len(prompts),
+                    max_prompt_tokens)
+    return Dataset.from_dict({"prompt": prompts, "chosen": list(pairs["chosen"]), "rejected": list(pairs["rejected"])})
 
 
 def dpo_trainer(model: PreTrainedModel | PeftModel, tokenizer: Any, train: pd.DataFrame, val: pd.DataFrame | None,
                 output_dir: Path, *, peft_config: LoraConfig | None = None, beta: float, lr: float,
                 weight_decay: float, micro_batch_size: int, accumulate: int, epochs: int, max_steps: int,
-                max_length: int | None, precompute_reference: bool, max_grad_norm: float, seed: int,
-                **extra: Any) -> Any:
-    """A TRL DPOTrainer (sigmoid loss) configured like the Lightning module.
+                max_prompt_tokens: int | None, max_completion_tokens: int | None, precompute_reference: bool,
+                max_grad_norm: float, seed: int, loss_type: list[str] | None = None,
+                loss_weights: list[float] | None = None, **extra: Any) -> Any:
+    """A TRL DPOTrainer configured like the Lightning module, with TRL's ``loss_type`` (default sigmoid) and
+    ``loss_weights``; prompts are cut to ``max_prompt_tokens`` (start dropped), whole sequences to the two caps.
 
     Pass the base model with ``peft_config`` (TRL adds a fresh adapter; its reference is the base
     with the adapter disabled, as ours). Handed a PeftModel instead, TRL copies the adapter into a
@@ -59,8 +83,11 @@ def dpo_trainer(model: PreTrainedModel | PeftModel, tokenizer: Any, train: pd.Da
 
     on_gpu = torch.cuda.is_available()
     has_val = val is not None and len(val) > 0
+    max_length = None if max_prompt_tokens is None or max_completion_tokens is None \
+        else max_prompt_tokens + max_completion_tokens
     settings = dict(
-        output_dir=str(output_dir), beta=beta, loss_type=["sigmoid"], learning_rate=lr, weight_decay=weight_decay,
+        output_dir=str(output_dir), beta=beta, loss_type=list(loss_type or ["sigmoid"]), loss_weights=loss_weights,
+        learning_rate=lr, weight_decay=weight_decay,
         lr_scheduler_type="constant", warmup_steps=0, per_device_train_batch_size=micro_batch_size,
         per_device_eval_batch_size=micro_batch_size, gradient_accumulation_steps=accumulate,
         num_train_epochs=epochs, max_steps=max_steps, max_length=max_length,
@@ -69,8 +96,9 @@ def dpo_trainer(model: PreTrainedModel | PeftModel, tokenizer: Any, train: pd.Da
         eval_strategy="epoch" if has_val else "no", seed=seed, dataloader_num_workers=0,
     )
     args = DPOConfig(**(settings | extra))  # `extra`: any other DPOConfig field, or one of the above overridden
-    return DPOTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=trl_dataset(train, tokenizer),
-                      eval_dataset=trl_dataset(val, tokenizer) if has_val else None,
+    return DPOTrainer(model=model, args=args, processing_class=tokenizer,
+                      train_dataset=trl_dataset(train, tokenizer, max_prompt_tokens),
+                      eval_dataset=trl_dataset(val, tokenizer, max_prompt_tokens) if has_val else None,
                       peft_config=peft_config)
 
 

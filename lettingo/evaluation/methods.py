@@ -41,3 +41,12 @@ def method_key(label: str) -> str:
     if not key:
         raise ValueError(f"method label {label!r} has no letters or digits to make a tracker key from")
     return key
+
+
+def method_label(method: str, round_: int, rounds: int, seed: int = 1) -> str:
+    """The results label of ``method``'s generator after ``round_`` of ``rounds`` (`dpo` -> DPO, DPO (round 1)),
+    and of the last round's replica with training seed ``seed`` >= 2 (DPO (seed 2))."""
+    label = method.upper()
+    if round_ != rounds:
+        return f"{label} (round {round_})"
+    return label if seed == 1 else f"{label} (seed {seed})"

@@ -18,6 +18,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from lettingo.artifacts import PAIRS, PROFILES, REWARDS, SAMPLES, adapter_artifact, round_artifact
+from lettingo.evaluation.methods import method_label
 from lettingo.schemas import LettingoConfig
 from lettingo.stages.base import PROFILE_CONFIG, TRAINER_DISPLAY, Output, StageContext, pace_keys
 from lettingo.stages.judging import rewards_output
@@ -32,15 +33,6 @@ def method_rounds(config: Any, method: str) -> int:
     """How many rounds ``method`` trains: its own `align.method.<name>.rounds`, else `align.rounds` (``config`` is
     the raw or the typed config)."""
     return config.align.method[method].rounds or config.align.rounds
-
-
-def method_label(method: str, round_: int, rounds: int, seed: int = 1) -> str:
-    """The results label of ``method``'s generator after ``round_`` of ``rounds`` (`dpo` -> DPO, DPO (round 1)),
-    and of the last round's replica with training seed ``seed`` >= 2 (DPO (seed 2))."""
-    label = method.upper()
-    if round_ != rounds:
-        return f"{label} (round {round_})"
-    return label if seed == 1 else f"{label} (seed {seed})"
 
 
 def adapter_generator(conf: LettingoConfig, method: str, round_: int, adapter: str, seed: int = 1) -> dict[str, Any]:
