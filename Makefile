@@ -36,8 +36,12 @@ $(TEST_STAMP): $(STAMP)
 
 install: $(STAMP)
 
+# The quickstart (the paper's loop at a demonstration size), then a small positive control: the loop raising a
+# reward whose answer is known, with its report (outputs/reports/positive_control.md).
 run: $(STAMP)
 	$(BIN)/lettingo experiment=quickstart
+	$(BIN)/lettingo experiment=positive_control_quick
+	$(BIN)/python experiments/positive_control.py outputs/positive_control_quick/latest --out outputs/reports
 
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest
