@@ -40,6 +40,7 @@ def test_run_the_tiny_pipeline_and_read_its_comparison(tmp_path: Path, monkeypat
 
 
 def test_importing_lettingo_loads_no_training_stack() -> None:
-    code = "import sys, lettingo; assert callable(lettingo.compose); print(sorted({'torch', 'lightning'} & set(sys.modules)))"
+    code = ("import sys, lettingo; assert callable(lettingo.compose); "
+            "print(sorted({'torch', 'lightning'} & set(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
