@@ -50,7 +50,6 @@ from lettingo.evaluation.methods import (
     SHUFFLED_ORACLE,
 )
 from lettingo.evaluation.metrics import PROBABILITY_METRICS
-from lettingo.evaluation.plots import plot_intervals
 from lettingo.evaluation.tables import results_table, to_markdown
 from lettingo.feedback.pairs import GROUP, build_pairs
 from lettingo.reports import (
@@ -62,6 +61,7 @@ from lettingo.reports import (
     RunRecord,
     config_value,
     effect_verdict,
+    forest_plot,
     format_number,
     invocation_lines,
     markdown_table,
@@ -441,7 +441,9 @@ def build(folder: str | Path, out: str | Path = DEFAULT_OUT, remarks: Sequence[s
     with atomic_path(paths["markdown"]) as tmp:
         tmp.write_text(markdown, encoding="utf-8")
     numbers.write(paths["csv"])
-    plot_intervals(comparison.intervals, "accuracy", paths["plot"], title=f"{dataset}: accuracy, n = {n_users}")
+    forest_plot(paths["csv"], "paired", "accuracy", paths["plot"],
+                f"{dataset}, K = {run.get('history.recent')}, H = {run.get('history.length')}, n = {n_users}: "
+                "accuracy, method − reference")
     print(markdown)
     print("\n".join(f"{kind}: {path}" for kind, path in paths.items()))
     return paths

@@ -48,6 +48,7 @@ from lettingo.reports import (
     Numbers,
     config_value,
     excludes_zero,
+    forest_plot,
     format_number,
     invocation_lines,
     markdown_table,
@@ -61,6 +62,8 @@ from lettingo.reports import (
 )
 
 DEFAULT_OUT = "results"
+#: The results section of the held-out reward per generator (and each aligned one minus the base).
+HELD_OUT = "held_out"
 #: The held-out reward table the test stage writes (results artifact).
 REWARD_TABLE_FILE = f"{RESULTS}/rewards.json"
 #: The f_Rec's comparison over every test user's M targets, next to the real-target one (`stages.test`).
@@ -291,15 +294,15 @@ def section_held_out(table: Mapping[str, Mapping[str, Any]], predictions: pd.Dat
     for method, row in table.items():
         stats = reward_stats(predictions.loc[predictions["method"] == method], reward)
         for part in ("reward", "shuffled"):
-            numbers.interval("held_out", method, part, Interval(**row[part]))
+            numbers.interval(HELD_OUT, method, part, Interval(**row[part]))
         for part in ("vs_reference", "true_minus_shuffled"):
-            numbers.difference("held_out", method, part, PairedDifference(**row[part]))
-        numbers.add("held_out", method, "degenerate_share", row["degenerate_share"], n=row["users"])
+            numbers.difference(HELD_OUT, method, part, PairedDifference(**row[part]))
+        numbers.add(HELD_OUT, method, "degenerate_share", row["degenerate_share"], n=row["users"])
         tokens = float(pd.to_numeric(predictions.loc[predictions["method"] == method, "completion_tokens"]).mean())
         for metric, value in (("stated_share", stats["stated_share"]), ("positive_share", stats["positive_share"]),
                               ("mean_tokens", tokens)):
             if not math.isnan(value):
-                numbers.add("held_out", method, metric, value)
+                numbers.add(HELD_OUT, method, metric, value)
         shares.append([method, _share(stats["stated_share"]), _share(stats["positive_share"]), f"{tokens:.1f}"])
     verdicts = [verdict_line(m, row, reward) for m, row in table.items() if m != NO_DPO]
     users = next(iter(table.values()))["users"]
@@ -436,9 +439,14 @@ def build(experiment: LoopExperiment, folder: str | Path, out: str | Path = DEFA
         "## Example held-out profiles\n", section_examples(predictions, table),
     ]
     markdown = "\n".join(parts)
-    paths = {"markdown": out / f"{experiment.name}.md", "csv": out / f"{experiment.name}.csv"}
+    paths = {"markdown": out / f"{experiment.name}.md", "csv": out / f"{experiment.name}.csv",
+             "plot": out / f"{experiment.name}.png"}
     write_text_atomic(paths["markdown"], markdown)
     numbers.write(paths["csv"])
+    n_users = predictions["user_id"].nunique()
+    forest_plot(paths["csv"], HELD_OUT, "vs_reference", paths["plot"],
+                f"{experiment.title}: held-out reward, aligned − base generator (n = {n_users} users)",
+                reference=NO_DPO, unit="reward", scale=1.0)
     print(markdown)
     print("\n".join(f"{kind}: {path}" for kind, path in paths.items()))
     return paths

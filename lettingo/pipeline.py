@@ -28,7 +28,7 @@ from lettingo.artifacts import ArtifactStore, write_json_atomic
 from lettingo.launch import RANK_LOGS, Ranks, launch, process_group
 from lettingo.provenance import code_version, record_invocation
 from lettingo.run_folders import external_ranks
-from lettingo.runtime import release_accelerator_memory, seed_everything
+from lettingo.runtime import release_accelerator_memory, seed_everything, show
 from lettingo.schemas import DistributedSchema, validate_config
 from lettingo.stages import BY_NAME, STAGES, check_declarations, declarations
 from lettingo.stages.base import Declared, Stage, StageContext
@@ -169,7 +169,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         results = launch(launched_rank, (plain, names, invocation), processes, distributed_settings(cfg), log_dir)
     else:
         results = run_rank(cfg, stages, invocation)
-    print(f"run folder: {cfg.paths.run_dir}")
+    show(f"run folder: {cfg.paths.run_dir}")
     return results[stages[0].name] if len(stages) == 1 else results
 
 

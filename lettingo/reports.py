@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from lettingo.artifacts import RESULTS, atomic_path
 from lettingo.evaluation.bootstrap import DEFAULT_METRICS, Interval, PairedDifference
 from lettingo.evaluation.comparison import FILE_STEM, Comparison, read_comparison
 from lettingo.evaluation.methods import DEFAULT_RECENT, DPO, NO_DPO, NO_PROFILE, SFT, method_label, no_profile_label
-from lettingo.evaluation.plots import plot_intervals
+from lettingo.evaluation.plots import plot_differences, plot_intervals
 from lettingo.evaluation.tables import (
     flat_columns,
     paired_heading,
@@ -163,7 +164,8 @@ def write_report(
     paired_reference: str = DPO,
     runs: Sequence[RunRecord] = (),
 ) -> dict[str, Path]:
-    """Write `<name>.md`, `<name>.csv` and `<name>.png` (the plot metric with its CI) into `out_dir`.
+    """Write `<name>.md`, `<name>.csv` and `<name>.png` into `out_dir` (the plot: the paired differences of the plot
+    metric as a forest plot when `paired` is given, else each row's interval).
 
     `rows` is row label -> metric -> Interval; `reference` (row label -> metric -> fraction) adds
     the paper's numbers in "paper" columns; `paired` (row label -> metric -> difference) adds a
@@ -181,7 +183,12 @@ def write_report(
         tmp.write_text(markdown)
     with atomic_path(paths["csv"]) as tmp:
         flat_columns(results_table(rows, metrics, reference)).to_csv(tmp, index=False)
-    plot_intervals({m: r for m, r in rows.items() if plot_metric in r}, plot_metric, paths["plot"], title=title)
+    differences = {f"{row} \u2212 {paired_reference}": found[plot_metric]
+                   for row, found in (paired or {}).items() if plot_metric in found}
+    if differences:  # the claims rest on paired differences: draw those
+        plot_differences(differences, paths["plot"], f"{title}: {plot_metric}, method − {paired_reference}")
+    else:
+        plot_intervals({m: r for m, r in rows.items() if plot_metric in r}, plot_metric, paths["plot"], title=title)
     print(markdown)
     print("\n".join(f"{kind}: {path}" for kind, path in paths.items()))
     return paths
@@ -195,6 +202,20 @@ def report_cli(description: str, build: Callable[[list[RunRecord], Path], dict[s
     parser.add_argument("--include-debug", action="store_true", help="read debug runs (debug=...) too")
     args = parser.parse_args()
     build(local_runs(args.runs, args.include_debug), Path(args.out))
+
+
+def forest_plot(csv_path: str | Path, section: str, metric: str, path: str | Path, title: str,
+                reference: str | None = None, unit: str = "points", scale: float = 100.0) -> Path:
+    """Draw the paired differences of a results CSV (tidy: section, row, metric, value, low, high) as a forest
+    plot (:func:`plot_differences`): the rows of ``section`` for ``metric``, labelled "<row> − <reference>" when
+    ``reference`` is given (rows that are methods), else by their row (rows that are differences)."""
+    frame = pd.read_csv(csv_path)
+    found = frame[(frame["section"] == section) & (frame["metric"] == metric) & frame["low"].notna()]
+    if found.empty:
+        raise ValueError(f"{csv_path}: no {section!r} rows with an interval for {metric!r}")
+    rows = {(row.row if reference is None else f"{row.row} \u2212 {reference}"): row
+            for row in found.itertuples(index=False) if row.row != reference}
+    return plot_differences(rows, path, title, unit=unit, scale=scale)
 
 
 def single_run_parser(description: str, experiment: str, default_out: str) -> argparse.ArgumentParser:

@@ -89,6 +89,16 @@ def route_lightning_logs() -> None:
             logger.addFilter(DropLightningTips())
 
 
+def show(text: str) -> None:
+    """Print a result for the reader (a table, a summary line) and keep it, as printed, in the run's log file
+    (Hydra's file handler: `cli.log`), where logging alone would prefix every line of a table."""
+    print(text)
+    record = logging.LogRecord("lettingo.results", logging.INFO, __file__, 0, "%s", (text,), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.emit(record)
+
+
 def quiet_third_party_deprecations() -> None:
     """Silence the deprecations of THIRD_PARTY_DEPRECATIONS (FutureWarning/DeprecationWarning) in this process."""
     for message in THIRD_PARTY_DEPRECATIONS:

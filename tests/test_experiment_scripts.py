@@ -74,6 +74,14 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_cache: Path) -
     return run_dir
 
 
+def test_the_result_tables_are_in_the_run_log_as_printed(tiny_run: Path) -> None:
+    log = (tiny_run / "cli.log").read_text(encoding="utf-8")
+    comparison = read_comparison(tiny_run / "results" / "comparison.json")
+    header = next(line for line in comparison.markdown("x").splitlines() if line.startswith("| method"))
+    assert "\n" + header + "\n" in log  # a table line on its own, without a log prefix
+    assert "\n## Table 3: alignment ablation\n" in log and "\nrun folder: " in log
+
+
 def line_starting(markdown: str, start: str) -> str:
     found = [line for line in markdown.splitlines() if line.startswith(start)]
     assert len(found) == 1, (start, found)

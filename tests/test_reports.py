@@ -150,3 +150,26 @@ def test_markdown_table_renders_any_cells_as_the_tables_module_does() -> None:
     assert markdown_table(["row", "n"], [["a|b", 3], ["c", 1.5]]) == render_markdown(["row", "n"],
                                                                                      [["a|b", "3"], ["c", "1.5"]])
     assert "| a\\|b |   3 |" in markdown_table(["row", "n"], [["a|b", 3]])
+
+
+def test_forest_plot_draws_the_csv_differences_readable_by_all(tmp_path) -> None:
+    csv = tmp_path / "r.csv"
+    csv.write_text("section,row,metric,value,low,high,p_value,n\n"
+                   "paired,DPO − no DPO,accuracy,0.01,-0.01,0.03,0.3,100\n"
+                   "paired,oracle facts − no profile,accuracy,0.03,0.01,0.05,0.01,100\n"
+                   "paired,DPO − no DPO,macro_f1,0.02,-0.01,0.04,0.3,100\n"
+                   "method,DPO,accuracy,0.5,0.4,0.6,,100\n")
+    path = load_script("forest_plot").main([str(csv), "--title", "toy, K = 3, H = 30, n = 100"])
+    assert path == tmp_path / "r.png" and path.read_bytes().startswith(b"\x89PNG")
+    assert path.stat().st_mode & 0o777 == 0o644
+    with pytest.raises(ValueError, match="no 'sensitivity' rows"):
+        load_script("forest_plot").main([str(csv), "--title", "x", "--section", "sensitivity"])
+
+
+def test_a_paired_report_draws_a_forest_plot(tmp_path, monkeypatch) -> None:
+    drawn = {}
+    monkeypatch.setattr("lettingo.reports.plot_differences", lambda rows, path, title: drawn.update(rows) or path)
+    make_run(tmp_path / "runs" / "a", "ml10m", 30, {NO_DPO: 10, SFT: 12, DPO: 15})
+    load_script("table3").build(local_runs([tmp_path / "runs"]), tmp_path / "reports")
+    assert set(drawn) == {f"ml10m | {NO_DPO} − DPO", f"ml10m | {SFT} − DPO"}
+    assert drawn[f"ml10m | {NO_DPO} − DPO"].value == pytest.approx(-0.25)

@@ -1,16 +1,41 @@
-"""Plots of metric intervals, written as PNG atomically (temp file, then rename)."""
+"""Plots of metric intervals and of paired differences (forest plots), written as PNG atomically (mode 0644)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
-import tempfile
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Protocol
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from lettingo.artifacts import atomic_path
 from lettingo.evaluation.bootstrap import Interval
+from lettingo.evaluation.methods import DPO, NO_DPO, ORACLE_FACTS, SFT, SHUFFLED, TABULAR, TABULAR_ORACLE
+
+#: Colours of the methods every figure shares (matplotlib's tab10); any other method gets one from its name.
+METHOD_COLORS = {DPO: "#1f77b4", SFT: "#ff7f0e", NO_DPO: "#9467bd", ORACLE_FACTS: "#2ca02c", SHUFFLED: "#7f7f7f",
+                 TABULAR: "#8c564b", TABULAR_ORACLE: "#bcbd22", "GRPO": "#d62728", "DPO_SFT": "#17becf"}
+_OTHER_COLORS = ("#e377c2", "#17becf", "#bcbd22", "#8c564b", "#d62728", "#2ca02c")
+
+
+class Ranged(Protocol):
+    """A value with its interval (an :class:`Interval` or a paired difference)."""
+
+    value: float
+    low: float
+    high: float
+
+
+def method_color(label: str) -> str:
+    """The colour of a method in every figure: its own, or the base method's for `DPO (round 1)`, `DPO (seed 2)`."""
+    base = label.split(" (")[0]
+    if label in METHOD_COLORS or base in METHOD_COLORS:
+        return METHOD_COLORS.get(label, METHOD_COLORS.get(base, ""))
+    return _OTHER_COLORS[int(hashlib.blake2b(base.encode(), digest_size=2).hexdigest(), 16) % len(_OTHER_COLORS)]
 
 
 def plot_intervals(
@@ -41,7 +66,8 @@ def plot_intervals(
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     positions = range(len(methods))
-    axes.errorbar(values, positions, xerr=errors, fmt="o", capsize=4)
+    for position, method, value, low, high in zip(positions, methods, values, *errors, strict=True):
+        axes.errorbar([value], [position], xerr=[[low], [high]], fmt="o", capsize=4, color=method_color(method))
     axes.set_yticks(list(positions), methods)
     axes.invert_yaxis()
     axes.set_xlabel(f"{metric} (%)")
@@ -49,14 +75,43 @@ def plot_intervals(
     if title:
         axes.set_title(title)
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            figure.savefig(stream, format="png", dpi=150)
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
-    return path
+    return save_png(figure, path)
+
+
+def save_png(figure: Figure, path: str | os.PathLike[str]) -> Path:
+    """Write ``figure`` to ``path`` as PNG; the file appears complete or not at all, readable by all (0644)."""
+    with atomic_path(Path(path)) as temp:
+        figure.savefig(temp, format="png", dpi=150)
+    return Path(path)
+
+
+def plot_differences(
+    rows: Mapping[str, Ranged],
+    path: str | os.PathLike[str],
+    title: str,
+    unit: str = "points",
+    scale: float = 100.0,
+    confidence: float = 0.95,
+) -> Path:
+    """Forest plot: each paired difference (``rows``: "A − B" -> value, low, high) as a point with its interval,
+    a line at zero, top to bottom in ``rows`` order, coloured by method A. ``scale`` x the values are drawn
+    (100: fractions as points); ``unit`` names the axis. An effect is one whose interval misses the zero line."""
+    if not rows:
+        raise ValueError("no paired difference to draw")
+    labels = list(rows)
+    figure = Figure(figsize=(7.0, 1.2 + 0.45 * len(labels)), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.axvline(0.0, color="black", linewidth=0.8)
+    for position, label in enumerate(labels):
+        row = rows[label]
+        value = scale * row.value
+        error = [[max(0.0, value - scale * row.low)], [max(0.0, scale * row.high - value)]]
+        axes.errorbar([value], [position], xerr=error, fmt="o", capsize=4,
+                      color=method_color(label.split(" \u2212 ")[0]))
+    axes.set_yticks(list(range(len(labels))), labels)
+    axes.invert_yaxis()
+    axes.set_xlabel(f"paired difference ({unit}; {100 * confidence:g}% interval)")
+    axes.grid(axis="x", alpha=0.3)
+    axes.set_title(textwrap.fill(title, 70), fontsize=10)
+    return save_png(figure, path)

@@ -29,7 +29,7 @@ from lettingo.llm.models import load_causal_lm, resolve_dtype, training_device
 from lettingo.llm.pool import BackendPool
 from lettingo.profiles.explore import KEY, explore, explore_split_samples
 from lettingo.profiles.quality import format_summary, summarize_profiles
-from lettingo.runtime import lightning_trainer, seed_everything
+from lettingo.runtime import lightning_trainer, seed_everything, show
 from lettingo.schemas import LettingoConfig
 from lettingo.seeding import derive_seed
 from lettingo.stages.base import Output, Stage, StageContext
@@ -141,7 +141,7 @@ def report(method: str, summary: dict[str, Any]) -> dict[str, float]:
     if "rewards/margins" in last:
         line += (f"; held-out reward margin {last['rewards/margins']:+.3f}, "
                  f"accuracy {last['rewards/accuracies']:.2f}")
-    print(line)
+    show(line)
     metrics = {f"align/train/{method}/seconds_per_pair": float(summary.get("seconds_per_pair", 0.0))}
     return metrics | {f"align/val/{method}/{k.replace('/', '_')}_final": float(v) for k, v in last.items()}
 
@@ -178,7 +178,7 @@ def explore_round(ctx: StageContext, conf: LettingoConfig, method: str, round_: 
             seed=derive_seed(conf.seed, method, round_), rows=ctx.rows(round_artifact(PROFILES, method, round_), KEY),
             max_users=sampling.max_users, users_per_chunk=sampling.users_per_chunk,
         )
-    print(format_summary(summarize_profiles(profiles), f"{method} round {round_}"))
+    show(format_summary(summarize_profiles(profiles), f"{method} round {round_}"))
     return reward_profiles(ctx, conf, profiles, samples, round_artifact(REWARDS, method, round_))
 
 
@@ -186,7 +186,7 @@ def later_round_examples(ctx: StageContext, conf: LettingoConfig, method: str, r
     """Round ``round_`` >= 2's examples, from profiles the previous round's adapter writes (see :func:`explore_round`):
     its own pairs under `pairs.*` (artifact pairs_<method>_r<r>), or a group method's samples."""
     rewards = explore_round(ctx, conf, method, round_)
-    print(f"{method} round {round_}: mean reward {rewards['reward'].mean():.3f} over {len(rewards)} profiles")
+    show(f"{method} round {round_}: mean reward {rewards['reward'].mean():.3f} over {len(rewards)} profiles")
     if conf.align.method[method].examples == GROUP_EXAMPLES:
         return group_samples(rewards)
     name = round_artifact(PAIRS, method, round_)

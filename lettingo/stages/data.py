@@ -16,6 +16,7 @@ from lettingo.data.item_stats import ItemStats, annotate_items
 from lettingo.data.prepare import SampleSpec, format_summary, make_samples, summarize_data
 from lettingo.data.schema import LabelThresholds
 from lettingo.data.splits import expand_split_sizes
+from lettingo.runtime import show
 from lettingo.schemas import LettingoConfig
 from lettingo.stages.base import Output, Stage, StageContext
 
@@ -62,8 +63,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         return write_table_data(folder, samples) | {"summary": summarize_data(interactions, samples, spec)}
 
     summary = ctx.make(SAMPLES, build)["summary"]
-    print(format_summary(summary, conf.dataset.name))
-    print(f"samples artifact: {store.path(SAMPLES)}")
+    show(format_summary(summary, conf.dataset.name))
+    show(f"samples artifact: {store.path(SAMPLES)}")
     ctx.tracker.log_metrics({f"data/{split}/users": n for split, n in summary["split_sizes"].items()}
                             | {"data/all/interactions": summary["interactions"]})
     return summary

@@ -40,6 +40,7 @@ from lettingo.recommender.base import Recommender
 from lettingo.recommender.cases import predicted_labels
 from lettingo.recommender.tabular import TabularRecommender
 from lettingo.recommender.text import ItemTextConfig
+from lettingo.runtime import show
 from lettingo.schemas import LettingoConfig
 from lettingo.stages.base import Output, Stage, StageContext, pace_keys
 from lettingo.stages.judging import judge, recommender_inputs, reward_profiles, rewards_output, write_pairs
@@ -71,7 +72,7 @@ def check_sensitivity(ctx: StageContext, conf: LettingoConfig, recommender: Reco
         result = Sensitivity(**values)
         message = sensitivity_message(result, recommender.name, min_effect)
         if result.clearly_positive(min_effect):
-            print(f"{split}: {message}")
+            show(f"{split}: {message}")
         else:
             log.warning("%s: %s", split, message)
     return results
@@ -171,7 +172,7 @@ def rule_guard_metrics(rewards: pd.DataFrame, samples: pd.DataFrame, history: in
         shuffled = shuffled_mean_rewards(users, rows["text"].astype(str).tolist(),
                                          (rows["degenerate"] != "").tolist(), means, seed)
         metrics[f"evaluate/{split}/reward_shuffled"] = float(np.mean(shuffled))
-        print(f"{split}: {RULE_REWARD} reward {rows['reward'].mean():+.3f}, against another user's mean "
+        show(f"{split}: {RULE_REWARD} reward {rows['reward'].mean():+.3f}, against another user's mean "
               f"(the guard) {np.mean(shuffled):+.3f}")
     return metrics
 
@@ -188,13 +189,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
     profiles = ctx.read_table(PROFILES)
     recommender = judge(ctx, conf)
     if recommender is None:
-        print(f"evaluate: reward {RULE_REWARD} is a rule on the text that needs no f_Rec, so no sensitivity check "
+        show(f"evaluate: reward {RULE_REWARD} is a rule on the text that needs no f_Rec, so no sensitivity check "
               "and no baselines")
     metrics: dict[str, float] = {}
     pairs: dict[str, Any] = {}
     sensitivity: dict[str, dict[str, float]] = {}
     if profiles.empty:
-        print(f"evaluate: no explored profiles (sampling.max_users={conf.sampling.max_users}): no rewards or pairs; "
+        show(f"evaluate: no explored profiles (sampling.max_users={conf.sampling.max_users}): no rewards or pairs; "
               "the baselines table only")
     else:
         rewards = reward_profiles(ctx, conf, profiles, samples, REWARDS)
@@ -211,7 +212,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         return {"recommender": None, "reward": evaluate.reward, "pairs": pairs}
     split = evaluate.split
     comparison = baselines(ctx, conf, recommender, samples, profiles)
-    print(comparison.markdown(f"{recommender.name} on the held-out `{split}` users"))
+    show(comparison.markdown(f"{recommender.name} on the held-out `{split}` users"))
 
     for explored, result in sensitivity.items():
         metrics |= {f"evaluate/{explored}/profile_sensitivity{suffix}": float(result[field])

@@ -11,6 +11,7 @@ from lettingo.artifacts import PROFILES, SAMPLES
 from lettingo.llm.pool import BackendPool, backbones_by_name
 from lettingo.profiles.explore import KEY, explore, explore_split_samples
 from lettingo.profiles.quality import format_summary, summarize_profiles
+from lettingo.runtime import show
 from lettingo.stages.base import PROFILE_CONFIG, Output, Stage, StageContext, backbones_pace_keys
 
 log = logging.getLogger(__name__)
@@ -47,16 +48,16 @@ def run(ctx: StageContext) -> dict[str, Any]:
     explored = {split: frame[frame["split"] == split] for split in splits}
     summaries = {split: summarize_profiles(rows) for split, rows in explored.items() if not rows.empty}
     if frame.empty:
-        print(f"explore: no users explored (sampling.max_users={sampling.max_users})")
+        show(f"explore: no users explored (sampling.max_users={sampling.max_users})")
     for split, summary in summaries.items():
-        print(format_summary(summary, split))
+        show(format_summary(summary, split))
         ctx.tracker.log_metrics(tracker_metrics(summary, split))
     for name, used in backends.usage.items():  # API backbones: requests, exact tokens and cost of this call
-        print(f"explore {name}: " + ", ".join(f"{k} {v:g}" for k, v in used.items()))
+        show(f"explore {name}: " + ", ".join(f"{k} {v:g}" for k, v in used.items()))
         ctx.tracker.log_metrics({f"explore/all/{name}/{k}": float(v) for k, v in used.items()})
     shown = frame[(frame["sample_idx"] == 0) & frame["user_id"].isin(frame["user_id"].unique()[:SAMPLE_ROWS])]
     ctx.tracker.log_table("explore/samples", shown.loc[:, ["user_id", "backbone", "text", "degenerate"]])
-    print(f"profiles artifact: {ctx.store.path(PROFILES)}")
+    show(f"profiles artifact: {ctx.store.path(PROFILES)}")
     return {"artifact": str(ctx.store.path(PROFILES)), "splits": summaries}
 
 

@@ -15,6 +15,7 @@ from lettingo.feedback.reliability import plan_pairs
 from lettingo.feedback.rewards import RULE_REWARD, score_profiles
 from lettingo.profiles.explore import KEY as PROFILE_KEY
 from lettingo.recommender.loading import LazyRecommender
+from lettingo.runtime import show
 from lettingo.schemas import LettingoConfig, RecommenderSchema
 from lettingo.stages.base import Output, StageContext, pace_keys
 
@@ -81,12 +82,12 @@ def write_pairs(ctx: StageContext, conf: LettingoConfig, rewards: pd.DataFrame, 
     if metrics := plan.metrics(gate_prefix):
         ctx.tracker.log_metrics(metrics)
     if line := plan.report():
-        print(line)
+        show(line)
 
     def build(folder: Path) -> dict[str, Any]:
         pairs, summary = plan.pairs(rewards, conf.seed)
         return write_table_data(folder, pairs) | {"summary": summary}
 
     summary = ctx.make(name, build)["summary"]
-    print(format_pairs_summary(summary, conf.pairs.rule))
+    show(format_pairs_summary(summary, conf.pairs.rule))
     return summary

@@ -17,13 +17,14 @@ from lettingo.artifacts import REC_TRAIN_PROFILES, SAMPLES
 from lettingo.data.splits import rec_train_users
 from lettingo.llm.pool import BackendPool, backbones_by_name
 from lettingo.profiles.explore import KEY, explore
+from lettingo.runtime import show
 from lettingo.stages.base import Output, Stage, StageContext, backbones_pace_keys
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
     """Write (or grow, or resume) the `rec_train_profiles` artifact; nothing when no f_Rec learns from it."""
     if not outputs(ctx.cfg):
-        print("rec_profiles: no trainable f_Rec learns from generated profiles; nothing to write")
+        show("rec_profiles: no trainable f_Rec learns from generated profiles; nothing to write")
         return {"rows": 0}
     conf = ctx.conf
     training, sampling = conf.recommender.training, conf.sampling
@@ -35,7 +36,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             max_new_tokens=sampling.max_new_tokens, seed=conf.seed, rows=ctx.rows(REC_TRAIN_PROFILES, KEY),
             users_per_chunk=sampling.users_per_chunk,
         )
-    print(f"rec_profiles: {len(frame)} profiles of {frame['user_id'].nunique()} rec_train users in "
+    show(f"rec_profiles: {len(frame)} profiles of {frame['user_id'].nunique()} rec_train users in "
           f"{ctx.store.path(REC_TRAIN_PROFILES)}")
     return {"artifact": str(ctx.store.path(REC_TRAIN_PROFILES)), "rows": len(frame)}
 

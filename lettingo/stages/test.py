@@ -49,6 +49,7 @@ from lettingo.profiles.explore import PROFILE_COLUMNS, explore
 from lettingo.profiles.oracle import oracle_profile
 from lettingo.recommender.cases import predicted_labels
 from lettingo.recommender.tabular import TabularRecommender
+from lettingo.runtime import show
 from lettingo.schemas import LettingoConfig, TestSchema
 from lettingo.stages.base import Output, Stage, StageContext, backbones_pace_keys, pace_keys
 from lettingo.stages.judging import judge, judge_identity
@@ -273,15 +274,15 @@ def report_comparison(ctx: StageContext, folder: Path, title: str) -> dict[str, 
     table3 = [m for m in TABLE3 if m in comparison.predictions]
     if table3:
         table = comparison.table(methods=table3, metrics=TABLE3_METRICS)
-        print("## Table 3: alignment ablation\n\n" + to_markdown(table))
-    print(comparison.markdown(title))
+        show("## Table 3: alignment ablation\n\n" + to_markdown(table))
+    show(comparison.markdown(title))
     log_comparison(ctx, comparison, f"test/{split}", folder / f"{COMPARISON}.png")
-    print(f"results: {folder / COMPARISON}.json")
+    show(f"results: {folder / COMPARISON}.json")
     if (folder / f"{TARGETS_COMPARISON}.json").is_file():
         every = read_comparison(folder / f"{TARGETS_COMPARISON}.json")
-        print(every.markdown(all_targets_title(title, len(set(every.targets or ())))))
+        show(every.markdown(all_targets_title(title, len(set(every.targets or ())))))
         log_comparison(ctx, every, f"test/{split}/all_targets", folder / f"{TARGETS_COMPARISON}.png")
-        print(f"results over all targets: {folder / TARGETS_COMPARISON}.json")
+        show(f"results over all targets: {folder / TARGETS_COMPARISON}.json")
     return comparison.to_json()
 
 
@@ -313,7 +314,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     ctx.make(RESULTS, build)
     folder = store.path(RESULTS)
     rewards = json.loads((folder / f"{REWARD_TABLE}.json").read_text())["methods"]
-    print(f"## Held-out reward ({reward}) on the `{split}` users\n\n" + (folder / f"{REWARD_TABLE}.md").read_text())
+    show(f"## Held-out reward ({reward}) on the `{split}` users\n\n" + (folder / f"{REWARD_TABLE}.md").read_text())
     ctx.tracker.log_metrics({f"test/{split}/reward/{method_key(m)}/{field}": float(row[part]["value"])
                              for m, row in rewards.items()
                              for field, part in (("mean", "reward"), ("vs_no_dpo", "vs_reference"),

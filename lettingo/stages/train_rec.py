@@ -25,7 +25,7 @@ from lettingo.llm.pool import backbones_by_name
 from lettingo.profiles.oracle import oracle_profiles
 from lettingo.recommender.tabular import TabularRecommender
 from lettingo.recommender.training import RecDataModule, fit, split_users, training_cases
-from lettingo.runtime import lightning_trainer
+from lettingo.runtime import lightning_trainer, show
 from lettingo.schemas import LettingoConfig
 from lettingo.stages.base import TRAINER_DISPLAY, Output, Stage, StageContext, pace_keys
 
@@ -61,7 +61,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     rec, training = conf.recommender, conf.recommender.training
     if training is None:  # only a trainable f_Rec has its training node
         if ctx.is_main:
-            print(f"train_rec: {rec.name} is zero-shot; nothing to train")
+            show(f"train_rec: {rec.name} is zero-shot; nothing to train")
         return {"recommender": rec.name, "trained": False}
     samples = ctx.read_table(SAMPLES)
     users = rec_train_users(samples, training.max_users)
@@ -72,7 +72,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     meta = ctx.make(REC_MODEL, lambda folder: fit_model(ctx, conf, users, profiles, folder))
     if not ctx.is_main:
         return {"recommender": rec.name, "trained": True, "rank": ctx.rank}
-    print(f"train_rec: {rec.name} in {store.path(REC_MODEL)}: best validation {meta['select_by']} "
+    show(f"train_rec: {rec.name} in {store.path(REC_MODEL)}: best validation {meta['select_by']} "
           f"{meta['val_score']:.3f} ({meta['val_cases']} cases)")
     return meta
 
