@@ -89,6 +89,10 @@ def route_lightning_logs() -> None:
             logger.addFilter(DropLightningTips())
 
 
+#: The log file's format for what :func:`show` prints: the text alone, no time or level prefix.
+_AS_PRINTED = logging.Formatter("%(message)s")
+
+
 def show(text: str) -> None:
     """Print a result for the reader (a table, a summary line) and keep it, as printed, in the run's log file
     (Hydra's file handler: `cli.log`), where logging alone would prefix every line of a table."""
@@ -96,7 +100,12 @@ def show(text: str) -> None:
     record = logging.LogRecord("lettingo.results", logging.INFO, __file__, 0, "%s", (text,), None)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
-            handler.emit(record)
+            kept = handler.formatter
+            handler.setFormatter(_AS_PRINTED)
+            try:
+                handler.emit(record)
+            finally:
+                handler.setFormatter(kept)
 
 
 def quiet_third_party_deprecations() -> None:

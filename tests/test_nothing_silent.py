@@ -110,3 +110,23 @@ def test_single_run_scripts_refuse_a_debug_run(tmp_path: Path, capsys) -> None:
             script([str(folder), "--out", str(tmp_path / "out")])
         assert "is a debug run (debug=tiny)" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_show_prints_and_keeps_the_text_in_the_log_file_as_printed(tmp_path: Path, capsys) -> None:
+    import logging
+
+    from lettingo.runtime import show
+
+    handler = logging.FileHandler(tmp_path / "cli.log")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    logging.getLogger().addHandler(handler)
+    try:
+        show("## Table 3\n\n| method | accuracy |")
+        logging.getLogger("lettingo").warning("a log line")
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    assert capsys.readouterr().out == "## Table 3\n\n| method | accuracy |\n"
+    lines = (tmp_path / "cli.log").read_text().splitlines()
+    assert lines[:3] == ["## Table 3", "", "| method | accuracy |"]  # no time or level prefix on a table
+    assert lines[3].startswith("[") and lines[3].endswith("[WARNING] - a log line")  # the handler's own format kept
