@@ -439,14 +439,14 @@ def build(experiment: LoopExperiment, folder: str | Path, out: str | Path = DEFA
         "## Example held-out profiles\n", section_examples(predictions, table),
     ]
     markdown = "\n".join(parts)
-    paths = {"markdown": out / f"{experiment.name}.md", "csv": out / f"{experiment.name}.csv",
-             "plot": out / f"{experiment.name}.png"}
+    paths = {"markdown": out / f"{experiment.name}.md", "csv": out / f"{experiment.name}.csv"}
     write_text_atomic(paths["markdown"], markdown)
     numbers.write(paths["csv"])
-    n_users = predictions["user_id"].nunique()
-    forest_plot(paths["csv"], HELD_OUT, "vs_reference", paths["plot"],
-                f"{experiment.title}: held-out reward, aligned − base generator (n = {n_users} users)",
-                reference=NO_DPO, unit="reward", scale=1.0)
+    if aligned:  # the claims: each aligned generator's held-out reward minus the base generator's
+        paths["plot"] = forest_plot(
+            paths["csv"], HELD_OUT, "vs_reference", out / f"{experiment.name}.png",
+            f"{experiment.title}: held-out reward, aligned − base generator (n = {predictions['user_id'].nunique()} "
+            "users)", reference=NO_DPO, unit="reward", scale=1.0)
     print(markdown)
     print("\n".join(f"{kind}: {path}" for kind, path in paths.items()))
     return paths

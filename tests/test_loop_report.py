@@ -58,7 +58,8 @@ def bracket(part: dict) -> str:
 def test_positive_control_results_file_from_a_real_run(control_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "results"
     done = run_script(SCRIPT, str(control_run), "--out", str(out), "--include-debug")
-    assert sorted(p.name for p in out.iterdir()) == ["positive_control.csv", "positive_control.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["positive_control.csv", "positive_control.md",
+                                                     "positive_control.png"]  # the forest plot of the claims
     markdown = (out / "positive_control.md").read_text(encoding="utf-8")
     assert markdown in done.stdout
     record = json.loads((control_run / "run_config.json").read_text())
