@@ -173,3 +173,11 @@ def test_a_paired_report_draws_a_forest_plot(tmp_path, monkeypatch) -> None:
     load_script("table3").build(local_runs([tmp_path / "runs"]), tmp_path / "reports")
     assert set(drawn) == {f"ml10m | {NO_DPO} − DPO", f"ml10m | {SFT} − DPO"}
     assert drawn[f"ml10m | {NO_DPO} − DPO"].value == pytest.approx(-0.25)
+
+
+def test_method_colours_are_shared_and_never_reused_for_another_method() -> None:
+    from lettingo.evaluation.plots import _OTHER_COLORS, METHOD_COLORS, method_color
+
+    assert method_color("DPO (round 1)") == method_color("DPO (seed 2)") == method_color(DPO) == METHOD_COLORS[DPO]
+    assert method_color("IPO") == method_color("IPO (round 1)") and method_color("IPO") in _OTHER_COLORS
+    assert not set(_OTHER_COLORS) & set(METHOD_COLORS.values())

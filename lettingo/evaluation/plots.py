@@ -19,7 +19,8 @@ from lettingo.evaluation.methods import DPO, NO_DPO, ORACLE_FACTS, SFT, SHUFFLED
 #: Colours of the methods every figure shares (matplotlib's tab10); any other method gets one from its name.
 METHOD_COLORS = {DPO: "#1f77b4", SFT: "#ff7f0e", NO_DPO: "#9467bd", ORACLE_FACTS: "#2ca02c", SHUFFLED: "#7f7f7f",
                  TABULAR: "#8c564b", TABULAR_ORACLE: "#bcbd22", "GRPO": "#d62728", "DPO_SFT": "#17becf"}
-_OTHER_COLORS = ("#e377c2", "#17becf", "#bcbd22", "#8c564b", "#d62728", "#2ca02c")
+#: For any other method (tab10's last colour and tab20's light ones): never one of the colours above.
+_OTHER_COLORS = ("#e377c2", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#dbdb8d")
 
 
 class Ranged(Protocol):
@@ -33,8 +34,9 @@ class Ranged(Protocol):
 def method_color(label: str) -> str:
     """The colour of a method in every figure: its own, or the base method's for `DPO (round 1)`, `DPO (seed 2)`."""
     base = label.split(" (")[0]
-    if label in METHOD_COLORS or base in METHOD_COLORS:
-        return METHOD_COLORS.get(label, METHOD_COLORS.get(base, ""))
+    known = METHOD_COLORS.get(label) or METHOD_COLORS.get(base)
+    if known:
+        return known
     return _OTHER_COLORS[int(hashlib.blake2b(base.encode(), digest_size=2).hexdigest(), 16) % len(_OTHER_COLORS)]
 
 

@@ -173,7 +173,7 @@ def rule_guard_metrics(rewards: pd.DataFrame, samples: pd.DataFrame, history: in
                                          (rows["degenerate"] != "").tolist(), means, seed)
         metrics[f"evaluate/{split}/reward_shuffled"] = float(np.mean(shuffled))
         show(f"{split}: {RULE_REWARD} reward {rows['reward'].mean():+.3f}, against another user's mean "
-              f"(the guard) {np.mean(shuffled):+.3f}")
+             f"(the guard) {np.mean(shuffled):+.3f}")
     return metrics
 
 
@@ -190,13 +190,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
     recommender = judge(ctx, conf)
     if recommender is None:
         show(f"evaluate: reward {RULE_REWARD} is a rule on the text that needs no f_Rec, so no sensitivity check "
-              "and no baselines")
+             "and no baselines")
     metrics: dict[str, float] = {}
     pairs: dict[str, Any] = {}
     sensitivity: dict[str, dict[str, float]] = {}
     if profiles.empty:
         show(f"evaluate: no explored profiles (sampling.max_users={conf.sampling.max_users}): no rewards or pairs; "
-              "the baselines table only")
+             "the baselines table only")
     else:
         rewards = reward_profiles(ctx, conf, profiles, samples, REWARDS)
         pairs = write_pairs(ctx, conf, rewards, PAIRS, "evaluate/gate")

@@ -37,7 +37,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             users_per_chunk=sampling.users_per_chunk,
         )
     show(f"rec_profiles: {len(frame)} profiles of {frame['user_id'].nunique()} rec_train users in "
-          f"{ctx.store.path(REC_TRAIN_PROFILES)}")
+         f"{ctx.store.path(REC_TRAIN_PROFILES)}")
     return {"artifact": str(ctx.store.path(REC_TRAIN_PROFILES)), "rows": len(frame)}
 
 

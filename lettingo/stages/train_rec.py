@@ -73,7 +73,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if not ctx.is_main:
         return {"recommender": rec.name, "trained": True, "rank": ctx.rank}
     show(f"train_rec: {rec.name} in {store.path(REC_MODEL)}: best validation {meta['select_by']} "
-          f"{meta['val_score']:.3f} ({meta['val_cases']} cases)")
+         f"{meta['val_score']:.3f} ({meta['val_cases']} cases)")
     return meta
 
 
