@@ -28,6 +28,7 @@ from lettingo.artifacts import ArtifactStore, write_json_atomic
 from lettingo.launch import RANK_LOGS, Ranks, launch, process_group
 from lettingo.provenance import code_version, record_invocation
 from lettingo.run_folders import external_ranks
+from lettingo.run_identity import run_identity
 from lettingo.runtime import release_accelerator_memory, seed_everything, show
 from lettingo.schemas import DistributedSchema, validate_config
 from lettingo.stages import BY_NAME, STAGES, check_declarations, declarations
@@ -70,6 +71,14 @@ def job_overrides() -> list[str]:
     from hydra.core.hydra_config import HydraConfig
 
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def job_choices() -> dict[str, Any]:
+    """The option this job picked per config group (``experiment``, ``sweep``, ``sampling``, ...); none outside
+    the `lettingo` command line."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
 
 
 def save_run_config(cfg: DictConfig, run_dir: Path, invocation: Invocation) -> Path:
@@ -201,7 +210,9 @@ def run_stages(cfg: DictConfig, stages: list[Stage], ranks: Ranks, invocation: I
                 point_latest(run_dir, Path(cfg.paths.experiment_dir))
                 save_run_config(cfg, run_dir, invocation)
                 tracker = instantiate(cfg.logger)
-                tracker.log_config(OmegaConf.to_container(cfg, resolve=True))
+                identity = run_identity(cfg, job_overrides(), job_choices())
+                tracker.describe(identity)
+                tracker.log_config(OmegaConf.to_container(cfg, resolve=True) | {"compare": dict(identity.fields)})
         except BaseException as error:
             ranks.sync("the start of the run", error)
             raise

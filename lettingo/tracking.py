@@ -1,7 +1,9 @@
 """Experiment tracking behind one small interface: W&B (offline by default), CSV files, or nothing.
 
-Stages log metrics named `<stage>/<split>/<metric>`, tables (pandas) and images through a
-`Tracker`; Lightning training gets the matching Lightning logger from `lightning_logger()`.
+Stages log metrics named `<stage>/<role>/<metric>`, never with a swept value (H, K, a backbone name) in the
+key, so every run of a sweep logs the same keys; tables (pandas) and images go through the same `Tracker`,
+and Lightning training gets the matching Lightning logger from `lightning_logger()`. A run presents itself
+by its :class:`RunIdentity` (name, group, tags, and the fields its ablations are grouped by).
 """
 
 from __future__ import annotations
@@ -9,14 +11,31 @@ from __future__ import annotations
 import csv
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 
+@dataclass(frozen=True)
+class RunIdentity:
+    """How a run shows in a tracker: ``name`` (its experiment and what it overrides), ``group`` (the experiment),
+    ``job_type`` (the stage), ``tags`` (the overrides, the sweep, the debug setup, the user's tags) and
+    ``fields``, one flat value per ablation axis, logged as the config's ``compare`` node."""
+
+    name: str
+    group: str
+    job_type: str
+    tags: tuple[str, ...] = ()
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
 class Tracker:
     """Base tracker: every method is a no-op; subclasses send what they can."""
+
+    def describe(self, identity: RunIdentity) -> None:
+        """Record who the run is (name, group, tags, fields to group by) before anything is logged."""
 
     def log_config(self, config: Mapping[str, Any]) -> None:
         """Record the resolved run config."""
@@ -46,11 +65,18 @@ class NullTracker(Tracker):
 
 
 class CsvTracker(Tracker):
-    """Metrics appended to `metrics.csv`, tables as CSV, images listed in `images.csv`, under `dir`."""
+    """Metrics appended to `metrics.csv`, tables as CSV, images listed in `images.csv`, the identity in
+    `run.json`, under `dir`."""
 
     def __init__(self, dir: str | Path) -> None:
         self.dir = Path(dir)
         self.dir.mkdir(parents=True, exist_ok=True)
+
+    def describe(self, identity: RunIdentity) -> None:
+        """Write the identity to `run.json`."""
+        import json
+
+        (self.dir / "run.json").write_text(json.dumps(asdict(identity), indent=2, default=list) + "\n")
 
     def _append(self, name: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         path = self.dir / name
@@ -88,7 +114,8 @@ class CsvTracker(Tracker):
 
 
 class WandbTracker(Tracker):
-    """A W&B run; offline by default, its files under ``dir``.
+    """A W&B run, started by :meth:`describe` (its name, group, job type and tags come from the run's
+    identity unless given here); offline by default, its files under ``dir``.
 
     W&B's cache, config and data folders come from its environment variables (``WANDB_CACHE_DIR``, ...),
     which the `lettingo` command sets for the job (``hydra.job.env_set``) to folders inside the run folder;
@@ -99,21 +126,37 @@ class WandbTracker(Tracker):
         self,
         project: str,
         dir: str | Path,
+        entity: str | None = None,
         group: str | None = None,
         job_type: str | None = None,
         name: str | None = None,
         tags: Sequence[str] = (),
         mode: str = "offline",
     ) -> None:
+        self.dir = Path(dir)
+        self.settings = {"project": project, "entity": entity, "group": group, "job_type": job_type, "name": name,
+                         "mode": mode}
+        self.tags = list(tags)
+        self._run: Any = None
+
+    def describe(self, identity: RunIdentity) -> None:
+        """Start the W&B run under the identity's name, group, job type and tags (settings given win)."""
         import wandb
 
-        self.dir = Path(dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._wandb = wandb
-        self.run = wandb.init(
-            project=project, group=group, job_type=job_type, name=name, tags=list(tags), mode=mode,
-            dir=str(self.dir), reinit="finish_previous",
-        )
+        chosen = {"group": identity.group or None, "job_type": identity.job_type or None, "name": identity.name or None}
+        settings = self.settings | {k: v for k, v in chosen.items() if self.settings[k] is None}
+        self._run = wandb.init(**settings, tags=list(dict.fromkeys([*identity.tags, *self.tags])),
+                               dir=str(self.dir), reinit="finish_previous")
+
+    @property
+    def run(self) -> Any:
+        """The W&B run (started on first use when :meth:`describe` was not called)."""
+        if self._run is None:
+            self.describe(RunIdentity(name=self.settings["name"] or "", group=self.settings["group"] or "",
+                                      job_type=self.settings["job_type"] or ""))
+        return self._run
 
     def log_config(self, config: Mapping[str, Any]) -> None:
         """Store the resolved config as the run's config."""
@@ -142,5 +185,6 @@ class WandbTracker(Tracker):
         return WandbLogger(experiment=self.run)
 
     def finish(self, exit_code: int = 0) -> None:
-        """Finish the W&B run (marked failed when exit_code != 0)."""
-        self.run.finish(exit_code=exit_code)
+        """Finish the W&B run (marked failed when exit_code != 0), if it was started."""
+        if self._run is not None:
+            self._run.finish(exit_code=exit_code)

@@ -28,7 +28,7 @@ from lettingo.data.schema import LABELS
 from lettingo.evaluation.metrics import classification_metrics
 from lettingo.launch import RANK_LOGS, DistributedSchema, RankFailed, launch, process_group
 from lettingo.pipeline import run
-from lettingo.recommender.base import RecClassifierModule
+from lettingo.recommender.base import RecClassifierModule, logged_key
 from lettingo.recommender.training import RecDataModule
 
 DDP = ("trainer=ddp_cpu", "align.batch.micro_size=1")
@@ -165,7 +165,7 @@ def _validation_macro_f1(rank: int) -> float:
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy=DDPStrategy(process_group_backend="gloo"),
                         logger=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.validate(module, datamodule=data, verbose=False)
-    return float(trainer.callback_metrics["val/macro_f1"])
+    return float(trainer.callback_metrics[logged_key("val", "macro_f1")])
 
 
 def _two_ranks_worker(rank: int, port: int, cache: str, out: str) -> None:

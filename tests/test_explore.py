@@ -240,8 +240,10 @@ def test_stage_on_ml100k_with_tiny_random(compose_cfg, tiny_model_cache) -> None
     assert set(frame["split"]) == {"profile_train_h30"} and set(frame["history_len"]) == {30}
     assert frame["prompt"].str.contains("30. ").all()
     logged = metrics(run_dir)
-    assert logged["explore/profile_train_h30/profiles"] == 4
-    assert "explore/profile_train_h30/tiny_random/distinct2" in logged
+    assert logged["explore/profile_train/profiles"] == 4  # keyed by the split's role: no H in a metric name
+    backbones = pd.read_csv(run_dir / "logs" / "tables" / "explore__backbones.csv")
+    assert backbones[["split", "backbone", "users"]].values.tolist() == [["profile_train_h30", "tiny_random", 2]]
+    assert "distinct2" in backbones
     shown = pd.read_csv(run_dir / "logs" / "tables" / "explore__samples.csv")
     assert list(shown.columns) == ["user_id", "backbone", "text", "degenerate"]
 

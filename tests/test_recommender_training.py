@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from lettingo import CONFIG_DIR
 from lettingo.data.schema import LABELS
 from lettingo.llm.models import resolve_dtype
-from lettingo.recommender.base import RecClassifierModule
+from lettingo.recommender.base import RecClassifierModule, logged_key
 from lettingo.recommender.cases import RecCase, label_codes, shifted_cases
 from lettingo.recommender.cross_encoder import CrossEncoderModule
 from lettingo.recommender.llm import LoraLLMModule, lora_base_dtype
@@ -185,7 +185,7 @@ class ValidationLosses(L.Callback):
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
-            self.losses.append(float(trainer.callback_metrics["val/loss"]))
+            self.losses.append(float(trainer.callback_metrics[logged_key("val", "loss")]))
 
 
 def test_fit_by_validation_loss_keeps_the_epoch_of_the_lowest_loss(tmp_path, tiny_bert) -> None:

@@ -12,17 +12,20 @@ from peft import PeftModel
 from lettingo.align.sharding import is_sharded, trainable_names
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+HISTORY_PREFIX = "align/val/"  # the keys of a validation-history row (results files read them)
 
 
 class AdapterModule(L.LightningModule):
     """Trains the LoRA adapter of ``model``; subclasses define ``step`` (the loss and its metrics).
 
-    Metrics are logged as ``align/<train|val>/<name>``. Checkpoints hold the adapter weights only
-    (the frozen base is reloaded from its model folder), so they are small and quick to write.
+    Metrics are logged as ``<log_prefix>/<train|val>/<name>`` (the align stage sets ``align/<method>``); the
+    validation history keeps them as ``align/val/<name>``, whatever the prefix. Checkpoints hold the adapter
+    weights only (the frozen base is reloaded from its model folder), so they are small and quick to write.
     """
 
     strict_loading = False  # checkpoints carry the adapter only, not the frozen base
-    loss_name = "loss"  # the loss is logged as align/<split>/<loss_name>
+    loss_name = "loss"  # the loss is logged as <log_prefix>/<split>/<loss_name>
+    log_prefix = "align"  # what logged metric keys start with
 
     def __init__(self, model: PeftModel, optimizer: OptimizerFactory, share_prompt: bool = True) -> None:
         super().__init__()
@@ -38,8 +41,8 @@ class AdapterModule(L.LightningModule):
     def _log_split(self, split: str, loss: torch.Tensor, metrics: dict[str, torch.Tensor], size: int) -> None:
         values = {self.loss_name: loss.detach(), **metrics}
         on_step = split == "train"
-        self.log_dict({f"align/{split}/{k}": v for k, v in values.items()}, on_step=on_step, on_epoch=not on_step,
-                      batch_size=size, sync_dist=not on_step, prog_bar=False)
+        self.log_dict({f"{self.log_prefix}/{split}/{k}": v for k, v in values.items()}, on_step=on_step,
+                      on_epoch=not on_step, batch_size=size, sync_dist=not on_step, prog_bar=False)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Loss of one micro-batch (Lightning scales it for gradient accumulation)."""
@@ -56,7 +59,9 @@ class AdapterModule(L.LightningModule):
         """Keep the validation metrics (aggregated by now) with the optimizer step they were measured at."""
         if self.trainer.sanity_checking:
             return
-        row = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("align/val/")}
+        logged = f"{self.log_prefix}/val/"
+        row = {f"{HISTORY_PREFIX}{k.removeprefix(logged)}": float(v)
+               for k, v in self.trainer.callback_metrics.items() if k.startswith(logged)}
         if row:
             self.history.append({"step": float(self.global_step), **row})
 

@@ -66,8 +66,10 @@ def generator_pairs(pairs: pd.DataFrame, profiles: pd.DataFrame | None, backbone
 
 def fit_lightning(acfg: AlignSchema, method_cfg: AlignMethodSchema, model: Any, tokenizer: Any, train: pd.DataFrame,
                   val: pd.DataFrame, make_trainer: Any, folder: Path, resume: bool, seed: int,
-                  devices: int) -> tuple[Any, dict[str, Any], dict[str, torch.Tensor] | None]:
-    """Train ``model`` (LoRA attached) with the method's module; checkpoints at epoch ends under ``folder``.
+                  devices: int, log_prefix: str = "align",
+                  ) -> tuple[Any, dict[str, Any], dict[str, torch.Tensor] | None]:
+    """Train ``model`` (LoRA attached) with the method's module, logging under ``log_prefix``; checkpoints at
+    epoch ends under ``folder``.
 
     With ``resume`` the fit continues from the last epoch-end checkpoint there: the interrupted epoch
     restarts with the order it had (see `EpochSeededSampler`), so the adapter equals an uninterrupted run's.
@@ -84,6 +86,7 @@ def fit_lightning(acfg: AlignSchema, method_cfg: AlignMethodSchema, model: Any, 
     accumulate = accumulation_steps(acfg.batch.global_size, micro, devices)
     data = AlignDataModule(train_examples, val_examples, micro, tokenizer.pad_token_id, seed)
     module: AdapterModule = instantiate(method_cfg.module)(model)
+    module.log_prefix = log_prefix
     if acfg.gradient_checkpointing:
         checkpoint_activations(module)
     # save_top_k=1 without a monitor keeps the newest epoch; Lightning writes last.ckpt only beside a save.

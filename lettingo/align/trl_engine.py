@@ -8,6 +8,7 @@ see it twice. :func:`trl_prompt` hands TRL the prompt text that tokenizes to exa
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +112,15 @@ def train_with_trl(model: PreTrainedModel, peft_config: LoraConfig, tokenizer: A
     log.info("TRL DPO finished: %d log rows", len(history))
     rows = {"train": [r for r in history if "loss" in r], "val": [r for r in history if "eval_loss" in r]}
     return trainer.model, rows
+
+
+def trl_metrics(history: Mapping[str, Sequence[Mapping[str, Any]]], prefix: str) -> list[dict[str, float]]:
+    """TRL's log rows as the Lightning path logs them: ``<prefix>/train/<name>`` and ``<prefix>/val/<name>``
+    (TRL's ``eval_`` dropped), with the optimizer step as ``trainer/global_step`` (Lightning's W&B x axis)."""
+    rows = []
+    for split, drop in (("train", ""), ("val", "eval_")):
+        for row in history.get(split, ()):
+            values = {f"{prefix}/{split}/{k.removeprefix(drop)}": float(v) for k, v in row.items()
+                      if k not in ("step", "epoch") and isinstance(v, int | float)}
+            rows.append(values | {"trainer/global_step": float(row.get("step", 0))})
+    return rows

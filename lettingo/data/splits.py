@@ -74,3 +74,10 @@ def rec_train_users(samples: pd.DataFrame, max_users: int | None) -> pd.DataFram
     if users.empty:
         raise ValueError(f"the samples have no {REC_TRAIN!r} users; check dataset.splits")
     return users if max_users is None else users.head(max_users)
+
+
+def split_role(split: str) -> str:
+    """A split's name without its H (`profile_train_h30` -> `profile_train`): the tracker-key part that every
+    run of an H sweep shares."""
+    return PROFILE_TRAIN if split.startswith(f"{PROFILE_TRAIN}_h") and split[len(PROFILE_TRAIN) + 2:].isdigit() \
+        else split

@@ -24,7 +24,7 @@ Version 1 (still read) had no ``targets`` or ``probabilities``: one case per use
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -254,25 +254,30 @@ class Comparison:
                              + to_markdown(self.paired_table(reference)))
         return "\n".join(parts)
 
-    def tracker_metrics(self, prefix: str) -> dict[str, float]:
+    def tracker_metrics(self, prefix: str, key_of: Callable[[str], str | None] = method_key) -> dict[str, float]:
         """Flat metrics for a tracker, every key of ``[a-z0-9_/]`` only.
 
-        ``<prefix>/<method_key>/<metric>`` (+ ``_low``, ``_high``) per interval, and
-        ``<prefix>/vs_<reference_key>/<method_key>/<metric>`` (+ ``_low``, ``_high``, ``_p_value``) per
+        ``<prefix>/<method>/<metric>`` (+ ``_low``, ``_high``) per interval, and
+        ``<prefix>/vs_<reference>/<method>/<metric>`` (+ ``_low``, ``_high``, ``_p_value``) per
         paired difference; ``<metric>`` is ``accuracy``, ``macro_f1``, ``weighted_f1``, and, for methods
-        with probabilities, ``p_true`` and ``log_loss``. Each part of ``prefix`` is slugged the same
-        way as method labels.
+        with probabilities, ``p_true`` and ``log_loss``. ``key_of`` names a method in keys (default: the
+        slug of its label; a :meth:`MetricRoles.key` keeps swept values out); a method it maps to None is
+        left out. Each part of ``prefix`` is slugged the same way as method labels.
         """
         prefix = _clean_prefix(prefix)
         found: dict[str, float] = {}
         for method, row in self.intervals.items():
+            if (name := key_of(method)) is None:
+                continue
             for metric, interval in row.items():
-                key = f"{prefix}/{method_key(method)}/{method_key(metric)}"
+                key = f"{prefix}/{name}/{method_key(metric)}"
                 found |= {key: interval.value, f"{key}_low": interval.low, f"{key}_high": interval.high}
         for reference, rows in self.paired.items():
             for method, row in rows.items():
+                if (ref_name := key_of(reference)) is None or (name := key_of(method)) is None:
+                    continue
                 for metric, diff in row.items():
-                    key = f"{prefix}/vs_{method_key(reference)}/{method_key(method)}/{method_key(metric)}"
+                    key = f"{prefix}/vs_{ref_name}/{name}/{method_key(metric)}"
                     found |= {key: diff.value, f"{key}_low": diff.low, f"{key}_high": diff.high,
                               f"{key}_p_value": diff.p_value}
         return found

@@ -1,12 +1,15 @@
 """The method labels every stage, results file and report uses, and their tracker-key slugs.
 
 A label is what a reader sees in a table (``"10H (no profile)"``); :func:`method_key` turns it
-into the slug used in tracker metric keys (``"10h_no_profile"``).
+into a slug (``"10h_no_profile"``, file names), and :class:`MetricRoles` into the tracker key of its role,
+which holds no value a sweep varies (``"no_profile"``), so every run of a sweep logs the same keys.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
+from dataclasses import dataclass, field
 
 DEFAULT_RECENT = 10  # K: recent interactions f_Rec reads beside the profile (the paper's 10H)
 
@@ -50,3 +53,28 @@ def method_label(method: str, round_: int, rounds: int, seed: int = 1) -> str:
     if round_ != rounds:
         return f"{label} (round {round_})"
     return label if seed == 1 else f"{label} (seed {seed})"
+
+
+@dataclass(frozen=True)
+class MetricRoles:
+    """Tracker keys of method labels by the row's role, without the run's K, H or backbone names in them.
+
+    ``recent`` is the run's K (the labels' ``"10H"`` prefix), ``generator`` the aligned generator's backbone
+    name (fixed-format rows carry it: ``"palr (smollm2_135m)"`` -> ``palr``), ``others`` the other base
+    generators' names: their rows exist only when several backbones explore, so they get no scalar key (their
+    numbers stay in the logged results table) and single- and multi-LLM runs share every key.
+    """
+
+    recent: int
+    generator: str
+    others: Collection[str] = field(default_factory=tuple)
+
+    def key(self, label: str) -> str | None:
+        """The role key of ``label`` (``"10H + raw 30H"`` -> ``raw_30h``), or None for another backbone's row."""
+        text = str(label)
+        base = text.removesuffix(" shuffled")
+        if base in self.others:
+            return None
+        text = text.removeprefix(f"{int(self.recent)}H").removeprefix(" + ").strip() or text
+        text = text.replace(f"({self.generator})", "")
+        return method_key(text)

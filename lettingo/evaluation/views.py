@@ -36,8 +36,8 @@ def confusion_frame(details: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def log_reward_views(tracker: Tracker, rewards: pd.DataFrame, prefix: str) -> None:
-    """Sample profiles with rewards, and per backbone the profile-length and reward distributions."""
+    """Sample profiles with rewards (column `backbone`), and the profile-length and reward distributions over
+    every backbone's profiles (keys without backbone names, so single- and multi-LLM runs share them)."""
     tracker.log_table(f"{prefix}/samples", reward_samples(rewards))
-    for backbone, rows in rewards.groupby("backbone"):
-        tracker.log_histogram(f"{prefix}/{backbone}/profile_tokens", rows["completion_tokens"].astype(float).tolist())
-        tracker.log_histogram(f"{prefix}/{backbone}/reward", rows["reward"].astype(float).tolist())
+    tracker.log_histogram(f"{prefix}/profile_tokens", rewards["completion_tokens"].astype(float).tolist())
+    tracker.log_histogram(f"{prefix}/reward", rewards["reward"].astype(float).tolist())

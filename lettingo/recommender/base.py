@@ -14,8 +14,13 @@ from lettingo.data.schema import LABELS
 from lettingo.evaluation.metrics import classification_metrics
 from lettingo.recommender.cases import RecCase, label_codes
 
-#: The metric early stopping and checkpointing watch.
-VAL_METRIC = "val/macro_f1"
+#: The stage whose name starts every logged f_Rec curve (W&B keys are shared with the stage's own metrics).
+LOG_PREFIX = "train_rec"
+
+
+def logged_key(split: str, name: str) -> str:
+    """The logged name of an f_Rec training curve: ``train_rec/<train|val>/<name>``."""
+    return f"{LOG_PREFIX}/{split}/{name}"
 
 
 @runtime_checkable
@@ -78,13 +83,14 @@ class RecClassifierModule(L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         """One optimisation step's loss."""
         loss = self.loss(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
+        self.log(logged_key("train", "loss"), loss, prog_bar=True, batch_size=len(batch["labels"]))
         return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         """Collect predictions for the epoch's macro-F1."""
         logits = self.logits(batch)
-        self.log("val/loss", F.cross_entropy(logits, batch["labels"]), batch_size=len(batch["labels"]), sync_dist=True)
+        self.log(logged_key("val", "loss"), F.cross_entropy(logits, batch["labels"]), batch_size=len(batch["labels"]),
+                 sync_dist=True)
         self._val_true.append(batch["labels"].cpu().numpy())
         self._val_pred.append(logits.argmax(-1).cpu().numpy())
 
@@ -106,8 +112,8 @@ class RecClassifierModule(L.LightningModule):
             return
         scores = classification_metrics([LABELS[i] for i in true], [LABELS[i] for i in pred], LABELS)
         # Every rank holds the same value now; sync_dist only tells Lightning so (the mean of equal values).
-        self.log(VAL_METRIC, scores["macro_f1"], prog_bar=True, sync_dist=True)
-        self.log("val/accuracy", scores["accuracy"], sync_dist=True)
+        self.log(logged_key("val", "macro_f1"), scores["macro_f1"], prog_bar=True, sync_dist=True)
+        self.log(logged_key("val", "accuracy"), scores["accuracy"], sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """The configured optimizer over the trainable parameters."""

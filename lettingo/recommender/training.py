@@ -17,7 +17,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from lettingo.data.schema import LABELS
-from lettingo.recommender.base import Batch, RecClassifierModule
+from lettingo.recommender.base import Batch, RecClassifierModule, logged_key
 from lettingo.recommender.cases import RecCase, label_codes, shifted_cases
 from lettingo.schemas import BALANCE_MODES, SELECT_BY
 
@@ -180,7 +180,7 @@ def fit(
     """
     if data.balance == "class_weights":
         module.set_class_weights(balanced_class_weights(data.train_cases))
-    monitor, mode = f"val/{check_select_by(select_by)}", SELECT_BY[select_by]
+    monitor, mode = logged_key("val", check_select_by(select_by)), SELECT_BY[select_by]
     checkpoint = ModelCheckpoint(
         dirpath=checkpoint_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
         save_weights_only=True, enable_version_counter=False,

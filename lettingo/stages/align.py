@@ -103,11 +103,15 @@ def train_adapter(ctx: StageContext, conf: LettingoConfig, method: str, round_: 
     resume = ctx.resume(work, of=adapter_artifact(method, round_, seed_index))
     weights = None  # the adapter's gathered weights when the fit sharded the model
     if engine == "trl" and method_cfg.examples == "preference":
+        from lettingo.align.trl_engine import trl_metrics
+
         if ctx.world > 1 or round_ > 1:
             raise ValueError("align.engine=trl trains round 1 in one process; use align.engine=lightning with a "
                              "multi-process trainer or align.rounds > 1")
         trained, summary = fit_trl(acfg, method_cfg, model, tokenizer, train, val, ctx.store.path(work), seed,
                                    trainer.get("gradient_clip_val") or 0.0)
+        for row in trl_metrics(summary["trl_history"], metric_prefix(method)):
+            ctx.tracker.log_metrics(row)
     else:
         overrides = {} if acfg.precision is None else {"precision": acfg.precision}
 
@@ -119,7 +123,8 @@ def train_adapter(ctx: StageContext, conf: LettingoConfig, method: str, round_: 
         else:
             policy = load_adapter(model, ctx.store.path(adapter_artifact(method, round_ - 1)), trainable=True)
         trained, summary, weights = fit_lightning(acfg, method_cfg, policy, tokenizer, train, val, make_trainer,
-                                                  ctx.store.path(work), resume, seed, device_count(trainer))
+                                                  ctx.store.path(work), resume, seed, device_count(trainer),
+                                                  metric_prefix(method))
     if not ctx.is_main:
         return {}
     seconds = time.perf_counter() - began
@@ -129,6 +134,11 @@ def train_adapter(ctx: StageContext, conf: LettingoConfig, method: str, round_: 
                       "pairs_val": len(val), "users_train": int(train["user_id"].nunique()),
                       "users_val": int(val["user_id"].nunique()), "seconds": seconds,
                       "seconds_per_pair": seconds / max(1, len(train) * acfg.epochs)}
+
+
+def metric_prefix(method: str) -> str:
+    """Where a method's training curves are logged, the same for every round, seed and engine: `align/<method>`."""
+    return f"align/{method}"
 
 
 def report(method: str, summary: dict[str, Any]) -> dict[str, float]:
@@ -142,8 +152,8 @@ def report(method: str, summary: dict[str, Any]) -> dict[str, float]:
         line += (f"; held-out reward margin {last['rewards/margins']:+.3f}, "
                  f"accuracy {last['rewards/accuracies']:.2f}")
     show(line)
-    metrics = {f"align/train/{method}/seconds_per_pair": float(summary.get("seconds_per_pair", 0.0))}
-    return metrics | {f"align/val/{method}/{k.replace('/', '_')}_final": float(v) for k, v in last.items()}
+    metrics = {f"align/{method}/train/seconds_per_pair": float(summary.get("seconds_per_pair", 0.0))}
+    return metrics | {f"align/{method}/val/{k.replace('/', '_')}_final": float(v) for k, v in last.items()}
 
 
 def group_samples(rewards: pd.DataFrame) -> pd.DataFrame:
@@ -258,7 +268,7 @@ def record(ctx: StageContext, method: str, round_: int, seed: int, summary: dict
     key = result_key(method, round_, seed)
     ctx.tracker.log_metrics(report(key, summary))
     if summary.get("val_history"):
-        ctx.tracker.log_table(f"align/val/{key}_history", pd.DataFrame(summary["val_history"]))
+        ctx.tracker.log_table(f"align/{key}/val/history", pd.DataFrame(summary["val_history"]))
     return {**summary, "adapter": str(ctx.store.path(adapter_artifact(method, round_, seed)))}
 
 

@@ -20,6 +20,7 @@ import pandas as pd
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lettingo.artifacts import ArtifactStore, MissingArtifact, RowWriter
+from lettingo.evaluation.methods import MetricRoles
 from lettingo.llm.pool import PACE_KEYS
 from lettingo.schemas import LettingoConfig, config_object
 from lettingo.tracking import Tracker
@@ -194,6 +195,13 @@ def pace_keys(cfg: DictConfig, node: str) -> tuple[str, ...]:
 def backbones_pace_keys(cfg: DictConfig, node: str = "sampling.backbones") -> tuple[str, ...]:
     """:func:`pace_keys` of every backbone of the slot -> backbone mapping at ``node``."""
     return tuple(key for slot in OmegaConf.select(cfg, node) for key in pace_keys(cfg, f"{node}.{slot}"))
+
+
+def metric_roles(conf: LettingoConfig) -> MetricRoles:
+    """The tracker keys of this run's method rows: its K and generator, and the other explored backbones."""
+    generator = str(conf.backbone["name"])
+    others = tuple(str(c["name"]) for c in conf.sampling.backbones.values() if str(c["name"]) != generator)
+    return MetricRoles(int(conf.history.recent), generator, others)
 
 
 class DeclarationError(ValueError):

@@ -15,7 +15,7 @@ from lettingo.artifacts import SAMPLES, write_table_data
 from lettingo.data.item_stats import ItemStats, annotate_items
 from lettingo.data.prepare import SampleSpec, format_summary, make_samples, summarize_data
 from lettingo.data.schema import LabelThresholds
-from lettingo.data.splits import expand_split_sizes
+from lettingo.data.splits import PROFILE_TRAIN, REC_TRAIN, TEST, expand_split_sizes, profile_split
 from lettingo.runtime import show
 from lettingo.schemas import LettingoConfig
 from lettingo.stages.base import Output, Stage, StageContext
@@ -65,8 +65,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
     summary = ctx.make(SAMPLES, build)["summary"]
     show(format_summary(summary, conf.dataset.name))
     show(f"samples artifact: {store.path(SAMPLES)}")
-    ctx.tracker.log_metrics({f"data/{split}/users": n for split, n in summary["split_sizes"].items()}
+    sizes = summary["split_sizes"]
+    # Scalars for the splits this run uses (its own H's profile group as `profile_train`); all groups in a table.
+    used = {TEST: conf.test.split, REC_TRAIN: REC_TRAIN, PROFILE_TRAIN: profile_split(conf.history.length)}
+    ctx.tracker.log_metrics({f"data/{role}/users": sizes.get(split, 0) for role, split in used.items()}
                             | {"data/all/interactions": summary["interactions"]})
+    ctx.tracker.log_table("data/splits", pd.DataFrame({"split": list(sizes), "users": list(sizes.values())}))
     return summary
 
 

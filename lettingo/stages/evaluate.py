@@ -26,7 +26,7 @@ from lettingo.artifacts import (
     write_json_atomic,
 )
 from lettingo.data.schema import LABELS, LabelThresholds
-from lettingo.data.splits import REC_TRAIN
+from lettingo.data.splits import REC_TRAIN, split_role
 from lettingo.evaluation.comparison import FILE_STEM as COMPARISON
 from lettingo.evaluation.comparison import Comparison, read_comparison
 from lettingo.evaluation.methods import ORACLE_FACTS, method_key, no_profile_label
@@ -42,7 +42,7 @@ from lettingo.recommender.tabular import TabularRecommender
 from lettingo.recommender.text import ItemTextConfig
 from lettingo.runtime import show
 from lettingo.schemas import LettingoConfig
-from lettingo.stages.base import Output, Stage, StageContext, pace_keys
+from lettingo.stages.base import Output, Stage, StageContext, metric_roles, pace_keys
 from lettingo.stages.judging import judge, recommender_inputs, reward_profiles, rewards_output, write_pairs
 
 log = logging.getLogger(__name__)
@@ -154,9 +154,9 @@ def reward_metrics(rewards: pd.DataFrame) -> dict[str, float]:
     """Per explored split: the mean reward and, when f_Rec judged the profiles, their accuracy on the real target."""
     metrics = {}
     for split, rows in rewards.groupby("split"):
-        metrics[f"evaluate/{split}/reward"] = float(rows["reward"].mean())
+        metrics[f"evaluate/{split_role(split)}/reward"] = float(rows["reward"].mean())
         if "correct" in rows:
-            metrics[f"evaluate/{split}/profile_accuracy"] = float(rows["correct"].mean())
+            metrics[f"evaluate/{split_role(split)}/profile_accuracy"] = float(rows["correct"].mean())
     return metrics
 
 
@@ -171,7 +171,7 @@ def rule_guard_metrics(rewards: pd.DataFrame, samples: pd.DataFrame, history: in
         means = {user: user_mean(by_user[user], history) for user in set(users)}
         shuffled = shuffled_mean_rewards(users, rows["text"].astype(str).tolist(),
                                          (rows["degenerate"] != "").tolist(), means, seed)
-        metrics[f"evaluate/{split}/reward_shuffled"] = float(np.mean(shuffled))
+        metrics[f"evaluate/{split_role(split)}/reward_shuffled"] = float(np.mean(shuffled))
         show(f"{split}: {RULE_REWARD} reward {rows['reward'].mean():+.3f}, against another user's mean "
              f"(the guard) {np.mean(shuffled):+.3f}")
     return metrics
@@ -215,9 +215,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     show(comparison.markdown(f"{recommender.name} on the held-out `{split}` users"))
 
     for explored, result in sensitivity.items():
-        metrics |= {f"evaluate/{explored}/profile_sensitivity{suffix}": float(result[field])
+        metrics |= {f"evaluate/{split_role(explored)}/profile_sensitivity{suffix}": float(result[field])
                     for suffix, field in (("", "value"), ("_low", "low"), ("_high", "high"))}
-    metrics |= comparison.tracker_metrics(f"evaluate/{split}")
+    metrics |= comparison.tracker_metrics(f"evaluate/{split}", metric_roles(conf).key)
     ctx.tracker.log_metrics(metrics)
     ctx.tracker.log_table(f"evaluate/{split}/baselines", comparison.flat_table())
     ctx.tracker.log_image(f"evaluate/{split}/macro_f1", store.path(BASELINES) / f"{COMPARISON}.png")

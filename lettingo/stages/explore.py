@@ -7,7 +7,10 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
+import pandas as pd
+
 from lettingo.artifacts import PROFILES, SAMPLES
+from lettingo.data.splits import split_role
 from lettingo.llm.pool import BackendPool, backbones_by_name
 from lettingo.profiles.explore import KEY, explore, explore_split_samples
 from lettingo.profiles.quality import format_summary, summarize_profiles
@@ -20,15 +23,20 @@ SAMPLE_ROWS = 3  # users shown in the `explore/samples` table (sample 0 of every
 
 
 def tracker_metrics(summary: Mapping[str, Any], split: str) -> dict[str, float]:
-    """Flatten one split's summary into `explore/<split>/[<backbone>/]<metric>` scalars."""
-    metrics = {
-        f"explore/{split}/{key}": float(summary[key])
-        for key in ("profiles", "users", "mean_tokens", "degenerate_share", "seconds", "completion_tokens")
-    }
-    metrics |= {f"explore/{split}/across_{k}": float(v) for k, v in summary["across"].items()}
-    for name, values in summary["per_backbone"].items():
-        metrics |= {f"explore/{split}/{name}/{k}": float(v) for k, v in values.items()}
-    return metrics
+    """One split's summary over every backbone as `explore/<split role>/<metric>` scalars (no H, no backbone
+    name in a key: every run of a sweep shares them); per-backbone numbers go to :func:`backbone_table`."""
+    return {f"explore/{split_role(split)}/{key}": float(summary[key])
+            for key in ("profiles", "users", "mean_tokens", "degenerate_share", "seconds", "completion_tokens")}
+
+
+def backbone_table(summaries: Mapping[str, Mapping[str, Any]],
+                   usage: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
+    """One row per (split, backbone): its summary numbers, the agreement across backbones, and an API
+    backbone's requests, tokens and cost (columns a backbone lacks are empty)."""
+    rows = [{"split": split, "backbone": name, **values, **{f"across_{k}": v for k, v in summary["across"].items()},
+             **usage.get(name, {})}
+            for split, summary in summaries.items() for name, values in summary["per_backbone"].items()]
+    return pd.DataFrame(rows)
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -54,7 +62,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         ctx.tracker.log_metrics(tracker_metrics(summary, split))
     for name, used in backends.usage.items():  # API backbones: requests, exact tokens and cost of this call
         show(f"explore {name}: " + ", ".join(f"{k} {v:g}" for k, v in used.items()))
-        ctx.tracker.log_metrics({f"explore/all/{name}/{k}": float(v) for k, v in used.items()})
+    ctx.tracker.log_table("explore/backbones", backbone_table(summaries, backends.usage))
     shown = frame[(frame["sample_idx"] == 0) & frame["user_id"].isin(frame["user_id"].unique()[:SAMPLE_ROWS])]
     ctx.tracker.log_table("explore/samples", shown.loc[:, ["user_id", "backbone", "text", "degenerate"]])
     show(f"profiles artifact: {ctx.store.path(PROFILES)}")

@@ -37,7 +37,16 @@ from lettingo.artifacts import (
 from lettingo.data.schema import LABELS
 from lettingo.evaluation.comparison import FILE_STEM as COMPARISON
 from lettingo.evaluation.comparison import Comparison, read_comparison
-from lettingo.evaluation.methods import DPO, NO_DPO, ORACLE_FACTS, SFT, SHUFFLED, method_key, no_profile_label
+from lettingo.evaluation.methods import (
+    DPO,
+    NO_DPO,
+    ORACLE_FACTS,
+    SFT,
+    SHUFFLED,
+    MetricRoles,
+    method_key,
+    no_profile_label,
+)
 from lettingo.evaluation.reward_table import ROW_COLUMNS, RULE_COLUMN, reward_markdown, reward_table
 from lettingo.evaluation.tables import to_markdown
 from lettingo.evaluation.views import confusion_frame, reward_samples
@@ -51,7 +60,7 @@ from lettingo.recommender.cases import predicted_labels
 from lettingo.recommender.tabular import TabularRecommender
 from lettingo.runtime import show
 from lettingo.schemas import LettingoConfig, TestSchema
-from lettingo.stages.base import Output, Stage, StageContext, backbones_pace_keys, pace_keys
+from lettingo.stages.base import Output, Stage, StageContext, backbones_pace_keys, metric_roles, pace_keys
 from lettingo.stages.judging import judge, judge_identity
 from lettingo.stages.rounds import every_adapter, trained_generators
 
@@ -258,9 +267,25 @@ def label_comparison(ctx: StageContext, conf: LettingoConfig, users: pd.DataFram
     return len(comparison.users)
 
 
+def reward_metrics(rewards: Mapping[str, Mapping[str, Any]], prefix: str, roles: MetricRoles) -> dict[str, float]:
+    """The held-out reward table as tracker scalars ``<prefix>/<method role>/<field>`` (another explored
+    backbone's rows stay in the table only)."""
+    metrics: dict[str, float] = {}
+    for method, row in rewards.items():
+        if (name := roles.key(method)) is None:
+            continue
+        metrics |= {f"{prefix}/{name}/{field}": float(row[part]["value"])
+                    for field, part in (("mean", "reward"), ("vs_no_dpo", "vs_reference"),
+                                        ("true_minus_shuffled", "true_minus_shuffled"))}
+        if "rule_full_share" in row:
+            metrics[f"{prefix}/{name}/rule_full_share"] = float(row["rule_full_share"])
+    return metrics
+
+
 def log_comparison(ctx: StageContext, comparison: Comparison, prefix: str, plot: Path) -> None:
-    """Log a comparison under tracker ``prefix``: its metrics, results table, plot and confusion matrices."""
-    ctx.tracker.log_metrics(comparison.tracker_metrics(prefix))
+    """Log a comparison under tracker ``prefix``: its metrics (keyed by row role), results table, plot and
+    confusion matrices."""
+    ctx.tracker.log_metrics(comparison.tracker_metrics(prefix, metric_roles(ctx.conf).key))
     ctx.tracker.log_table(f"{prefix}/results", comparison.flat_table())
     ctx.tracker.log_image(f"{prefix}/macro_f1", plot)
     ctx.tracker.log_table(f"{prefix}/confusion_matrix", confusion_frame(comparison.details))
@@ -315,12 +340,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     folder = store.path(RESULTS)
     rewards = json.loads((folder / f"{REWARD_TABLE}.json").read_text())["methods"]
     show(f"## Held-out reward ({reward}) on the `{split}` users\n\n" + (folder / f"{REWARD_TABLE}.md").read_text())
-    ctx.tracker.log_metrics({f"test/{split}/reward/{method_key(m)}/{field}": float(row[part]["value"])
-                             for m, row in rewards.items()
-                             for field, part in (("mean", "reward"), ("vs_no_dpo", "vs_reference"),
-                                                 ("true_minus_shuffled", "true_minus_shuffled"))}
-                            | {f"test/{split}/reward/{method_key(m)}/rule_full_share": row["rule_full_share"]
-                               for m, row in rewards.items() if "rule_full_share" in row})
+    ctx.tracker.log_metrics(reward_metrics(rewards, f"test/{split}/reward", metric_roles(conf)))
     ctx.tracker.log_table(f"test/{split}/samples", reward_samples(predictions, "method"))
     results = report_comparison(ctx, folder, title) if judged else {}
     return results | {"held_out_reward": rewards}

@@ -148,7 +148,7 @@ def train_model(ctx: StageContext, conf: LettingoConfig, users: pd.DataFrame, pr
         "val_users": len(val_users), "seconds": time.perf_counter() - began,
         "cut_share": module.cut_share(),  # training and validation pairs longer than the model reads
     }
-    ctx.tracker.log_metrics({f"train_rec/val/{select_by}": result.val_score,
+    ctx.tracker.log_metrics({f"train_rec/val/best_{select_by}": result.val_score,
                              "train_rec/train/seconds": summary["seconds"]})
     log.info("train_rec: %s trained on %d cases of %d users in %.0f s", rec.name, len(train), len(train_users),
              summary["seconds"])
