@@ -610,6 +610,7 @@ class LettingoConfig:
     stop_after: str | None
     experiment_name: str
     debug_setup: str | None
+    debug_models: dict[str, str] | None  # a debug setup's stand-in models (`llm`: what every LLM f_Rec loads)
     run_dir: str | None
     seed: int
     num_threads: int | None

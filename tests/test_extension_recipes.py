@@ -231,11 +231,12 @@ def test_a_new_recommender_is_one_yaml_and_one_class(user_tree: Path, tmp_path: 
     run_dir = tmp_path / "run"
     overrides = ["debug=tiny", f"paths.model_cache={tiny_model_cache}", f"paths.run_dir={run_dir}",
                  "recommender=recent_mean", "evaluate.tabular.enabled=false"]
-    # Outside debug=tiny the node is the YAML's alone; debug=tiny sets recommender.model.model=tiny_random on
-    # every f_Rec (its LLM judge), which this class does not take: the tiny runs drop it with `~`.
+    # The node is the YAML's alone, with debug=tiny too (its tiny LLM reaches only the LLM f_Recs).
     plain, _ = compose_with_methods(["recommender=recent_mean"], str(user_tree))
-    assert set(plain.recommender.model) == {"_target_", "name", "like_min", "dislike_max", "confidence"}
-    tiny = [*overrides, "~recommender.model.model"]
+    keys = {"_target_", "name", "like_min", "dislike_max", "confidence"}
+    assert set(plain.recommender.model) == keys
+    tiny = overrides
+    assert set(compose_with_methods(tiny, str(user_tree))[0].recommender.model) == keys
     summaries = {stage: run(compose_with_methods([*tiny, f"stage={stage}"], str(user_tree))[0])
                  for stage in ("data", "explore", "rec_profiles", "train_rec", "evaluate")}
     assert summaries["train_rec"] == {"recommender": "recent_mean", "trained": False}

@@ -24,9 +24,9 @@ from lettingo.schemas import config_object, validate_config
 
 H, K = 8, 4
 FACTS = {"rating_stats": True, "genre_preferences": True, "attribute_label": "genres", "min_support": 3, "top_k": 3}
-#: On top of `debug=tiny`: the reader as f_Rec (the `model` key debug=tiny gives every f_Rec removed), a 1-point grid
-#: scored by accuracy (a CV fold of 4 users may miss a label, which log-loss cannot score), M = 2, one method.
-TINY_READER = ["debug=tiny", "recommender=tabular_reader", "~recommender.model.model", "recommender.model.cv_folds=2",
+#: On top of `debug=tiny`: the reader as f_Rec, a 1-point grid scored by accuracy (a CV fold of 4 users may miss a
+#: label, which log-loss cannot score), M = 2, one method.
+TINY_READER = ["debug=tiny", "recommender=tabular_reader", "recommender.model.cv_folds=2",
                "recommender.model.grid={learning_rate:[0.1],max_leaf_nodes:[7],l2_regularization:[0.0],max_iter:[20]}",
                "recommender.model.scoring=accuracy", "evaluate.targets_per_user=2", "align.methods=[dpo]",
                "logger=none"]

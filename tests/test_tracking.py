@@ -106,6 +106,10 @@ def test_wandb_logger_takes_an_entity_and_the_identity(compose_cfg, tmp_path, mo
     assert (run.name, run.group, run.job_type) == ("quickstart history=h50", "quickstart", "pipeline")
     assert list(run.tags) == ["history=h50"]
     tracker.finish()
+    named = instantiate(compose_cfg(["logger=wandb", "logger.name=mine", f"paths.run_dir={tmp_path / 'run2'}"]).logger)
+    named.describe(RunIdentity("quickstart", "quickstart", "pipeline"))
+    assert named.run.name == "mine"
+    named.finish()
 
 
 def test_trl_log_rows_land_on_the_lightning_keys() -> None:
