@@ -23,6 +23,13 @@ THIRD_PARTY_DEPRECATIONS = (
     # lightning/pytorch/utilities/_pytree.py on torch >= 2.10 (Lightning's own use of torch's pytree API)
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
 )
+#: Lightning's notices about what lettingo does on purpose, silenced by exact message: the frozen base model is
+#: kept in eval mode while only its LoRA adapter trains (no dropout in the base, as TRL's `disable_dropout`), and
+#: a fit writes its epoch-end checkpoints into a folder that may hold a killed run's, which it resumes from.
+INTENDED_LIGHTNING_NOTICES = (
+    r"Found \d+ module\(s\) in eval mode at the start of training",
+    r"Checkpoint directory .* exists and is not empty",
+)
 
 
 #: What :func:`release_accelerator_memory` shuts down first (engines of lower layers register here, e.g. vLLM's).
@@ -109,10 +116,17 @@ def show(text: str) -> None:
 
 
 def quiet_third_party_deprecations() -> None:
-    """Silence the deprecations of THIRD_PARTY_DEPRECATIONS (FutureWarning/DeprecationWarning) in this process."""
+    """Silence the deprecations of THIRD_PARTY_DEPRECATIONS (FutureWarning/DeprecationWarning), Lightning's
+    INTENDED_LIGHTNING_NOTICES and transformers' model-loading bars (one per load, each done in a second) in this
+    process: a run's log keeps one bar per long step and the warnings about what lettingo does."""
     for message in THIRD_PARTY_DEPRECATIONS:
         for category in (FutureWarning, DeprecationWarning):
             warnings.filterwarnings("ignore", message=message, category=category)
+    for message in INTENDED_LIGHTNING_NOTICES:
+        warnings.filterwarnings("ignore", message=message)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
 
 
 def seed_everything(seed: int, num_threads: int | None = None) -> None:

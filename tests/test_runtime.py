@@ -44,3 +44,21 @@ def test_lightning_lines_go_once_through_the_runs_handlers_without_tips(caplog: 
         rank_zero_info("GPU available: False, used: False")
     assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
     assert sum(isinstance(f, DropLightningTips) for f in logging.getLogger(caplog.records[0].name).filters) == 1
+
+
+def test_intended_lightning_notices_and_loading_bars_are_silenced_the_rest_is_not() -> None:
+    import warnings
+
+    from transformers.utils import logging as transformers_logging
+
+    from lettingo.runtime import quiet_third_party_deprecations
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_third_party_deprecations()
+        warnings.warn("Found 33 module(s) in eval mode at the start of training. This may lead to ...", stacklevel=1)
+        warnings.warn("Checkpoint directory /x/align/dpo exists and is not empty.", stacklevel=1)
+        warnings.warn("Found 2 module(s) that lettingo did not expect", stacklevel=1)
+    assert [str(w.message) for w in caught] == ["Found 2 module(s) that lettingo did not expect"]
+    assert not transformers_logging.is_progress_bar_enabled()
+    transformers_logging.enable_progress_bar()
