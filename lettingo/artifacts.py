@@ -18,7 +18,6 @@ fails as one :class:`WriteFailed` line naming the file and what to do.
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
+from filelock import FileLock, Timeout
 
 log = logging.getLogger(__name__)
 
@@ -210,11 +210,12 @@ def check_not_in_use(root: Path) -> None:
     path = Path(root) / LOCK_FILE
     if not path.is_file():
         return
-    with path.open() as handle:
-        try:  # a shared lock is refused while the holder keeps its exclusive one; closing releases ours
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunFolderInUse.held(Path(root), handle.read().strip() or "?") from None
+    probe = FileLock(path, timeout=0)
+    try:  # refused while the holder keeps it; released at once otherwise
+        probe.acquire()
+    except Timeout:
+        raise RunFolderInUse.held(Path(root), path.read_text().strip() or "?") from None
+    probe.release()
 
 
 class MissingArtifact(RuntimeError):
@@ -439,25 +440,18 @@ class ArtifactStore:
         """Hold the run folder for this process; another process gets RunFolderInUse naming our pid."""
         self._writable("locking the run folder")
         path = self.root / LOCK_FILE
+        held = FileLock(path, timeout=0)  # filelock: flock(2) on the file, held until released or the process ends
         with writing(path):
             self.root.mkdir(parents=True, exist_ok=True)
-            handle = path.open("a+")
+            try:
+                held.acquire()
+            except Timeout:
+                raise RunFolderInUse.held(self.root, path.read_text().strip() or "?") from None
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "?"
-            handle.close()
-            raise RunFolderInUse.held(self.root, holder) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        try:
+            path.write_text(str(os.getpid()))  # the holder, for the line another process prints
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            handle.close()
+            held.release()
 
 
 class RowWriter:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import shutil
@@ -10,6 +9,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from filelock import FileLock
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +25,7 @@ def materialize(folder: Path, build: Callable[[Path], None]) -> Path:
     if folder.is_dir():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f"{folder.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with FileLock(folder.parent / f"{folder.name}.lock"):
         if folder.is_dir():  # another process built it while we waited
             return folder
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
