@@ -41,6 +41,7 @@ from lettingo.evaluation.methods import (
     TABULAR_ORACLE,
     no_profile_label,
 )
+from lettingo.evaluation.plots import plot_against
 from lettingo.reports import (
     RUN_CONFIG_FILE,
     effect_verdict,
@@ -266,8 +267,35 @@ def build(roots: Iterable[str | Path], out: str | Path = DEFAULT_OUT,
         writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    paths |= plot_ablations(runs, out, level)
     print(markdown)
     print("\n".join(f"{kind}: {path}" for kind, path in paths.items()))
+    return paths
+
+
+def plot_ablations(runs: Sequence[BaselineRun], out: Path, level: str) -> dict[str, Path]:
+    """Per dataset, the paired difference oracle facts − no-profile row against H (one line per K) and against K
+    (one line per H), with its interval and the zero line: `<out>/reference_table_<dataset>_against_<h|k>.png`."""
+    key = "oracle_facts_minus_no_profile"
+    paths = {}
+    for dataset in sorted({r.dataset for r in runs}):
+        found = [(r, r.difference(key)) for r in runs if r.dataset == dataset and r.history is not None]
+        found = [(r, diff) for r, diff in found if diff is not None]
+        if not found:
+            continue
+        users = sorted({len(r.comparison.users) for r, _ in found})
+        for axis, line, name in (("history", "recent", "h"), ("recent", "history", "k")):
+            series: dict[str, dict[float, PairedDifference]] = {}
+            for run, diff in sorted(found, key=lambda pair: getattr(pair[0], line)):
+                series.setdefault(f"{'K' if line == 'recent' else 'H'} = {getattr(run, line)}", {})[
+                    float(getattr(run, axis))] = diff
+            paths[f"plot_against_{name}"] = plot_against(
+                series, out / f"{NAME}_{dataset}_against_{name}.png",
+                xlabel="older history H (items)" if axis == "history" else "recent window K (items)",
+                ylabel=f"accuracy, oracle facts {MINUS} no profile (points)",
+                title=f"{dataset}: oracle facts {MINUS} no-profile row, paired on the same users "
+                      f"(n = {'/'.join(map(str, users))} per point, {level} intervals)",
+                zero_line=True)
     return paths
 
 

@@ -19,15 +19,17 @@ def exploration(record: RunRecord) -> str:
 
 def build(records: list[RunRecord], out: Path) -> dict[str, Path]:
     """Rows `<dataset> | <exploration> | no DPO / DPO` from the latest run of each setting."""
-    rows = {}
+    rows, factors = {}, {}
     latest = latest_by(records, lambda r: (r.get("dataset.name"), exploration(r)))
     for (dataset, setting), record in latest.items():
         found = record.intervals()
         for method in (NO_DPO, DPO):
             if method in found:
                 rows[f"{dataset} | {setting} | {method}"] = found[method]
+                factors[f"{dataset} | {setting} | {method}"] = {"dataset": dataset, "exploration": setting,
+                                                               "method": method}
     return write_report("single_vs_multi", rows, out, title="Single vs multi-LLM exploration",
-                        runs=list(latest.values()))
+                        runs=list(latest.values()), factors=factors)
 
 
 if __name__ == "__main__":

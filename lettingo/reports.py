@@ -28,7 +28,7 @@ from lettingo.artifacts import RESULTS, atomic_path
 from lettingo.evaluation.bootstrap import DEFAULT_METRICS, Interval, PairedDifference
 from lettingo.evaluation.comparison import FILE_STEM, Comparison, read_comparison
 from lettingo.evaluation.methods import DEFAULT_RECENT, DPO, NO_DPO, NO_PROFILE, SFT, method_label, no_profile_label
-from lettingo.evaluation.plots import plot_differences, plot_intervals
+from lettingo.evaluation.plots import plot_against, plot_differences, plot_intervals
 from lettingo.evaluation.tables import (
     flat_columns,
     paired_heading,
@@ -163,14 +163,20 @@ def write_report(
     paired: Mapping[str, Mapping[str, PairedDifference]] | None = None,
     paired_reference: str = DPO,
     runs: Sequence[RunRecord] = (),
+    factors: Mapping[str, Mapping[str, Any]] | None = None,
+    against: str | None = None,
 ) -> dict[str, Path]:
-    """Write `<name>.md`, `<name>.csv` and `<name>.png` into `out_dir` (the plot: the paired differences of the plot
-    metric as a forest plot when `paired` is given, else each row's interval).
+    """Write `<name>.md`, `<name>.csv` and `<name>.png` into `out_dir` (the plot: the plot metric against factor
+    ``against`` when given, else the paired differences as a forest plot when `paired` is given, else each row's
+    interval).
 
     `rows` is row label -> metric -> Interval; `reference` (row label -> metric -> fraction) adds
     the paper's numbers in "paper" columns; `paired` (row label -> metric -> difference) adds a
     table of differences against `paired_reference`; `runs` are the runs the rows came from (named in
-    the report). Metrics no row has (e.g. p_true and log_loss where no method gave probabilities) get no column.
+    the report). `factors` (row label -> factor -> value, e.g. dataset, method, H) makes the CSV tidy: one
+    column per factor instead of the row label; with ``against`` (one of them, numeric) the plot draws the metric
+    against it, one line per combination of the other factors. Metrics no row has (e.g. p_true and log_loss
+    where no method gave probabilities) get no column.
     """
     if not rows:
         raise ValueError(f"report {name!r}: no finished run matched (a run folder holds {RUN_CONFIG_FILE} and "
@@ -181,11 +187,24 @@ def write_report(
     markdown = _markdown(rows, metrics, reference, title, paired, paired_reference, runs)
     with atomic_path(paths["markdown"]) as tmp:
         tmp.write_text(markdown)
+    table = flat_columns(results_table(rows, metrics, reference))
+    if factors:
+        columns = list(dict.fromkeys(k for row in factors.values() for k in row))
+        tidy = pd.DataFrame([[factors.get(label, {}).get(k) for k in columns] for label in table["method"]],
+                            columns=columns)
+        table = pd.concat([tidy, table.drop(columns="method")], axis=1)
     with atomic_path(paths["csv"]) as tmp:
-        flat_columns(results_table(rows, metrics, reference)).to_csv(tmp, index=False)
+        table.to_csv(tmp, index=False)
     differences = {f"{row} \u2212 {paired_reference}": found[plot_metric]
                    for row, found in (paired or {}).items() if plot_metric in found}
-    if differences:  # the claims rest on paired differences: draw those
+    if against and factors:
+        series: dict[str, dict[float, Interval]] = {}
+        for label, found in rows.items():
+            if plot_metric in found and label in factors:
+                line = " | ".join(str(v) for k, v in factors[label].items() if k != against)
+                series.setdefault(line, {})[float(factors[label][against])] = found[plot_metric]
+        plot_against(series, paths["plot"], xlabel=against, ylabel=f"{plot_metric} (%)", title=title)
+    elif differences:  # the claims rest on paired differences: draw those
         plot_differences(differences, paths["plot"], f"{title}: {plot_metric}, method − {paired_reference}")
     else:
         plot_intervals({m: r for m, r in rows.items() if plot_metric in r}, plot_metric, paths["plot"], title=title)

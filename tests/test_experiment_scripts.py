@@ -291,7 +291,10 @@ def test_reference_table_rows_per_k_and_h(tiny_run: Path, tmp_path: Path) -> Non
     (sweep / "k3_h30" / "rec_model" / "_meta.json").write_text(json.dumps(trained))
     out = tmp_path / "results"
     run_script("reference_table", str(sweep), "--out", str(out), "--include-debug")
-    assert sorted(p.name for p in out.iterdir()) == ["reference_table.csv", "reference_table.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["reference_table.csv", "reference_table.md",
+                                                     "reference_table_ml100k_against_h.png",
+                                                     "reference_table_ml100k_against_k.png"]
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in out.iterdir())
     markdown = (out / "reference_table.md").read_text(encoding="utf-8")
     accuracy, paired = markdown.split("## Paired differences")
     baselines = read_comparison(tiny_run / "baselines" / "comparison.json")

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from lettingo.artifacts import RESULTS
@@ -75,6 +76,11 @@ def test_history_ablation_one_row_per_method_and_h(tmp_path) -> None:
         assert f"| {100 * k / 20:.1f} [" in row
     assert sum("10H (no profile) \\| H=" in line for line in markdown.splitlines()) == 3
     assert "| ml1m \\| 5H (no profile) \\| H=30 " in markdown
+    tidy = pd.read_csv(paths["csv"])  # one column per factor, not "dataset | method | H" in one
+    assert list(tidy.columns[:4]) == ["dataset", "method", "H", "accuracy_value"]
+    dpo = tidy[(tidy["dataset"] == "ml100k") & (tidy["method"] == DPO)].sort_values("H")
+    assert dpo["H"].tolist() == [30, 50, 70] and dpo["accuracy_value"].tolist() == [0.5, 0.6, 0.7]
+    assert paths["plot"].stat().st_size > 0 and oct(paths["plot"].stat().st_mode & 0o777) == "0o644"
 
 
 def test_table2_takes_every_method_of_the_latest_run(tmp_path) -> None:

@@ -117,3 +117,43 @@ def plot_differences(
     axes.grid(axis="x", alpha=0.3)
     axes.set_title(textwrap.fill(title, 70), fontsize=10)
     return save_png(figure, path)
+
+
+def plot_against(
+    series: Mapping[str, Mapping[float, Ranged]],
+    path: str | os.PathLike[str],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    scale: float = 100.0,
+    zero_line: bool = False,
+) -> Path:
+    """Line plot of each series (label -> x -> value with interval) against x, intervals as error bars, the
+    series side by side at each x so that their bars do not hide each other; a series named after a method
+    takes its colour. ``zero_line`` draws y = 0 (for paired differences: an effect misses it)."""
+    if not any(series.values()):
+        raise ValueError("no point to draw")
+    xs = sorted({float(x) for points in series.values() for x in points})
+    step = min((b - a for a, b in zip(xs, xs[1:], strict=False)), default=1.0)
+    figure = Figure(figsize=(6.5, 4.0), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    if zero_line:
+        axes.axhline(0.0, color="black", linewidth=0.8)
+    shift = 0.04 * step
+    for index, (label, points) in enumerate(series.items()):
+        offset = (index - (len(series) - 1) / 2) * shift
+        order = sorted(points, key=float)
+        values = [scale * points[x].value for x in order]
+        errors = [[max(0.0, v - scale * points[x].low) for v, x in zip(values, order, strict=True)],
+                  [max(0.0, scale * points[x].high - v) for v, x in zip(values, order, strict=True)]]
+        color = method_color(label) if label.split(" (")[0] in METHOD_COLORS else f"C{index % 10}"
+        axes.errorbar([float(x) + offset for x in order], values, yerr=errors, fmt="o-", capsize=4, label=label,
+                      color=color)
+    axes.set_xticks(xs, [f"{x:g}" for x in xs])
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    axes.set_title(textwrap.fill(title, 70), fontsize=10)
+    return save_png(figure, path)
