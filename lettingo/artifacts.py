@@ -447,8 +447,12 @@ class ArtifactStore:
                 held.acquire()
             except Timeout:
                 raise RunFolderInUse.held(self.root, path.read_text().strip() or "?") from None
+            try:
+                path.write_text(str(os.getpid()))  # the holder, for the line another process prints
+            except BaseException:
+                held.release()
+                raise
         try:
-            path.write_text(str(os.getpid()))  # the holder, for the line another process prints
             yield
         finally:
             held.release()

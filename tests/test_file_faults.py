@@ -185,7 +185,7 @@ def test_a_read_only_folder_names_the_file_and_leaves_nothing(tmp_path, read_onl
         store.write_json("j", {"a": 1}, "fp")
     line = one_line(str(failed.value))
     assert str(store.path("j") / "data.json") in line and "writable" in line
-    with read_only(tmp_path, "pathlib.Path.open"), pytest.raises(WriteFailed) as locked:
+    with read_only(tmp_path, "filelock.FileLock.acquire"), pytest.raises(WriteFailed) as locked:
         with store.lock():
             pass
     assert str(tmp_path / ".lock") in one_line(str(locked.value))

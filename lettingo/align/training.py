@@ -92,10 +92,12 @@ def fit_lightning(acfg: AlignSchema, method_cfg: AlignMethodSchema, model: Any, 
     # save_top_k=1 without a monitor keeps the newest epoch; Lightning writes last.ckpt only beside a save.
     checkpoint = ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=1, every_n_epochs=1,
                                  save_on_train_epoch_end=True)
+    # No validation users (a round with a handful of pairs): no validation loop, rather than an empty one.
+    validation = {"val_check_interval": 1.0 / acfg.val_checks_per_epoch} if val_examples else {"limit_val_batches": 0}
     trainer = make_trainer(
         max_epochs=acfg.epochs, max_steps=acfg.max_steps, accumulate_grad_batches=accumulate,
-        val_check_interval=1.0 / acfg.val_checks_per_epoch, check_val_every_n_epoch=1,
-        num_sanity_val_steps=0, callbacks=[checkpoint], default_root_dir=str(folder), enable_checkpointing=True,
+        check_val_every_n_epoch=1, num_sanity_val_steps=0, callbacks=[checkpoint], default_root_dir=str(folder),
+        enable_checkpointing=True, **validation,
     )
     last = folder / LAST_CHECKPOINT
     resume = resume and last.exists()
