@@ -31,9 +31,14 @@ def test_confusion_frame_rows_are_true_labels() -> None:
     assert frame.loc["dislike", "predicted_dislike"] == 1 and frame.loc["neutral"].drop("method").sum() == 0
 
 
-def test_reward_views_write_samples_and_distributions_per_backbone(tmp_path) -> None:
+def test_reward_views_write_samples_and_distributions_over_every_backbone(tmp_path) -> None:
     log_reward_views(CsvTracker(tmp_path), _rewards(), "evaluate")
     tables = tmp_path / "tables"
-    assert pd.read_csv(tables / "evaluate__a__profile_tokens.csv")["value"].tolist() == [10, 30, 50]
-    assert pd.read_csv(tables / "evaluate__b__reward.csv")["value"].tolist() == [0.2, 0.4]
-    assert len(pd.read_csv(tables / "evaluate__samples.csv")) == 5
+    # One key per distribution, no backbone name in it (single- and multi-LLM runs share it); the samples
+    # table says which backbone wrote each profile.
+    assert sorted(p.name for p in tables.iterdir()) == ["evaluate__profile_tokens.csv", "evaluate__reward.csv",
+                                                        "evaluate__samples.csv"]
+    assert pd.read_csv(tables / "evaluate__profile_tokens.csv")["value"].tolist() == [10, 20, 30, 40, 50]
+    assert pd.read_csv(tables / "evaluate__reward.csv")["value"].tolist() == [0.9, 0.2, 0.5, 0.4, 0.7]
+    samples = pd.read_csv(tables / "evaluate__samples.csv")
+    assert len(samples) == 5 and samples["backbone"].tolist() == ["a", "b", "a", "b", "a"]
