@@ -9,6 +9,7 @@ by its :class:`RunIdentity` (name, group, tags, and the fields its ablations are
 from __future__ import annotations
 
 import csv
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -74,8 +75,6 @@ class CsvTracker(Tracker):
 
     def describe(self, identity: RunIdentity) -> None:
         """Write the identity to `run.json`."""
-        import json
-
         (self.dir / "run.json").write_text(json.dumps(asdict(identity), indent=2, default=list) + "\n")
 
     def _append(self, name: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lettingo.artifacts import ArtifactStore, MissingArtifact, RowWriter
 from lettingo.evaluation.methods import MetricRoles
-from lettingo.llm.pool import PACE_KEYS
+from lettingo.llm.pool import PACE_KEYS, backbones_by_name
 from lettingo.schemas import LettingoConfig, config_object
 from lettingo.tracking import Tracker
 
@@ -200,7 +200,7 @@ def backbones_pace_keys(cfg: DictConfig, node: str = "sampling.backbones") -> tu
 def metric_roles(conf: LettingoConfig) -> MetricRoles:
     """The tracker keys of this run's method rows: its K and generator, and the other explored backbones."""
     generator = str(conf.backbone["name"])
-    others = tuple(str(c["name"]) for c in conf.sampling.backbones.values() if str(c["name"]) != generator)
+    others = tuple(name for name in backbones_by_name(conf.sampling.backbones) if name != generator)
     return MetricRoles(int(conf.history.recent), generator, others)
 
 
