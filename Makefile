@@ -5,6 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
+# setuptools warns on every editable install that a folder named like the package may shadow it: that is the
+# point of an editable install here, so the install lines silence that one warning (nothing else).
+QUIET_EDITABLE := PYTHONWARNINGS="ignore:Editable installation"
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -15,7 +18,7 @@ $(STAMP): pyproject.toml requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $$(grep -E '^torch==' requirements.txt)
-	$(BIN)/pip install -q -e '.[dev]' $$(grep -vE '^(#|torch==)|no-deps' requirements.txt | sed 's/#.*//' | grep .)
+	$(QUIET_EDITABLE) $(BIN)/pip install -q -e '.[dev]' $$(grep -vE '^(#|torch==)|no-deps' requirements.txt | sed 's/#.*//' | grep .)
 	$(BIN)/pip install -q --no-deps $$(grep -E 'no-deps' requirements.txt | grep -v '^#' | sed 's/#.*//')
 	touch $(STAMP)
 
@@ -31,7 +34,7 @@ LLAMA_WHEELS := $(HOME)/.cache/lettingo/wheels/llama-cpp-avx2
 $(TEST_STAMP): $(STAMP)
 	ls $(LLAMA_WHEELS)/$(subst ==,-,$(subst -,_,$(LLAMA_CPP)))-*.whl > /dev/null 2>&1 || \
 		CMAKE_ARGS="$(LLAMA_FLAGS)" $(BIN)/pip wheel -q --no-cache-dir --no-deps -w $(LLAMA_WHEELS) '$(LLAMA_CPP)'
-	$(BIN)/pip install -q --find-links $(LLAMA_WHEELS) -e '.[dev,server]' '$(LLAMA_CPP)'
+	$(QUIET_EDITABLE) $(BIN)/pip install -q --find-links $(LLAMA_WHEELS) -e '.[dev,server]' '$(LLAMA_CPP)'
 	touch $(TEST_STAMP)
 
 install: $(STAMP)

@@ -48,8 +48,8 @@ def free_port() -> int:
 class StubServer:
     """An OpenAI-compatible stub: answers with the scripted statuses in order, then 200 forever.
 
-    Every request's path, headers and JSON body are recorded in ``requests``. A 200 answers with
-    one choice per requested sample whose text names the request's seed and sample index.
+    Every request's path, headers (names lower-cased) and JSON body are recorded in ``requests``. A 200
+    answers with one choice per requested sample whose text names the request's seed and sample index.
     """
 
     base_url: str
@@ -67,10 +67,12 @@ def openai_stub() -> Iterator[StubServer]:
         def do_POST(self) -> None:  # noqa: N802  (http.server's naming)
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             with lock:
-                stub.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                headers = {key.lower(): value for key, value in self.headers.items()}  # names are case-insensitive
+                stub.requests.append({"path": self.path, "headers": headers, "body": body})
                 status = stub.statuses.pop(0) if stub.statuses else 200
             if status != 200:
-                self._send(status, {"error": {"message": f"scripted {status}"}}, {"Retry-After": "0"})
+                # retry-after-ms: the SDK retries after 1 ms instead of its backoff of 0.5 s and more
+                self._send(status, {"error": {"message": f"scripted {status}"}}, {"retry-after-ms": "1"})
                 return
             n = body.get("n", 1)
             texts = [f"seed={body['seed']} sample={i}" for i in range(n)]

@@ -110,7 +110,7 @@ def logprob_server() -> Iterator[LogprobServer]:
 
 
 def scorer(base_url: str, cache: Path, **kwargs) -> ServedLabelScorer:
-    options = {"concurrency": 2, "top_logprobs": 3, "backoff": 0.01, "max_retries": 1} | kwargs
+    options = {"concurrency": 2, "top_logprobs": 3, "max_retries": 1} | kwargs
     return ServedLabelScorer("served", "stub-model", "tiny_random", cache, PROMPT, LABEL_WORDS, ITEM_TEXT,
                              base_url=base_url, **options)
 

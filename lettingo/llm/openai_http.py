@@ -1,18 +1,22 @@
 """Generation through any OpenAI-compatible HTTP server (OpenAI, a gateway, vLLM or llama.cpp servers).
 
-Uses ``httpx``. :class:`OpenAIClient` is the part any caller of such a server shares (the
-generation backend here, the served f_Rec in :mod:`lettingo.recommender.served`): 429, 5xx and
-connection errors are retried with exponential backoff (honouring ``Retry-After`` in seconds or as
-an HTTP date, and ``retry-after-ms``); a :class:`~lettingo.llm.rate_limit.RateLimiter` keeps
-requests and tokens per minute within the configured limits and pauses when the server's
-``x-ratelimit-remaining-*`` headers reach 0; a :class:`~lettingo.llm.rate_limit.UsageMeter` adds
-up the exact token counts of ``usage`` and their cost. The API key is read from the environment
-variable named in the config, so no secret is ever part of a saved config.
+Requests go through the ``openai`` SDK's client: its retries of 408/409/429/5xx answers and of
+connection errors and timeouts, with exponential backoff and the server's ``Retry-After`` /
+``retry-after-ms``. :class:`OpenAIClient` adds what the SDK does not do, shared by every caller of
+such a server (the generation backend here, the served f_Rec in :mod:`lettingo.recommender.served`):
+a :class:`~lettingo.llm.rate_limit.RateLimiter` keeps requests and tokens per minute within the
+configured limits (each try takes a permit) and pauses every request when the server's
+``x-ratelimit-remaining-*`` headers reach 0 or a 429 names its ``Retry-After``; a
+:class:`~lettingo.llm.rate_limit.UsageMeter` adds up the exact token counts of ``usage`` and their
+cost; and a total deadline. The API key is read from the environment variable named in the
+config, so no secret is ever part of a saved config.
 
-httpx's timeouts bound each phase (connect, one read, one write), so a server that trickles bytes
+The SDK's timeout bounds each phase (connect, one read, one write), so a server that trickles bytes
 or keeps failing can hold a request for ever; ``request_deadline_s`` bounds the whole of it, all
 tries, waits and the reading of the answer included. The deadline's clock and its sleep are
 injectable (``clock``, ``sleep``), as the rate limiter's are, so tests check it without waiting.
+The SDK's hooks (httpx event hooks on its HTTP client) are where each try takes its permit, checks
+the deadline and reports the server's rate-limit headers.
 
 :class:`OpenAIBackend` keeps ``concurrency`` requests in flight in one thread pool that lives as
 long as the backend: a generate call queues all its requests at once, so the pool never drains
@@ -21,11 +25,9 @@ inside a call.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,15 +35,16 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import httpx
+import httpx2
+import openai
 
 from lettingo.llm.base import Generation, GenerationBackend, Progress, sample_seed, validate_request
 from lettingo.llm.rate_limit import Clock, Permit, RateLimiter, Sleep, UsageMeter, retry_after_seconds
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 CHARS_PER_TOKEN = 4  # OpenAI's rule of thumb, used only when the server reports no token counts
+NO_KEY = "EMPTY"  # sent when the key's variable is unset: the SDK requires a key; keyless servers ignore it
 
 
 class BackendUnavailable(RuntimeError):
@@ -67,9 +70,9 @@ T = TypeVar("T")
 class _Deadline:
     """The time limit of one request, shared by the thread that waits for it and the one that works on it.
 
-    ``clock`` gives monotonic seconds; ``pause(seconds)`` waits between tries (``None``: on ``stop``,
-    so a wait ends as soon as the waiter gives up). ``tries`` and ``problem`` (the last failure) are
-    kept for the error message.
+    ``clock`` gives monotonic seconds; ``pause(seconds)`` waits for the rate limits (``None``: on
+    ``stop``, so a wait ends as soon as the waiter gives up). ``tries`` and ``problem`` (the last
+    failure) are kept for the error message.
     """
 
     seconds: float
@@ -103,9 +106,9 @@ class _Deadline:
         if self.stop.is_set() or seconds >= left:
             raise _DeadlinePassed
 
-    def timeout(self, per_phase: float) -> httpx.Timeout:
-        """httpx's per-phase timeout, cut to the time left so that no single phase outlasts the deadline."""
-        return httpx.Timeout(max(min(per_phase, self.remaining()), 1e-3))
+    def timeout(self, per_phase: float) -> float:
+        """The per-phase timeout, cut to the time left so that no single phase outlasts the deadline."""
+        return max(min(per_phase, self.remaining()), 1e-3)
 
     def error(self, url: str) -> BackendDeadlineExceeded:
         """The one-line error for a request to ``url`` that ran out of time."""
@@ -122,7 +125,7 @@ def _within(deadline: _Deadline, work: Callable[[], T]) -> T:
     """``work()`` run in a helper thread and given up on once ``deadline`` passes.
 
     Then ``deadline.stop`` is set, so ``work`` ends at its next check, and :class:`_DeadlinePassed`
-    is raised here at once: a read that httpx would let wait for its whole timeout does not hold it.
+    is raised here at once: a read that the SDK would let wait for its whole timeout does not hold it.
     Time is read from the deadline's clock: an injected clock that does not move keeps this waiting for ``work``.
     """
     outcome: dict[str, Any] = {}
@@ -176,8 +179,21 @@ class Answer:
     estimated: bool
 
 
+@dataclass
+class _Request:
+    """What the SDK's hooks need of the request being sent by this thread: its deadline, its token
+    estimate for the rate limiter, and the permit of its current try (settled by :meth:`OpenAIClient.post`)."""
+
+    url: str
+    deadline: _Deadline
+    expected_tokens: float
+    permit: Permit | None = None
+    answered: bool = False  # whether the current try got an HTTP answer (else: a connection error or timeout)
+
+
 class OpenAIClient:
-    """POSTs JSON to one OpenAI-compatible server: retries, the total deadline, rate limits, usage and cost.
+    """POSTs JSON to one OpenAI-compatible server through the ``openai`` SDK: its retries, plus the
+    total deadline, rate limits, usage and cost.
 
     Thread-safe: every thread of a caller's pool shares one client, hence one rate limiter and one meter.
     """
@@ -188,8 +204,6 @@ class OpenAIClient:
         api_key_env: str | None = "OPENAI_API_KEY",
         timeout: float = 120.0,
         max_retries: int = 6,
-        backoff: float = 1.0,
-        max_backoff: float = 60.0,
         request_deadline_s: float = 600.0,
         requests_per_minute: float | None = None,
         tokens_per_minute: float | None = None,
@@ -199,29 +213,29 @@ class OpenAIClient:
         clock: Clock = time.monotonic,
         sleep: Sleep | None = None,
     ) -> None:
-        """``rate_limiter`` replaces the one built from ``requests_per_minute`` / ``tokens_per_minute``
-        (tests inject one with a fake clock; callers of one API key may share one). ``clock`` (monotonic
-        seconds) and ``sleep`` time ``request_deadline_s`` and the waits between tries; tests inject fakes.
-        ``sleep=None`` waits in a way that ends early once the caller has given up on the request."""
+        """``timeout``: seconds for each phase of a try; ``max_retries``: the SDK's retries after 408/409/429/5xx
+        and connection errors. ``rate_limiter`` replaces the one built from ``requests_per_minute`` /
+        ``tokens_per_minute`` (tests inject one with a fake clock; callers of one API key may share one).
+        ``clock`` (monotonic seconds) and ``sleep`` time ``request_deadline_s`` and the waits for the rate
+        limits; tests inject fakes. ``sleep=None`` waits in a way that ends early once the caller has given
+        up on the request."""
         if not request_deadline_s > 0:
             raise ValueError(f"request_deadline_s must be positive, got {request_deadline_s}")
         self.base_url = base_url.rstrip("/")
         self.api_key_env = api_key_env
         self.timeout = timeout
         self.max_retries = max_retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
         self.request_deadline_s = request_deadline_s
         self.limiter = rate_limiter or RateLimiter(requests_per_minute, tokens_per_minute)
         self.clock, self.sleep = clock, sleep
         self.meter = UsageMeter(price_per_million_input, price_per_million_output)
-        headers = {"Content-Type": "application/json"}
+        self._current = threading.local()  # the _Request this thread is sending, for the SDK's hooks
+        http = openai.DefaultHttpxClient(event_hooks={"request": [self._before_try], "response": [self._after_try]})
         api_key = os.environ.get(api_key_env) if api_key_env else None
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
-        self._client = httpx.Client(timeout=timeout, headers=headers)
-        self._lock = threading.Lock()  # guards the shared random source of the backoff jitter
-        self._jitter = random.Random(0)
+        self._sdk = openai.OpenAI(
+            base_url=self.base_url, api_key=api_key or NO_KEY, timeout=timeout, max_retries=max_retries,
+            http_client=http,
+        )
 
     def url(self, path: str) -> str:
         """The full URL of endpoint ``path`` (e.g. ``/completions``)."""
@@ -237,107 +251,94 @@ class OpenAIClient:
         """POST ``body`` to ``url`` within ``request_deadline_s``: retries, rate limits, usage counted.
 
         ``expected_tokens``: what the request may cost against a tokens-per-minute limit (prompt +
-        ``max_tokens`` per choice), reserved before it is sent; ``estimate(reply)`` gives (prompt,
+        ``max_tokens`` per choice), reserved before each try is sent; ``estimate(reply)`` gives (prompt,
         completion) tokens where the answer has no ``usage``.
         """
-        deadline = _Deadline(self.request_deadline_s, self.clock, self.sleep)
+        request = _Request(url, _Deadline(self.request_deadline_s, self.clock, self.sleep), expected_tokens)
         try:
-            reply, permit = _within(deadline, lambda: self._post_with_retries(url, body, expected_tokens, deadline))
-        except _DeadlinePassed:
-            raise deadline.error(url) from None
+            reply = _within(request.deadline, lambda: self._send(request, body))
+        except BaseException as error:
+            if request.permit is not None:
+                self.limiter.settle(request.permit, 0)  # a request that got no answer used no tokens
+            if isinstance(error, _DeadlinePassed):
+                raise request.deadline.error(url) from None
+            raise
         usage = reply.get("usage") or {}
         exact = isinstance(usage.get("prompt_tokens"), int) and isinstance(usage.get("completion_tokens"), int)
         prompt_tokens, completion_tokens = (
             (usage["prompt_tokens"], usage["completion_tokens"]) if exact else estimate(reply)
         )
-        self.limiter.settle(permit, prompt_tokens + completion_tokens)
+        if request.permit is not None:  # the answering try's permit, corrected to the tokens used
+            self.limiter.settle(request.permit, prompt_tokens + completion_tokens)
         self.meter.add(prompt_tokens, completion_tokens, estimated=not exact)
         return Answer(reply, int(prompt_tokens), int(completion_tokens), not exact)
 
-    def _post_with_retries(
-        self, url: str, body: dict[str, object], expected_tokens: float, deadline: _Deadline
-    ) -> tuple[dict, Permit]:
-        """POST ``body``, retrying 429/5xx/connection errors with exponential backoff until ``deadline``.
-
-        The answer's JSON and the rate limiter's permit of the try that got it (settled by the caller).
-        """
-        for attempt in range(self.max_retries + 1):
-            last = attempt == self.max_retries
-            deadline.check()
-            permit = self.limiter.acquire(expected_tokens, sleep=deadline.sleep)
-            if permit.waited:
-                self.meter.add_wait(permit.waited)
-            deadline.check()
-            deadline.tries += 1
-            if attempt:
-                self.meter.add_retry()
-            try:
-                status, headers, content = self._send(url, body, deadline)
-            except httpx.TransportError as error:
-                self.limiter.settle(permit, 0)
-                deadline.check()  # a phase cut short by the deadline is the deadline's failure
-                deadline.problem = f"{type(error).__name__}: {error}"
-                if last:
-                    raise BackendUnavailable(
-                        f"no OpenAI-compatible server answered at {url} after {attempt + 1} tries "
-                        f"({type(error).__name__}: {error}); is it running, and is base_url right?"
-                    ) from error
-                self._wait(url, attempt, None, deadline.problem, deadline)
-                continue
-            self.limiter.observe(headers)
-            if status != 200:
-                self.limiter.settle(permit, 0)  # a refused request uses no tokens
-            if status in RETRY_STATUS and not last:
-                deadline.problem = f"HTTP {status}"
-                retry_after = _retry_after(headers)
-                if status == 429 and retry_after is not None:  # the whole client waits, not only this request
-                    delay = retry_after_seconds(retry_after, self.limiter.wall_clock())
-                    if delay is not None:
-                        self.limiter.pause_for(min(delay, self.max_backoff), "HTTP 429 with Retry-After")
-                self._wait(url, attempt, retry_after, deadline.problem, deadline)
-                continue
-            if status in (401, 403):
+    def _send(self, request: _Request, body: dict[str, object]) -> dict:
+        """The SDK's POST of ``body`` (with its retries) on this thread, its failures as this module's errors."""
+        self._current.request = request
+        deadline = request.deadline
+        try:
+            reply = self._sdk.post(
+                request.url, body=body, cast_to=object, options={"timeout": deadline.timeout(self.timeout)}
+            )
+        except openai.APIConnectionError as error:  # also a timeout
+            deadline.check()  # a phase cut short by the deadline is the deadline's failure
+            cause = error.__cause__ or error
+            raise BackendUnavailable(
+                f"no OpenAI-compatible server answered at {request.url} after {deadline.tries} "
+                f"{'try' if deadline.tries == 1 else 'tries'} ({type(cause).__name__}: {cause}); "
+                f"is it running, and is base_url right?"
+            ) from error
+        except openai.APIStatusError as error:
+            if error.status_code in (401, 403):
                 raise BackendRequestError(
-                    f"{url} refused the request (HTTP {status}); "
+                    f"{request.url} refused the request (HTTP {error.status_code}); "
                     f"put the API key in the environment variable {self.api_key_env!r}"
-                )
-            if status >= 400:
-                text = content[:500].decode("utf-8", errors="replace")
-                raise BackendRequestError(f"{url} answered HTTP {status}: {text}")
-            return json.loads(content), permit
-        raise AssertionError("unreachable: the last attempt returns or raises")
+                ) from None
+            text = " ".join(error.response.text[:500].split())
+            raise BackendRequestError(f"{request.url} answered HTTP {error.status_code}: {text}") from None
+        finally:
+            self._current.request = None
+        if not isinstance(reply, dict):
+            raise BackendRequestError(f"{request.url} answered with no JSON object: {str(reply)[:200]!r}")
+        return reply
 
-    def _send(self, url: str, body: dict[str, object], deadline: _Deadline) -> tuple[int, httpx.Headers, bytes]:
-        """One POST: status, headers and body, the body read chunk by chunk so the deadline also bounds it."""
-        content = bytearray()
-        with self._client.stream("POST", url, json=body, timeout=deadline.timeout(self.timeout)) as response:
-            for chunk in response.iter_bytes():
-                deadline.check()
-                content += chunk
-        return response.status_code, response.headers, bytes(content)
+    def _before_try(self, sent: httpx2.Request) -> None:
+        """The SDK's request hook, before each try: the deadline checked, a rate-limit permit taken."""
+        request: _Request = self._current.request
+        deadline = request.deadline
+        deadline.check()
+        if request.permit is not None:  # the previous try was refused or got no answer: it used no tokens
+            self.limiter.settle(request.permit, 0)
+            if not request.answered:
+                deadline.problem = "no answer (connection error or timeout)"
+            self.meter.add_retry()
+            log.warning("%s from %s; retrying (try %d of %d)", deadline.problem, request.url,
+                        deadline.tries + 1, self.max_retries + 1)
+        request.permit = self.limiter.acquire(request.expected_tokens, sleep=deadline.sleep)
+        if request.permit.waited:
+            self.meter.add_wait(request.permit.waited)
+        deadline.check()
+        deadline.tries += 1
+        request.answered = False
 
-    def _backoff_delay(self, attempt: int, retry_after: str | None) -> float:
-        """Seconds to wait before try ``attempt + 2``: the server's ``Retry-After`` (seconds or an HTTP date)
-        if it gave one, else ``backoff * 2**attempt`` with jitter (between half and all of it); never above
-        ``max_backoff``."""
-        asked = retry_after_seconds(retry_after, self.limiter.wall_clock())
-        if asked is not None:
-            return min(asked, self.max_backoff)
-        with self._lock:
-            jitter = self._jitter.uniform(0.5, 1.0)
-        return min(self.backoff * 2**attempt, self.max_backoff) * jitter
-
-    def _wait(self, url: str, attempt: int, retry_after: str | None, reason: str, deadline: _Deadline) -> None:
-        """Sleep before the next try (see :meth:`_backoff_delay`), unless the deadline comes first."""
-        delay = self._backoff_delay(attempt, retry_after)
-        log.warning(
-            "%s from %s; retrying in %.2f s (try %d of %d)", reason, url, delay, attempt + 2, self.max_retries + 1
-        )
-        deadline.sleep(delay)
+    def _after_try(self, response: httpx2.Response) -> None:
+        """The SDK's response hook, after each try: the server's rate-limit headers read, and on a 429 with
+        ``Retry-After`` every request of this client paused, not only this one."""
+        request: _Request = self._current.request
+        request.answered = True
+        self.limiter.observe(response.headers)
+        if response.status_code == 200:
+            return
+        request.deadline.problem = f"HTTP {response.status_code}"
+        if response.status_code == 429:
+            delay = retry_after_seconds(_retry_after(response.headers), self.limiter.wall_clock())
+            if delay is not None:
+                self.limiter.pause_for(delay, "HTTP 429 with Retry-After")
 
     def close(self) -> None:
         """Close the HTTP connections."""
-        self._client.close()
+        self._sdk.close()
 
 
 def _retry_after(headers: Mapping[str, str]) -> str | None:
@@ -352,7 +353,7 @@ def _retry_after(headers: Mapping[str, str]) -> str | None:
 
 
 @dataclass(frozen=True)
-class _Request:
+class _Samples:
     """One HTTP request: ``count`` samples of prompt ``prompt_index``, starting at sample ``first``."""
 
     prompt_index: int
@@ -380,9 +381,9 @@ class OpenAIBackend(GenerationBackend):
         ``native_n``: ask for all ``n`` samples in one request (the server must honour ``n``);
         otherwise one request per sample, each with its own ``seed`` (see :func:`sample_seed`).
         ``concurrency``: requests in flight at once. ``client``: the retry, deadline, rate-limit and price
-        settings of :class:`OpenAIClient` (``timeout``, ``max_retries``, ``backoff``, ``max_backoff``,
-        ``request_deadline_s``, ``requests_per_minute``, ``tokens_per_minute``, ``price_per_million_*``,
-        ``rate_limiter``, ``clock``, ``sleep``).
+        settings of :class:`OpenAIClient` (``timeout``, ``max_retries``, ``request_deadline_s``,
+        ``requests_per_minute``, ``tokens_per_minute``, ``price_per_million_*``, ``rate_limiter``, ``clock``,
+        ``sleep``).
         """
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -434,12 +435,12 @@ class OpenAIBackend(GenerationBackend):
         """
         validate_request(n, temperature, max_new_tokens)
         if self.native_n:
-            requests = [_Request(i, 0, n) for i in range(len(prompts))]
+            requests = [_Samples(i, 0, n) for i in range(len(prompts))]
         else:
-            requests = [_Request(i, j, 1) for i in range(len(prompts)) for j in range(n)]
+            requests = [_Samples(i, j, 1) for i in range(len(prompts)) for j in range(n)]
         slots: list[list[Generation | None]] = [[None] * n for _ in prompts]
         pool = self._executor()
-        futures: dict[Future, _Request] = {
+        futures: dict[Future, _Samples] = {
             pool.submit(self._complete, prompts[r.prompt_index], r, temperature, max_new_tokens, seed): r
             for r in requests
         }
@@ -457,7 +458,7 @@ class OpenAIBackend(GenerationBackend):
         return [[g for g in row if g is not None] for row in slots]
 
     def _complete(
-        self, prompt: str, request: _Request, temperature: float, max_new_tokens: int, seed: int
+        self, prompt: str, request: _Samples, temperature: float, max_new_tokens: int, seed: int
     ) -> list[Generation]:
         """Send one request (with retries) and turn its choices into generations."""
         body: dict[str, object] = {

@@ -17,8 +17,8 @@ log = logging.getLogger(__name__)
 #: sampled or scored: the one list of such keys. Each artifact leaves out of its identity the dotted keys of this
 #: list that its generator nodes hold (lettingo.stages.base.pace_keys).
 PACE_KEYS = ("cache_dir", "num_threads", "concurrency", "requests_per_minute", "tokens_per_minute",
-             "price_per_million_input", "price_per_million_output", "timeout", "max_retries", "backoff",
-             "max_backoff", "request_deadline_s")
+             "price_per_million_input", "price_per_million_output", "timeout", "max_retries",
+             "request_deadline_s")
 #: The `_target_` of backbones whose views share one engine per model (lettingo.llm.vllm_backend).
 SHARED_ENGINE_TARGETS = ("lettingo.llm.vllm_backend.VLLMBackend",)
 
