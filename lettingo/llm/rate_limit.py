@@ -11,6 +11,14 @@ thread when a remaining count reaches 0, until the reset; a ``Retry-After`` on a
 :class:`UsageMeter` adds up requests, exact token counts and their cost in US dollars.
 
 The clock and the sleep are injectable, so tests check the spacing of requests without waiting.
+
+Why not a library: the openai SDK has no client-side rate limit. Of the maintained limiters (sources of
+pyrate-limiter 4.6.0, limits 5.8.0 and aiolimiter 1.3.0 read), pyrate-limiter's ``try_acquire(weight=)`` and
+limits' ``hit(cost=)`` count weighted hits against several rates, and aiolimiter serves asyncio only (the
+backends' pools are threads). None takes back part of a reservation once the real usage is known (only a whole
+bucket or key can be cleared), so a tokens-per-minute limit reserved at prompt + ``max_tokens`` would run
+several times slower than the account allows; none holds every caller on a server header
+(``x-ratelimit-remaining-*`` = 0, a 429's ``Retry-After``).
 """
 
 from __future__ import annotations
