@@ -31,6 +31,10 @@ INTENDED_LIGHTNING_NOTICES = (
     r"Checkpoint directory .* exists and is not empty",
 )
 
+#: Loggers that write an INFO line per HTTP request or per retry (the openai SDK's client and its HTTP library):
+#: an API run sends thousands of requests, and OpenAIClient already warns once per retry. Their warnings stay.
+PER_REQUEST_LOGGERS = ("httpx", "httpx2", "openai")
+
 
 #: What :func:`release_accelerator_memory` shuts down first (engines of lower layers register here, e.g. vLLM's).
 _RELEASERS: list[Callable[[], None]] = []
@@ -117,8 +121,11 @@ def show(text: str) -> None:
 
 def quiet_third_party_deprecations() -> None:
     """Silence the deprecations of THIRD_PARTY_DEPRECATIONS (FutureWarning/DeprecationWarning), Lightning's
-    INTENDED_LIGHTNING_NOTICES and transformers' model-loading bars (one per load, each done in a second) in this
-    process: a run's log keeps one bar per long step and the warnings about what lettingo does."""
+    INTENDED_LIGHTNING_NOTICES, transformers' model-loading bars (one per load, each done in a second) and the
+    INFO lines of PER_REQUEST_LOGGERS in this process: a run's log keeps one bar per long step and the warnings
+    about what lettingo does."""
+    for name in PER_REQUEST_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     for message in THIRD_PARTY_DEPRECATIONS:
         for category in (FutureWarning, DeprecationWarning):
             warnings.filterwarnings("ignore", message=message, category=category)

@@ -62,3 +62,21 @@ def test_intended_lightning_notices_and_loading_bars_are_silenced_the_rest_is_no
     assert [str(w.message) for w in caught] == ["Found 2 module(s) that lettingo did not expect"]
     assert not transformers_logging.is_progress_bar_enabled()
     transformers_logging.enable_progress_bar()
+
+
+def test_per_request_lines_of_the_http_client_are_silenced_its_warnings_are_not(caplog) -> None:
+    from lettingo.runtime import quiet_third_party_deprecations
+
+    client = logging.getLogger("httpx2")
+    before = client.level
+    try:
+        quiet_third_party_deprecations()
+        with caplog.at_level(logging.INFO):
+            client.info('HTTP Request: POST http://127.0.0.1/v1/completions "HTTP/1.1 200 OK"')
+            logging.getLogger("openai._base_client").info("Retrying request in 0.5 seconds")
+            client.warning("a connection pool is full")
+        assert [r.getMessage() for r in caplog.records] == ["a connection pool is full"]
+    finally:
+        client.setLevel(before)
+        logging.getLogger("openai").setLevel(logging.NOTSET)
+        logging.getLogger("httpx").setLevel(logging.NOTSET)
