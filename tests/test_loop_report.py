@@ -16,11 +16,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from test_experiment_scripts import ROOT, line_starting, load_script, row_named, run_script, run_tiny, section
-from test_recommender_reader import TINY_READER
+from test_recommender_reader import TINY_READER, p_true
 
 from lettingo.artifacts import ArtifactStore, adapter_artifact, round_artifact
 from lettingo.evaluation.methods import NO_DPO
 from lettingo.loop_report import build, held_out_table, verdict_line
+from lettingo.profiles.oracle import oracle_profile
+from lettingo.recommender.cases import target_cases
+from lettingo.recommender.reader import ReaderRecommender
 
 SCRIPT = "positive_control"
 
@@ -210,6 +213,25 @@ def test_reader_control_results_file_from_a_real_run(reader_run: Path, tmp_path:
     assert set(numbers["section"]) >= {"stage_seconds", "rounds", "held_out"}
     with pytest.raises(ValueError, match="holds the held-out `p_true` reward, not `stated_mean`"):
         held_out_table(reader_run, load_script(SCRIPT).E0)
+
+
+def test_reader_ceiling_scores_held_out_users_with_oracle_facts_and_without(reader_run: Path) -> None:
+    config = json.loads((reader_run / "run_config.json").read_text())["config"]
+    store = ArtifactStore(reader_run, read_only=True)
+    samples = store.read_table("samples")
+    users = samples[samples["split"] == "test"].to_dict("records")
+    reader = ReaderRecommender.load(reader_run / "rec_model" / "model.pkl")
+    targets, history = config["evaluate"]["targets_per_user"], config["history"]["length"]
+    expected = {}
+    for name, profile in (("empty", lambda u: ""),
+                          ("oracle", lambda u: oracle_profile(u, history, config["prompt"]["facts"]))):
+        cases = [c for u in users for c in target_cases(u, profile(u), targets)]
+        expected[name] = p_true(reader, cases).reshape(len(users), targets).mean(axis=1)
+    line = load_script("reader_ceiling").ceiling_line(reader_run)
+    gain = 100 * (expected["oracle"].mean() - expected["empty"].mean())
+    assert f"M = {targets}, {len(users)} held-out users;" in line
+    assert (f"p_true no profile {expected['empty'].mean():.4f}, oracle facts {expected['oracle'].mean():.4f}; "
+            f"oracle - no profile {gain:+.2f} pp [") in line
 
 
 def test_ml1m_loop_results_file_from_a_real_tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_cache: Path,

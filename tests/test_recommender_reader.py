@@ -152,7 +152,7 @@ def test_the_reader_control_experiment_composes(compose_cfg) -> None:
     assert conf.recommender.training.empty_profile_rate == conf.recommender.training.oracle_profile_rate == 0.5
     assert (conf.evaluate.reward, conf.evaluate.targets_per_user) == ("p_true", 5)
     assert (conf.pairs.rule, conf.pairs.min_margin, conf.pairs.gate) == ("margin", "auto", "report")
-    assert (conf.dataset.name, conf.history.length, conf.sampling.n) == ("ml100k", 30, 8)
-    assert list(conf.align.methods) == ["dpo", "dpo_sft", "grpo"] and conf.align.rounds == 2
+    assert (conf.dataset.name, conf.history.length, conf.history.recent, conf.sampling.n) == ("ml100k", 30, 1, 8)
+    assert list(conf.align.methods) == ["dpo", "grpo"] and conf.align.rounds == 2
     assert dict(conf.dataset.splits) == {"test": 200, "rec_train": 100, "profile_train": 300}
     assert isinstance(instantiate(cfg.recommender.model), ReaderRecommender)

@@ -11,12 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from hydra.utils import instantiate
+from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.utils.validation import check_is_fitted
 
 from lettingo.data.schema import LABELS, LabelThresholds
 from lettingo.recommender.baselines import majority_label
 from lettingo.recommender.cases import case_from_sample, predicted_labels
-from lettingo.recommender.tabular import ItemStats, TabularRecommender
+from lettingo.recommender.tabular import ItemStats, MissingColumnTolerantTrees, TabularRecommender
 
 THRESHOLDS = LabelThresholds(4.0, 2.0)
 GENRES = ["Drama", "Comedy", "Horror", "Action"]
@@ -251,3 +252,20 @@ def test_configs_build_the_model(compose_cfg, option: str, oracle: bool) -> None
     assert model.with_oracle is oracle and model.name == option and model.history_len == cfg.history.length
     assert isinstance(model.grid, dict) and all(isinstance(v, list) for v in model.grid.values())
     assert len(list(itertools.product(*model.grid.values()))) <= 12  # small enough for ~1 minute on 1,000 users
+
+
+def test_trees_fit_past_a_column_missing_in_every_row_and_ignore_it() -> None:
+    # scikit-learn's own trees fail on such a column (a small fold of the reader: every profile empty).
+    rng = np.random.default_rng(0)
+    x = rng.random((60, 3))
+    y = (x[:, 0] + 0.3 * rng.random(60) > 0.6).astype(int)
+    with_gap = x.copy()
+    with_gap[:, 1] = np.nan
+    with pytest.raises(ValueError, match="window shape"):
+        HistGradientBoostingClassifier(max_iter=20, random_state=0).fit(with_gap, y)
+    trees = MissingColumnTolerantTrees(max_iter=20, random_state=0).fit(with_gap, y)
+    without = HistGradientBoostingClassifier(max_iter=20, random_state=0).fit(x[:, [0, 2]], y)
+    queries = rng.random((10, 3))  # the missing column has values now: they must not matter
+    assert trees.all_missing_.tolist() == [False, True, False]
+    np.testing.assert_allclose(trees.predict_proba(queries), without.predict_proba(queries[:, [0, 2]]))
+    assert trees.predict(queries).tolist() == without.predict(queries[:, [0, 2]]).tolist()

@@ -94,6 +94,28 @@ def mean_offset(stats: ItemStats, items: Sequence[Item], user_id: str) -> tuple[
     return _mean(offsets), len(offsets)
 
 
+class MissingColumnTolerantTrees(HistGradientBoostingClassifier):
+    """scikit-learn's HistGradientBoostingClassifier, fitting also when a column is missing (NaN) in every row.
+
+    scikit-learn 1.9's binning fails on such a column ("window shape cannot be larger than input array shape"),
+    and a small training set or one cross-validation fold can hold one: the reader's stated mean when a fold's
+    profiles are all empty. The column carries nothing to learn from, so it is 0 for the fit and for every
+    prediction of this fit (which all pass through ``_raw_predict``); NaN in other columns keeps its meaning.
+    """
+
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> Self:
+        """Remember the columns missing in every row of ``X``, then fit with them set to 0."""
+        self.all_missing_ = np.isnan(np.asarray(X, dtype=float)).all(axis=0)
+        return super().fit(self._filled(X), y, sample_weight)
+
+    def _filled(self, X: Any) -> np.ndarray:
+        filled = np.array(X, dtype=float)
+        filled[:, self.all_missing_] = 0.0
+        return filled
+
+    def _raw_predict(self, X: Any, n_threads: int | None = None) -> np.ndarray:
+        return super()._raw_predict(self._filled(X), n_threads)
+
 @dataclass
 class TabularFeatures:
     """Turns (user, recent window, target, older history) into one row of numbers; fixed at fit time."""
@@ -285,7 +307,7 @@ class TabularRecommender:
             raise ValueError(f"user-grouped cross-validation needs at least 2 training users, got {n_users}")
         # Early stopping holds out 10% of the cases, stratified: it needs at least one case per label there.
         early_stopping = len(y) * 0.1 >= 2 * len(LABELS)
-        estimator = HistGradientBoostingClassifier(
+        estimator = MissingColumnTolerantTrees(
             early_stopping=early_stopping, validation_fraction=0.1, n_iter_no_change=self.early_stopping_rounds,
             class_weight=self.class_weight, random_state=self.seed,
         )
