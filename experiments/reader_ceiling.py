@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -28,13 +28,15 @@ from lettingo.artifacts import META_FILE, REC_MODEL, SAMPLES
 from lettingo.evaluation.bootstrap import mean_interval, paired_mean_difference
 from lettingo.profiles.oracle import oracle_profile
 from lettingo.recommender.cases import label_codes, target_cases
-from lettingo.recommender.loading import LazyRecommender
 from lettingo.reports import RUN_CONFIG_FILE, config_value, read_json
+
+if TYPE_CHECKING:
+    from lettingo.recommender.base import Recommender
 
 TEST_SPLIT = "test"
 
 
-def user_p_true(recommender: LazyRecommender, users: list[Mapping[str, Any]], profiles: list[str],
+def user_p_true(recommender: Recommender, users: list[Mapping[str, Any]], profiles: list[str],
                 targets: int) -> np.ndarray:
     """Each user's mean probability of the true label over their last ``targets`` targets, given their profile."""
     cases = [case for user, profile in zip(users, profiles, strict=True)
@@ -49,6 +51,8 @@ def ceiling_line(folder: Path) -> str:
     config = read_json(folder / RUN_CONFIG_FILE)["config"]
     samples = pd.read_parquet(folder / SAMPLES / "data.parquet")
     users = samples[samples["split"] == TEST_SPLIT].to_dict("records")
+    from lettingo.recommender.loading import LazyRecommender  # the model stack, only once a run is scored
+
     meta = read_json(folder / REC_MODEL / META_FILE)
     recommender = LazyRecommender(config_value(config, "recommender.name"),
                                   OmegaConf.create(config_value(config, "recommender.model")),

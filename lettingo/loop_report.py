@@ -445,8 +445,10 @@ def build(experiment: LoopExperiment, folder: str | Path, out: str | Path = DEFA
     if aligned:  # the claims: each aligned generator's held-out reward minus the base generator's
         paths["plot"] = forest_plot(
             paths["csv"], HELD_OUT, "vs_reference", out / f"{experiment.name}.png",
-            f"{experiment.title}: held-out reward, aligned − base generator (n = {predictions['user_id'].nunique()} "
-            "users)", reference=NO_DPO, unit="reward", scale=1.0)
+            f"{experiment.title}: held-out {config_value(config, 'evaluate.reward')}, aligned − base generator "
+            f"({config_value(config, 'dataset.name')}, H = {config_value(config, 'history.length')}, K = "
+            f"{config_value(config, 'history.recent')}, n = {predictions['user_id'].nunique()} users)",
+            reference=NO_DPO, unit="reward", scale=1.0)
     print(markdown)
     print("\n".join(f"{kind}: {path}" for kind, path in paths.items()))
     return paths

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from lettingo.artifacts import atomic_path
 from lettingo.evaluation.bootstrap import Interval
@@ -114,8 +115,9 @@ def plot_differences(
     axes.set_yticks(list(range(len(labels))), labels)
     axes.invert_yaxis()
     axes.set_xlabel(f"paired difference ({unit}; {100 * confidence:g}% interval)")
+    axes.xaxis.set_major_locator(MaxNLocator(nbins=5))  # long labels of small values overlapped at the default
     axes.grid(axis="x", alpha=0.3)
-    axes.set_title(textwrap.fill(title, 70), fontsize=10)
+    figure.suptitle(textwrap.fill(title, 85), fontsize=10)  # over the whole width: long row labels push the axes right
     return save_png(figure, path)
 
 
