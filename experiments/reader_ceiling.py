@@ -21,19 +21,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-from omegaconf import OmegaConf
 
-from lettingo.artifacts import META_FILE, REC_MODEL, SAMPLES
-from lettingo.evaluation.bootstrap import mean_interval, paired_mean_difference
+from lettingo.artifacts import META_FILE, REC_MODEL, SAMPLES, ArtifactStore
+from lettingo.data.schema import LABELS
+from lettingo.evaluation.bootstrap import paired_mean_difference
+from lettingo.evaluation.metrics import true_label_probabilities
 from lettingo.profiles.oracle import oracle_profile
-from lettingo.recommender.cases import label_codes, target_cases
-from lettingo.reports import RUN_CONFIG_FILE, config_value, read_json
+from lettingo.recommender.cases import target_cases
+from lettingo.reports import RUN_CONFIG_FILE, config_value, read_json, require_files
 
 if TYPE_CHECKING:
     from lettingo.recommender.base import Recommender
 
 TEST_SPLIT = "test"
+NEEDS = (RUN_CONFIG_FILE, f"{SAMPLES}/{META_FILE}", f"{REC_MODEL}/{META_FILE}")  # what stages data and train_rec write
 
 
 def user_p_true(recommender: Recommender, users: list[Mapping[str, Any]], profiles: list[str],
@@ -41,30 +42,28 @@ def user_p_true(recommender: Recommender, users: list[Mapping[str, Any]], profil
     """Each user's mean probability of the true label over their last ``targets`` targets, given their profile."""
     cases = [case for user, profile in zip(users, profiles, strict=True)
              for case in target_cases(user, profile, targets)]
-    probabilities = recommender.predict(cases)
-    truth = probabilities[np.arange(len(cases)), label_codes(cases)]
+    truth = true_label_probabilities([case.label for case in cases], recommender.predict(cases), LABELS)
     return truth.reshape(len(users), targets).mean(axis=1)
 
 
 def ceiling_line(folder: Path) -> str:
     """One line: the run's H, K and M, p_true without and with oracle facts, and their paired difference."""
+    require_files(folder, NEEDS, "<name> stage=train_rec")
     config = read_json(folder / RUN_CONFIG_FILE)["config"]
-    samples = pd.read_parquet(folder / SAMPLES / "data.parquet")
+    samples = ArtifactStore(folder, read_only=True).read_table(SAMPLES)
     users = samples[samples["split"] == TEST_SPLIT].to_dict("records")
-    from lettingo.recommender.loading import LazyRecommender  # the model stack, only once a run is scored
+    from lettingo.recommender.loading import build_recommender  # the model stack, only once a run is scored
 
-    meta = read_json(folder / REC_MODEL / META_FILE)
-    recommender = LazyRecommender(config_value(config, "recommender.name"),
-                                  OmegaConf.create(config_value(config, "recommender.model")),
-                                  folder / REC_MODEL / meta["checkpoint"])
+    checkpoint = folder / REC_MODEL / read_json(folder / REC_MODEL / META_FILE)["checkpoint"]
+    recommender = build_recommender(config_value(config, "recommender.model"), checkpoint)
     history, targets = config_value(config, "history.length"), config_value(config, "evaluate.targets_per_user")
     facts = config_value(config, "prompt.facts")
     empty = user_p_true(recommender, users, [""] * len(users), targets)
     oracle = user_p_true(recommender, users, [oracle_profile(u, history, facts) for u in users], targets)
     gain = paired_mean_difference(oracle, empty)
     return (f"{folder}: H = {history}, K = {config_value(config, 'history.recent')}, M = {targets}, "
-            f"{len(users)} held-out users; p_true no profile {mean_interval(empty).value:.4f}, oracle facts "
-            f"{mean_interval(oracle).value:.4f}; oracle - no profile {gain.value * 100:+.2f} pp "
+            f"{len(users)} held-out users; p_true no profile {empty.mean():.4f}, oracle facts "
+            f"{oracle.mean():.4f}; oracle - no profile {gain.value * 100:+.2f} pp "
             f"[{gain.low * 100:+.2f}, {gain.high * 100:+.2f}], p = {gain.p_value:.3f}")
 
 
@@ -73,7 +72,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="run folders whose stages data and train_rec have run")
     for folder in parser.parse_args().runs:
-        print(ceiling_line(folder))
+        try:
+            print(ceiling_line(folder))
+        except (FileNotFoundError, ValueError) as error:
+            parser.exit(1, f"error: {error}\n")
 
 
 if __name__ == "__main__":

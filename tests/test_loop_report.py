@@ -234,6 +234,15 @@ def test_reader_ceiling_scores_held_out_users_with_oracle_facts_and_without(read
             f"oracle - no profile {gain:+.2f} pp [") in line
 
 
+def test_reader_ceiling_refuses_a_folder_without_a_fitted_f_rec_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "run_config.json").write_text("{}")
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "reader_ceiling.py"), str(tmp_path)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and not done.stdout
+    assert done.stderr.startswith(f"error: {tmp_path / 'samples' / '_meta.json'} is missing: give a finished run "
+                                  "folder of `lettingo experiment=<name> stage=train_rec`")
+
+
 def test_ml1m_loop_results_file_from_a_real_tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_cache: Path,
                                                      tiny_bert: Path, tmp_path: Path) -> None:
     # E2's own f_Rec, the cross-encoder, on a tiny BERT trained for one epoch (debug=tiny swaps in a zero-shot one).

@@ -116,6 +116,7 @@ class MissingColumnTolerantTrees(HistGradientBoostingClassifier):
     def _raw_predict(self, X: Any, n_threads: int | None = None) -> np.ndarray:
         return super()._raw_predict(self._filled(X), n_threads)
 
+
 @dataclass
 class TabularFeatures:
     """Turns (user, recent window, target, older history) into one row of numbers; fixed at fit time."""
